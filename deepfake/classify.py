@@ -1,0 +1,149 @@
+"""SVM detector: scaling, optional PCA, SVC, grid-searched with folds grouped by source image.
+
+Every split here is grouped: a source photo and all its inpaintings are always on the same side,
+in the held-out test split and in every cross-validation fold.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from deepfake.config import SVMConfig
+from deepfake.features import feature_matrix
+from deepfake.images import sha256
+from deepfake.stages import StageOutput, finished, stage_folder, write_manifest
+from deepfake.storage import Storage
+
+log = logging.getLogger("deepfake")
+
+STAGE = "detector"
+MODEL_FILE = "svm.joblib"
+_EXECUTION_ONLY = {"n_jobs"}
+
+
+def build_pipeline(cfg: SVMConfig) -> Pipeline:
+    pca: Any = "passthrough"
+    if cfg.pca_components is not None:
+        pca = PCA(n_components=cfg.pca_components, random_state=cfg.seed)
+    return Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("pca", pca),
+            # Each source has one real image and five inpaintings: weight the classes evenly.
+            ("svm", SVC(class_weight="balanced", cache_size=500)),
+        ]
+    )
+
+
+def param_grid(cfg: SVMConfig) -> list[dict[str, list[Any]]]:
+    grid = []
+    for kernel in cfg.kernels:
+        entry: dict[str, list[Any]] = {"svm__kernel": [kernel], "svm__C": list(cfg.C)}
+        if kernel != "linear":
+            entry["svm__gamma"] = list(cfg.gamma)
+        grid.append(entry)
+    return grid
+
+
+def grouped_split(groups: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, test indices) with no group on both sides; both sides non-empty."""
+    unique = np.unique(groups)
+    if len(unique) < 2:
+        raise ValueError(f"a grouped split needs at least 2 source groups, got {len(unique)}")
+    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    train, test = next(splitter.split(np.zeros(len(groups)), groups=groups))
+    return np.sort(train), np.sort(test)
+
+
+def grid_search(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig
+) -> GridSearchCV:
+    """Grid search scored by ROC-AUC over grouped folds (as many as there are groups, at most)."""
+    folds = min(cfg.cv_folds, len(np.unique(groups)))
+    if folds < 2:
+        raise ValueError("cross-validation needs at least 2 source groups in the training split")
+    cv = GroupKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
+    search = GridSearchCV(
+        build_pipeline(cfg),
+        param_grid(cfg),
+        scoring="roc_auc",
+        cv=cv,
+        n_jobs=cfg.n_jobs,
+        refit=True,
+        error_score="raise",
+    )
+    search.fit(X, y, groups=groups)
+    return search
+
+
+def output_folder(cfg: SVMConfig, features: StageOutput) -> str:
+    from deepfake.config import digest_of
+
+    return stage_folder(STAGE, digest_of(cfg.model_dump(mode="json", exclude=_EXECUTION_ONLY)), features)
+
+
+def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageOutput:
+    """Split, search, refit on the training split; save the model and per-record test scores."""
+    folder = output_folder(cfg, features)
+    done = finished(storage, STAGE, folder)
+    if done:
+        log.info("detector: reusing the trained detector in %s", storage.uri(folder))
+        return done
+    frame = storage.read_parquet(features.manifest)
+    X, y, groups = feature_matrix(frame), frame["label"].to_numpy(), frame["group"].to_numpy()
+    train, test = grouped_split(groups, cfg.test_size, cfg.seed)
+    log.info(
+        "detector: %d training images (%d groups), %d test images (%d groups)",
+        len(train), len(np.unique(groups[train])), len(test), len(np.unique(groups[test])),
+    )
+    search = grid_search(X[train], y[train], groups[train], cfg)
+    best = search.best_index_
+    cv_scores = [search.cv_results_[f"split{i}_test_score"][best] for i in range(search.n_splits_)]
+    log.info("detector: best %s, grouped CV ROC-AUC %.4f", search.best_params_, search.best_score_)
+
+    model_bytes = _dump(search.best_estimator_)
+    storage.write_bytes(f"{folder}/{MODEL_FILE}", model_bytes)
+    storage.write_json(
+        f"{folder}/search.json",
+        {
+            "best_params": search.best_params_,
+            "cv_roc_auc": cv_scores,
+            "cv_folds": int(search.n_splits_),
+            "grid": {k: [str(v) for v in vs] for g in param_grid(cfg) for k, vs in g.items()},
+            "model_sha256": sha256(model_bytes),
+            "threshold": 0.0,
+        },
+    )
+    scores = search.best_estimator_.decision_function(X)
+    split = np.where(np.isin(np.arange(len(frame)), test), "test", "train")
+    out = frame.drop(columns=["features"]).assign(split=split, score=scores)
+    return write_manifest(storage, STAGE, folder, out)
+
+
+def _dump(model: Any) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    return buffer.getvalue()
+
+
+def load_model(storage: Storage, folder: str, expected_sha256: str | None = None) -> Any:
+    """Load a fitted pipeline; refuses a file whose digest differs from ``expected_sha256``."""
+    data = storage.read_bytes(f"{folder}/{MODEL_FILE}")
+    if expected_sha256 is not None and sha256(data) != expected_sha256:
+        raise ValueError(f"{storage.uri(folder)}/{MODEL_FILE}: digest does not match its metadata")
+    return joblib.load(io.BytesIO(data))
+
+
+def scores_frame(storage: Storage, detector: StageOutput) -> pd.DataFrame:
+    return storage.read_parquet(detector.manifest)

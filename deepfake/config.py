@@ -1,0 +1,259 @@
+"""One typed settings model for every knob of the pipeline.
+
+Settings come from defaults, then an optional YAML file, then ``--set key=value`` overrides with
+dotted keys (``svm.cv_folds=3``). Unknown keys and bad values are refused before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A setting, settings file or override that cannot be used."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def digest(self) -> str:
+        """Stable hash of this section, used to name stage outputs."""
+        return digest_of(self.model_dump(mode="json"))
+
+
+class DataConfig(Section):
+    source: Literal["sample", "folder"] = Field(
+        "sample", description="Where real images come from: bundled sample photos or a folder."
+    )
+    path: str | None = Field(None, description="Folder of real images (data.source=folder).")
+    limit: int | None = Field(
+        None, ge=1, description="Take a reproducible subset of this many sources."
+    )
+    image_size: int = Field(
+        128,
+        ge=32,
+        le=2048,
+        description="Side of the square every source is normalised to (pixels).",
+    )
+    max_tiles_per_image: int = Field(
+        16, ge=1, description="Sample data: at most this many tiles cut from one photo."
+    )
+    seed: int = Field(0, description="Seed for the subset chosen by data.limit.")
+
+    @field_validator("path")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return value.strip() if value else value
+
+
+class MaskConfig(Section):
+    types: tuple[str, ...] = Field(
+        (
+            "diagonal_upper_left",
+            "diagonal_upper_right",
+            "diagonal_lower_left",
+            "diagonal_lower_right",
+            "random",
+        ),
+        description="Mask types made for every source.",
+    )
+    seed: int = Field(0, description="Seed of the random-rectangle masks.")
+
+    @field_validator("types")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from deepfake.masks import MASK_TYPES
+
+        unknown = [t for t in value if t not in MASK_TYPES]
+        if unknown or not value:
+            raise ValueError(f"unknown mask type(s) {unknown}; choose from {list(MASK_TYPES)}")
+        return value
+
+
+class InpaintConfig(Section):
+    backend: Literal["classical"] = Field(
+        "classical", description="Inpainting backend: classical (OpenCV, CPU)."
+    )
+    method: Literal["telea", "ns"] = Field(
+        "telea", description="Classical backend: OpenCV Telea or Navier-Stokes."
+    )
+    radius: int = Field(5, ge=1, le=64, description="Classical backend: inpainting radius.")
+    batch_size: int = Field(8, ge=1, description="Images per inpainting batch.")
+    seed: int = Field(0, description="Seed of the generator (per record: seed + record id).")
+
+
+class FeaturesConfig(Section):
+    backbone: str = Field(
+        "efficientnet_lite0", description="CNN backbone: efficientnet_lite0, resnet50 or vgg16."
+    )
+    input_size: int | None = Field(
+        None,
+        ge=32,
+        description="Resize images to this side before the CNN; empty = native resolution.",
+    )
+    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
+    device: str = Field("auto", description="torch device for feature extraction (auto = cuda if any).")
+
+    @field_validator("backbone")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from deepfake.features.backbones import BACKBONES
+
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone {value!r}; choose from {sorted(BACKBONES)}")
+        return value
+
+
+class SVMConfig(Section):
+    kernels: tuple[Literal["linear", "rbf", "poly", "sigmoid"], ...] = Field(
+        ("linear", "rbf"), description="SVM kernels searched."
+    )
+    C: tuple[float, ...] = Field((0.1, 1.0, 10.0), description="SVM C values searched.")
+    gamma: tuple[str | float, ...] = Field(
+        ("scale", 1e-4), description="gamma values searched (non-linear kernels)."
+    )
+    pca_components: int | float | None = Field(
+        None, description="PCA before the SVM: components (int) or variance kept (0-1); empty = off."
+    )
+    cv_folds: int = Field(5, ge=2, description="Grouped cross-validation folds.")
+    test_size: float = Field(
+        0.25, gt=0, lt=1, description="Share of source groups held out for testing."
+    )
+    seed: int = Field(0, description="Seed of the grouped splits.")
+    n_jobs: int = Field(1, description="Parallel grid-search fits (-1 = all cores).")
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    storage: str = Field(
+        "storage", description="Storage root: a local folder or s3://bucket/prefix."
+    )
+    data: DataConfig = DataConfig()
+    masks: MaskConfig = MaskConfig()
+    inpaint: InpaintConfig = InpaintConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    svm: SVMConfig = SVMConfig()
+
+    def digest(self) -> str:
+        return digest_of(self.model_dump(mode="json"))
+
+    def public_dict(self) -> dict[str, Any]:
+        """Resolved settings as JSON-ready data, with anything secret-looking removed."""
+        return _redact(self.model_dump(mode="json"))
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else _redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        scheme, rest = value.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return value
+
+
+def digest_of(obj: Any) -> str:
+    """sha256 of the canonical JSON form of ``obj``."""
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"svm.C=[1, 10]"`` -> (["svm", "C"], [1, 10]); values are read as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: cannot read value {raw!r}: {exc}") from None
+    return key.split("."), value
+
+
+def _known_keys(model: type[BaseModel], path: list[str]) -> None:
+    current: type[BaseModel] = model
+    for depth, part in enumerate(path):
+        fields = current.model_fields
+        if part not in fields:
+            where = ".".join(path[:depth]) or "settings"
+            raise ConfigError(
+                f"unknown setting {'.'.join(path)!r}: {where} has no {part!r} "
+                f"(known: {', '.join(sorted(fields))})"
+            )
+        annotation = fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if depth < len(path) - 1 and not is_section:
+            raise ConfigError(f"unknown setting {'.'.join(path)!r}: {part!r} has no sub-settings")
+        if is_section:
+            current = annotation
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    storage: str | None = None,
+) -> Settings:
+    """Defaults, then ``config_file`` (YAML), then ``storage``, then ``overrides``."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"settings file {path} must hold a mapping, not {type(loaded).__name__}")
+        data = loaded or {}
+    if storage is not None:
+        data["storage"] = storage
+    for text in overrides or []:
+        path_parts, value = parse_override(text)
+        _known_keys(Settings, path_parts)
+        node = data
+        for part in path_parts[:-1]:
+            node = node.setdefault(part, {})
+        node[path_parts[-1]] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def describe_settings() -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every setting, for ``--help``."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name}.")
+                continue
+            default = field.default
+            shown = "" if default is None else json.dumps(default, default=str)
+            rows.append((f"{prefix}{name}", shown, field.description or ""))
+
+    walk(Settings, "")
+    return rows

@@ -1,0 +1,54 @@
+"""Offline sample data: real photographs that ship inside installed packages, cut into tiles.
+
+Nothing is downloaded. Each photo is one group: its tiles are never split across train and test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from deepfake.images import decode
+
+# (group name, package, file inside the package). Colour photographs only; the stereo twin of
+# motorcycle_left is left out because the two are nearly the same scene under different names.
+SAMPLE_PHOTOS: tuple[tuple[str, str, str], ...] = (
+    ("astronaut", "skimage.data", "astronaut.png"),
+    ("chelsea", "skimage.data", "chelsea.png"),
+    ("coffee", "skimage.data", "coffee.png"),
+    ("rocket", "skimage.data", "rocket.jpg"),
+    ("hubble_deep_field", "skimage.data", "hubble_deep_field.jpg"),
+    ("retina", "skimage.data", "retina.jpg"),
+    ("immunohistochemistry", "skimage.data", "ihc.png"),
+    ("motorcycle", "skimage.data", "motorcycle_left.png"),
+    ("china", "sklearn.datasets.images", "china.jpg"),
+    ("flower", "sklearn.datasets.images", "flower.jpg"),
+    ("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+)
+
+
+def photo_path(package: str, name: str) -> Path:
+    return Path(str(files(package).joinpath(name)))
+
+
+def tile_positions(height: int, width: int, side: int, limit: int) -> list[tuple[int, int]]:
+    """Grid positions (row, col) of non-overlapping tiles, at most ``limit`` spread evenly."""
+    grid = [(r, c) for r in range(height // side) for c in range(width // side)]
+    if len(grid) <= limit:
+        return grid
+    picks = np.unique(np.linspace(0, len(grid) - 1, limit).round().astype(int))
+    return [grid[i] for i in picks]
+
+
+def sample_tiles(side: int, max_tiles: int) -> Iterator[tuple[str, str, Image.Image]]:
+    """Yield (source id, group, RGB tile of side x side) for every bundled photo."""
+    for group, package, name in SAMPLE_PHOTOS:
+        path = photo_path(package, name)
+        image = decode(path.read_bytes(), str(path))
+        for row, col in tile_positions(image.height, image.width, side, max_tiles):
+            box = (col * side, row * side, (col + 1) * side, (row + 1) * side)
+            yield f"{group}_r{row}c{col}", group, image.crop(box)

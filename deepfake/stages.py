@@ -1,0 +1,101 @@
+"""What every stage shares: manifests, deterministic output folders, completion checks, progress.
+
+A stage writes its files under ``<stage>/<digest>/`` where the digest covers the stage's settings
+and the digests of its inputs, then writes ``manifest.parquet`` last. A folder whose manifest
+exists and whose listed files are all present is finished work; anything else is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from deepfake.config import digest_of
+from deepfake.storage import Storage
+
+log = logging.getLogger("deepfake")
+
+MANIFEST = "manifest.parquet"
+MANIFEST_COLUMNS = ["record_id", "source_id", "group", "variant", "label", "uri", "sha256"]
+CODE_VERSION = "1"  # bump when a stage's outputs change for the same settings
+
+
+class StageOutput(BaseModel):
+    """A finished stage: where its manifest lies and the digest of that manifest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    folder: str
+    digest: str
+    records: int
+
+    @property
+    def manifest(self) -> str:
+        return f"{self.folder}/{MANIFEST}"
+
+
+def stage_folder(stage: str, settings_digest: str, *inputs: StageOutput) -> str:
+    """Deterministic output folder of ``stage`` for these settings and inputs."""
+    key = digest_of([stage, CODE_VERSION, settings_digest, [i.digest for i in inputs]])
+    return f"{stage}/{key[:20]}"
+
+
+def finished(storage: Storage, stage: str, folder: str) -> StageOutput | None:
+    """The stage's output when its manifest and every file it lists exist, else None."""
+    if not storage.exists(f"{folder}/{MANIFEST}"):
+        return None
+    data = storage.read_bytes(f"{folder}/{MANIFEST}")
+    frame = storage.read_parquet(f"{folder}/{MANIFEST}")
+    present = storage.list_files(folder)
+    own = [u[len(folder) + 1 :] for u in frame.get("uri", []) if u.startswith(folder + "/")]
+    if any(rel not in present for rel in own):
+        log.warning("%s: outputs listed in %s are missing; redoing the stage", stage, folder)
+        return None
+    return StageOutput(stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame))
+
+
+def write_manifest(storage: Storage, stage: str, folder: str, frame: pd.DataFrame) -> StageOutput:
+    """Write the manifest last, making the folder finished work."""
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{stage} manifest lacks columns {missing}")
+    frame = frame.sort_values("record_id", kind="stable").reset_index(drop=True)
+    data = storage.write_parquet(f"{folder}/{MANIFEST}", frame)
+    return StageOutput(stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame))
+
+
+class Progress:
+    """Logs count, rate and time left for long loops, at most every ``every`` seconds."""
+
+    def __init__(self, what: str, total: int, unit: str = "images", every: float = 5.0) -> None:
+        self.what, self.total, self.unit, self.every = what, total, unit, every
+        self.done = 0
+        self.start = self._last = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last >= self.every or self.done >= self.total:
+            self._last = now
+            log.info("%s", self.line())
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        share = 100.0 * self.done / self.total if self.total else 100.0
+        return (
+            f"{self.what}: {self.done}/{self.total} {self.unit} ({share:.0f}%), "
+            f"{rate:.1f} {self.unit}/s, ~{left:.0f} s left"
+        )
+
+
+def chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

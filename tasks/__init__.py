@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over the deepfake library: retries, cache policy, logging, artifacts."""

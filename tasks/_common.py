@@ -1,0 +1,72 @@
+"""What every task shares: the stage cache policy and the retry rule."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.context import TaskRunContext
+
+from deepfake.stages import StageOutput, finished
+from deepfake.storage import Storage
+
+# Library progress lines go to the Prefect run logs as well as the console.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "deepfake")
+
+_KEYED = INPUTS + TASK_SOURCE
+
+
+@dataclass
+class StageCache(CachePolicy):
+    """Keyed on the task's inputs and code, and trusted only while its outputs still exist.
+
+    A cached StageOutput whose folder lost its manifest or any listed file is a stale cache
+    entry: the policy then returns no key, the task body runs and redoes the missing work.
+    """
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        key = _KEYED.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        store = task_ctx.result_store
+        if key is None or store is None or not store.exists(key):
+            return key
+        try:
+            cached = store.read(key).result
+        except Exception:
+            return None
+        if isinstance(cached, StageOutput):
+            storage = Storage(inputs["storage"])
+            if finished(storage, cached.stage, cached.folder) is None:
+                return None
+        return key
+
+
+# Errors that a retry can cure: storage hiccups, dropped connections, a busy GPU.
+TRANSIENT = (OSError, ConnectionError, TimeoutError)
+
+
+def is_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition: only transient errors are retried; bad input fails at once."""
+    try:
+        state.result()
+    except TRANSIENT as exc:
+        return not isinstance(exc, FileNotFoundError | PermissionError)
+    except Exception:
+        return False
+    return False
+
+
+TASK_DEFAULTS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [2, 10],
+    "retry_condition_fn": is_transient,
+    "cache_policy": StageCache(),
+    "persist_result": True,
+}

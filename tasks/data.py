@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from prefect import task
+
+from deepfake.config import DataConfig
+from deepfake.data import run_sources
+from deepfake.stages import StageOutput
+from deepfake.storage import Storage
+from tasks._common import TASK_DEFAULTS
+
+
+@task(name="prepare-sources", **TASK_DEFAULTS)
+def prepare_sources(storage: str, cfg: DataConfig) -> StageOutput:
+    """Real source images, normalised, with their manifest."""
+    return run_sources(Storage(storage), cfg)

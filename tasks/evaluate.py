@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from deepfake.config import Settings
+from deepfake.evaluate import run_evaluation
+from deepfake.publish import publish_run
+from deepfake.stages import StageOutput
+from deepfake.storage import Storage
+from tasks._common import TASK_DEFAULTS
+
+_HEADLINE = ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "precision",
+             "recall", "f1", "cv_roc_auc_mean", "cv_roc_auc_std", "n_test_real",
+             "n_test_inpainted")
+
+
+@task(name="evaluate-detector", **TASK_DEFAULTS)
+def evaluate_detector(
+    storage: str,
+    settings: Settings,
+    sources: StageOutput,
+    features: StageOutput,
+    detector: StageOutput,
+) -> StageOutput:
+    """Held-out metrics, plots and report."""
+    return run_evaluation(Storage(storage), settings, sources, features, detector)
+
+
+@task(name="publish-run", **{**TASK_DEFAULTS, "cache_policy": NO_CACHE, "persist_result": False})
+def publish(
+    storage: str,
+    settings: Settings,
+    run_id: str,
+    evaluation: StageOutput,
+    detector: StageOutput,
+) -> dict[str, Any]:
+    """Report and detector under the run id and ``latest``, and the summary as UI artifacts."""
+    store = Storage(storage)
+    summary = publish_run(store, settings, run_id, evaluation, detector)
+    metrics = summary["metrics"]
+    create_table_artifact(
+        key="detector-metrics",
+        table=[{"metric": k, "value": metrics[k]} for k in _HEADLINE]
+        + [{"metric": f"roc_auc[{t}]", "value": m["roc_auc"]} for t, m in metrics["per_mask_type"].items()],
+        description=f"Held-out metrics of run {run_id}",
+    )
+    report = store.read_bytes(f"reports/{run_id}/report.md").decode()
+    create_markdown_artifact(
+        key="detector-report",
+        markdown=report + f"\nRun `{run_id}`; files in `{summary['report']}`.\n",
+        description=f"Report of run {run_id}",
+    )
+    return {k: v for k, v in summary.items() if k != "metrics"} | {
+        k: metrics[k] for k in _HEADLINE
+    }

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from prefect import task
+
+from deepfake.config import FeaturesConfig
+from deepfake.features import run_features
+from deepfake.stages import StageOutput
+from deepfake.storage import Storage
+from tasks._common import TASK_DEFAULTS
+
+
+@task(name="extract-features", **TASK_DEFAULTS)
+def extract_features(storage: str, cfg: FeaturesConfig, dataset: StageOutput) -> StageOutput:
+    """CNN features of every real and inpainted image."""
+    return run_features(Storage(storage), cfg, dataset)

@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from prefect import task
+
+from deepfake.config import MaskConfig
+from deepfake.masks import run_masks
+from deepfake.stages import StageOutput
+from deepfake.storage import Storage
+from tasks._common import TASK_DEFAULTS
+
+
+@task(name="make-masks", **TASK_DEFAULTS)
+def make_masks(storage: str, cfg: MaskConfig, sources: StageOutput) -> StageOutput:
+    """The five masks of every source."""
+    return run_masks(Storage(storage), cfg, sources)
