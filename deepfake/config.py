@@ -42,7 +42,7 @@ class DataConfig(Section):
         description="Side of the square every source is normalised to (pixels).",
     )
     max_tiles_per_image: int = Field(
-        16, ge=1, description="Sample data: at most this many tiles cut from one photo."
+        12, ge=1, description="Sample data: at most this many tiles cut from one photo."
     )
     seed: int = Field(0, description="Seed for the subset chosen by data.limit.")
 
@@ -93,7 +93,7 @@ class FeaturesConfig(Section):
         "efficientnet_lite0", description="CNN backbone: efficientnet_lite0, resnet50 or vgg16."
     )
     input_size: int | None = Field(
-        None,
+        224,
         ge=32,
         description="Resize images to this side before the CNN; empty = native resolution.",
     )
@@ -114,9 +114,9 @@ class SVMConfig(Section):
     kernels: tuple[Literal["linear", "rbf", "poly", "sigmoid"], ...] = Field(
         ("linear", "rbf"), description="SVM kernels searched."
     )
-    C: tuple[float, ...] = Field((0.1, 1.0, 10.0), description="SVM C values searched.")
+    C: tuple[float, ...] = Field((0.1, 1.0, 10.0, 100.0), description="SVM C values searched.")
     gamma: tuple[str | float, ...] = Field(
-        ("scale", 1e-4), description="gamma values searched (non-linear kernels)."
+        ("scale", 1e-3, 1e-4, 1e-5), description="gamma values searched (non-linear kernels)."
     )
     pca_components: int | float | None = Field(
         None, description="PCA before the SVM: components (int) or variance kept (0-1); empty = off."

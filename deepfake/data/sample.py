@@ -14,8 +14,9 @@ from PIL import Image
 
 from deepfake.images import decode
 
-# (group name, package, file inside the package). Colour photographs only; the stereo twin of
-# motorcycle_left is left out because the two are nearly the same scene under different names.
+# (group name, package, file inside the package). Greyscale photographs are converted to RGB like
+# every other source, so a real image and its inpaintings always share a colour mode. The stereo
+# twin of motorcycle_left is left out: the two are nearly the same scene under different names.
 SAMPLE_PHOTOS: tuple[tuple[str, str, str], ...] = (
     ("astronaut", "skimage.data", "astronaut.png"),
     ("chelsea", "skimage.data", "chelsea.png"),
@@ -28,6 +29,12 @@ SAMPLE_PHOTOS: tuple[tuple[str, str, str], ...] = (
     ("china", "sklearn.datasets.images", "china.jpg"),
     ("flower", "sklearn.datasets.images", "flower.jpg"),
     ("grace_hopper", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    ("camera", "skimage.data", "camera.png"),
+    ("coins", "skimage.data", "coins.png"),
+    ("moon", "skimage.data", "moon.png"),
+    ("brick", "skimage.data", "brick.png"),
+    ("grass", "skimage.data", "grass.png"),
+    ("gravel", "skimage.data", "gravel.png"),
 )
 
 
@@ -35,9 +42,23 @@ def photo_path(package: str, name: str) -> Path:
     return Path(str(files(package).joinpath(name)))
 
 
-def tile_positions(height: int, width: int, side: int, limit: int) -> list[tuple[int, int]]:
-    """Grid positions (row, col) of non-overlapping tiles, at most ``limit`` spread evenly."""
-    grid = [(r, c) for r in range(height // side) for c in range(width // side)]
+# Tiles flatter than this (pixel standard deviation, 0-255 scale) are left out: inpainting a
+# uniform patch (the black border of the retina photo) changes nothing, so such a pair carries
+# no label signal and only adds noise to training and evaluation.
+MIN_TILE_STD = 8.0
+
+
+def tile_positions(
+    pixels: np.ndarray, side: int, limit: int, min_std: float = MIN_TILE_STD
+) -> list[tuple[int, int]]:
+    """Grid positions (row, col) of textured non-overlapping tiles, at most ``limit``, spread evenly."""
+    height, width = pixels.shape[:2]
+    grid = [
+        (r, c)
+        for r in range(height // side)
+        for c in range(width // side)
+        if pixels[r * side : (r + 1) * side, c * side : (c + 1) * side].std() >= min_std
+    ]
     if len(grid) <= limit:
         return grid
     picks = np.unique(np.linspace(0, len(grid) - 1, limit).round().astype(int))
@@ -49,6 +70,6 @@ def sample_tiles(side: int, max_tiles: int) -> Iterator[tuple[str, str, Image.Im
     for group, package, name in SAMPLE_PHOTOS:
         path = photo_path(package, name)
         image = decode(path.read_bytes(), str(path))
-        for row, col in tile_positions(image.height, image.width, side, max_tiles):
+        for row, col in tile_positions(np.asarray(image), side, max_tiles):
             box = (col * side, row * side, (col + 1) * side, (row + 1) * side)
             yield f"{group}_r{row}c{col}", group, image.crop(box)

@@ -19,7 +19,7 @@ from deepfake.config import InpaintConfig, digest_of
 from deepfake.images import ImageError, decode_png_array, encode_png, sha256
 from deepfake.inpaint.base import Inpainter
 from deepfake.inpaint.classical import ClassicalInpainter
-from deepfake.stages import StageOutput, chunks, finished, stage_folder, write_manifest
+from deepfake.stages import Progress, StageOutput, chunks, finished, stage_folder, write_manifest
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -139,13 +139,8 @@ def run_inpaint(
         return done
     folder, batches = plan_batches(storage, cfg, sources, masks)
     inpainter = make_inpainter(cfg)
-    total = sum(len(b) for b in batches)
-    finished_images = 0
-    for index, batch in enumerate(batches, start=1):
-        stats = run_batch(storage, inpainter, folder, batch)
-        finished_images += stats["images"]
-        log.info(
-            "inpainting batch %d/%d: %d images, %.1f images/s (%d/%d done)",
-            index, len(batches), stats["images"], stats["images_per_s"], finished_images, total,
-        )
+    progress = Progress(f"inpainting ({inpainter.name})", sum(len(b) for b in batches))
+    for batch in batches:
+        run_batch(storage, inpainter, folder, batch)
+        progress.advance(len(batch))
     return collect(storage, folder, sources)
