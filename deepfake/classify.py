@@ -66,9 +66,7 @@ def grouped_split(groups: np.ndarray, test_size: float, seed: int) -> tuple[np.n
     return np.sort(train), np.sort(test)
 
 
-def grid_search(
-    X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig
-) -> GridSearchCV:
+def grid_search(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) -> GridSearchCV:
     """Grid search scored by ROC-AUC over grouped folds (as many as there are groups, at most)."""
     folds = min(cfg.cv_folds, len(np.unique(groups)))
     if folds < 2:
@@ -90,7 +88,9 @@ def grid_search(
 def output_folder(cfg: SVMConfig, features: StageOutput) -> str:
     from deepfake.config import digest_of
 
-    return stage_folder(STAGE, digest_of(cfg.model_dump(mode="json", exclude=_EXECUTION_ONLY)), features)
+    return stage_folder(
+        STAGE, digest_of(cfg.model_dump(mode="json", exclude=_EXECUTION_ONLY)), features
+    )
 
 
 def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageOutput:
@@ -105,7 +105,10 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
     train, test = grouped_split(groups, cfg.test_size, cfg.seed)
     log.info(
         "detector: %d training images (%d groups), %d test images (%d groups)",
-        len(train), len(np.unique(groups[train])), len(test), len(np.unique(groups[test])),
+        len(train),
+        len(np.unique(groups[train])),
+        len(test),
+        len(np.unique(groups[test])),
     )
     search = grid_search(X[train], y[train], groups[train], cfg)
     best = search.best_index_

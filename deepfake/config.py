@@ -98,7 +98,9 @@ class FeaturesConfig(Section):
         description="Resize images to this side before the CNN; empty = native resolution.",
     )
     batch_size: int = Field(32, ge=1, description="Images per forward pass.")
-    device: str = Field("auto", description="torch device for feature extraction (auto = cuda if any).")
+    device: str = Field(
+        "auto", description="torch device for feature extraction (auto = cuda if any)."
+    )
 
     @field_validator("backbone")
     @classmethod
@@ -119,7 +121,8 @@ class SVMConfig(Section):
         ("scale", 1e-3, 1e-4, 1e-5), description="gamma values searched (non-linear kernels)."
     )
     pca_components: int | float | None = Field(
-        None, description="PCA before the SVM: components (int) or variance kept (0-1); empty = off."
+        None,
+        description="PCA before the SVM: components (int) or variance kept (0-1); empty = off.",
     )
     cv_folds: int = Field(5, ge=2, description="Grouped cross-validation folds.")
     test_size: float = Field(
@@ -221,7 +224,9 @@ def load_settings(
         except yaml.YAMLError as exc:
             raise ConfigError(f"settings file {path} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"settings file {path} must hold a mapping, not {type(loaded).__name__}")
+            raise ConfigError(
+                f"settings file {path} must hold a mapping, not {type(loaded).__name__}"
+            )
         data = loaded or {}
     if storage is not None:
         data["storage"] = storage

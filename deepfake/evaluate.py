@@ -62,7 +62,9 @@ def evaluate(scored: pd.DataFrame, threshold: float, cv_scores: list[float]) -> 
     per_mask = {}
     for variant in sorted(test.loc[test["label"] == 1, "variant"].unique()):
         part = pd.concat([real, test[test["variant"] == variant]])
-        per_mask[variant] = binary_metrics(part["label"].to_numpy(), part["score"].to_numpy(), threshold)
+        per_mask[variant] = binary_metrics(
+            part["label"].to_numpy(), part["score"].to_numpy(), threshold
+        )
     metrics = {k: v for k, v in overall.items() if k not in ("n_real", "n_inpainted")}
     metrics.update(
         {
@@ -123,7 +125,9 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
     """A short human report; ``notes`` carries data, backend, backbone, skipped inputs."""
 
     def fmt(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        return (
+            "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+        )
 
     lines = [
         "# Inpainting detector report",
@@ -139,16 +143,29 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
         "| metric | value |",
         "|---|---|",
     ]
-    for key in ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "precision",
-                "recall", "f1"):
+    for key in (
+        "roc_auc",
+        "average_precision",
+        "accuracy",
+        "balanced_accuracy",
+        "precision",
+        "recall",
+        "f1",
+    ):
         lines.append(f"| {key} | {fmt(metrics[key])} |")
-    lines.append(
-        f"| grouped CV ROC-AUC | {metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f} |"
-    )
-    lines += ["", "## Per mask type (test real images vs that mask type)", "",
-              "| mask type | ROC-AUC | recall | n inpainted |", "|---|---|---|---|"]
+    cv_mean, cv_std = metrics["cv_roc_auc_mean"], metrics["cv_roc_auc_std"]
+    lines.append(f"| grouped CV ROC-AUC | {cv_mean:.4f} ± {cv_std:.4f} |")
+    lines += [
+        "",
+        "## Per mask type (test real images vs that mask type)",
+        "",
+        "| mask type | ROC-AUC | recall | n inpainted |",
+        "|---|---|---|---|",
+    ]
     for variant, m in metrics["per_mask_type"].items():
-        lines.append(f"| {variant} | {fmt(m['roc_auc'])} | {fmt(m['recall'])} | {m['n_inpainted']} |")
+        lines.append(
+            f"| {variant} | {fmt(m['roc_auc'])} | {fmt(m['recall'])} | {m['n_inpainted']} |"
+        )
     lines += ["", "![ROC](roc.png) ![PR](pr.png) ![Confusion matrix](confusion_matrix.png)", ""]
     skipped = notes.get("skipped", [])
     lines += ["## Skipped inputs", ""]
@@ -203,10 +220,19 @@ def run_evaluation(
         "best_params": search["best_params"],
         "skipped": skipped,
     }
-    write_report(storage, folder, metrics, plots(scored, metrics["threshold"]), report_markdown(metrics, notes))
+    write_report(
+        storage,
+        folder,
+        metrics,
+        plots(scored, metrics["threshold"]),
+        report_markdown(metrics, notes),
+    )
     log.info(
         "evaluation: held-out ROC-AUC %.4f, accuracy %.4f (%d real, %d inpainted test images)",
-        metrics["roc_auc"], metrics["accuracy"], metrics["n_test_real"], metrics["n_test_inpainted"],
+        metrics["roc_auc"],
+        metrics["accuracy"],
+        metrics["n_test_real"],
+        metrics["n_test_inpainted"],
     )
     test = scored[scored["split"] == "test"].reset_index(drop=True)
     return write_manifest(storage, STAGE, folder, test)

@@ -57,7 +57,9 @@ def finished(storage: Storage, stage: str, folder: str) -> StageOutput | None:
     if any(rel not in present for rel in own):
         log.warning("%s: outputs listed in %s are missing; redoing the stage", stage, folder)
         return None
-    return StageOutput(stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame))
+    return StageOutput(
+        stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame)
+    )
 
 
 def write_manifest(storage: Storage, stage: str, folder: str, frame: pd.DataFrame) -> StageOutput:
@@ -67,7 +69,9 @@ def write_manifest(storage: Storage, stage: str, folder: str, frame: pd.DataFram
         raise ValueError(f"{stage} manifest lacks columns {missing}")
     frame = frame.sort_values("record_id", kind="stable").reset_index(drop=True)
     data = storage.write_parquet(f"{folder}/{MANIFEST}", frame)
-    return StageOutput(stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame))
+    return StageOutput(
+        stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame)
+    )
 
 
 class Progress:

@@ -24,7 +24,7 @@ class StorageError(OSError):
 
 
 class Storage:
-    """Files under one root URL. Paths given to methods are relative to the root or absolute URLs."""
+    """Files under one root URL; methods take paths relative to the root, or absolute URLs."""
 
     def __init__(self, root: str | Path, **storage_options: Any) -> None:
         root = str(root)

@@ -1,8 +1,8 @@
 """End-to-end pipeline: sources -> masks -> inpainting -> features -> SVM -> evaluation -> publish.
 
-    python flows/main.py                          # the offline default
-    python flows/main.py --set data.limit=40 --set svm.cv_folds=3
-    python flows/main.py --config my.yaml --storage s3://bucket/prefix
+python flows/main.py                          # the offline default
+python flows/main.py --set data.limit=40 --set svm.cv_folds=3
+python flows/main.py --config my.yaml --storage s3://bucket/prefix
 """
 
 from __future__ import annotations
@@ -57,9 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=f"settings (use with --set KEY=VALUE or in the --config file):\n{listing}",
     )
     parser.add_argument("--config", metavar="FILE.yaml", help="settings file (YAML)")
-    parser.add_argument("--storage", metavar="URL", help="storage root: folder or s3://bucket/prefix")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--storage", metavar="URL", help="storage root: folder or s3://bucket/prefix"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one setting, e.g. --set svm.cv_folds=3 (repeatable)",
     )
     return parser.parse_args(argv)

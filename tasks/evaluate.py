@@ -13,9 +13,19 @@ from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
 
-_HEADLINE = ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "precision",
-             "recall", "f1", "cv_roc_auc_mean", "cv_roc_auc_std", "n_test_real",
-             "n_test_inpainted")
+_HEADLINE = (
+    "roc_auc",
+    "average_precision",
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "cv_roc_auc_mean",
+    "cv_roc_auc_std",
+    "n_test_real",
+    "n_test_inpainted",
+)
 
 
 @task(name="evaluate-detector", **TASK_DEFAULTS)
@@ -45,7 +55,10 @@ def publish(
     create_table_artifact(
         key="detector-metrics",
         table=[{"metric": k, "value": metrics[k]} for k in _HEADLINE]
-        + [{"metric": f"roc_auc[{t}]", "value": m["roc_auc"]} for t, m in metrics["per_mask_type"].items()],
+        + [
+            {"metric": f"roc_auc[{t}]", "value": m["roc_auc"]}
+            for t, m in metrics["per_mask_type"].items()
+        ],
         description=f"Held-out metrics of run {run_id}",
     )
     report = store.read_bytes(f"reports/{run_id}/report.md").decode()
@@ -54,6 +67,4 @@ def publish(
         markdown=report + f"\nRun `{run_id}`; files in `{summary['report']}`.\n",
         description=f"Report of run {run_id}",
     )
-    return {k: v for k, v in summary.items() if k != "metrics"} | {
-        k: metrics[k] for k in _HEADLINE
-    }
+    return {k: v for k, v in summary.items() if k != "metrics"} | {k: metrics[k] for k in _HEADLINE}

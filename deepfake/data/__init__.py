@@ -28,7 +28,10 @@ SKIPPED = "skipped.json"
 def _candidates(cfg: DataConfig) -> list[tuple[str, str, object]]:
     """(source id, group, loader) where loader() returns a PIL image or raises ImageError."""
     if cfg.source == "sample":
-        return [(sid, group, tile) for sid, group, tile in sample_tiles(cfg.image_size, cfg.max_tiles_per_image)]
+        return [
+            (sid, group, tile)
+            for sid, group, tile in sample_tiles(cfg.image_size, cfg.max_tiles_per_image)
+        ]
     if cfg.source == "folder":
         if not cfg.path:
             raise ValueError("data.source=folder needs data.path=DIR")

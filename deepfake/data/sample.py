@@ -51,7 +51,7 @@ MIN_TILE_STD = 8.0
 def tile_positions(
     pixels: np.ndarray, side: int, limit: int, min_std: float = MIN_TILE_STD
 ) -> list[tuple[int, int]]:
-    """Grid positions (row, col) of textured non-overlapping tiles, at most ``limit``, spread evenly."""
+    """Grid positions (row, col) of textured, non-overlapping tiles: at most ``limit``, spread."""
     height, width = pixels.shape[:2]
     grid = [
         (r, c)

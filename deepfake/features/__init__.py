@@ -35,9 +35,7 @@ def resolve_device(name: str) -> torch.device:
 class FeatureExtractor:
     """Turns batches of RGB uint8 images into backbone features (float32, one row per image)."""
 
-    def __init__(
-        self, backbone: str, input_size: int | None = None, device: str = "auto"
-    ) -> None:
+    def __init__(self, backbone: str, input_size: int | None = None, device: str = "auto") -> None:
         self.spec: Backbone = get_backbone(backbone)
         self.input_size = input_size
         self.device = resolve_device(device)
@@ -50,7 +48,10 @@ class FeatureExtractor:
         batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
         if self.input_size is not None and batch.shape[-1] != self.input_size:
             batch = F.interpolate(
-                batch, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                batch,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                antialias=True,
                 align_corners=False,
             )
         return (batch - self._mean) / self._std

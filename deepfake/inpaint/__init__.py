@@ -50,7 +50,11 @@ def record_seed(seed: int, record_id: str) -> int:
 
 def _done_records(storage: Storage, folder: str) -> pd.DataFrame:
     files = storage.list_files(folder)
-    frames = [storage.read_parquet(f"{folder}/{rel}") for rel in sorted(files) if rel.startswith("batches/")]
+    frames = [
+        storage.read_parquet(f"{folder}/{rel}")
+        for rel in sorted(files)
+        if rel.startswith("batches/")
+    ]
     if not frames:
         return pd.DataFrame(columns=["record_id", "uri"])
     done = pd.concat(frames, ignore_index=True).drop_duplicates("record_id", keep="last")
@@ -92,7 +96,9 @@ def run_batch(
     images, masks, kept, failed = [], [], [], []
     for rec in batch:
         try:
-            images.append(decode_png_array(storage.read_bytes(rec["source_uri"]), rec["source_uri"]))
+            images.append(
+                decode_png_array(storage.read_bytes(rec["source_uri"]), rec["source_uri"])
+            )
             masks.append(decode_png_array(storage.read_bytes(rec["mask_uri"]), rec["mask_uri"]))
             kept.append(rec)
         except (ImageError, OSError) as exc:
@@ -104,12 +110,19 @@ def run_batch(
         data = encode_png(result)
         uri = f"{folder}/images/{rec['record_id']}.png"
         storage.write_bytes(uri, data)
-        rows.append({**rec, "uri": uri, "sha256": sha256(data), "label": 1, **_backend_columns(inpainter)})
+        rows.append(
+            {**rec, "uri": uri, "sha256": sha256(data), "label": 1, **_backend_columns(inpainter)}
+        )
     if rows:
         key = hashlib.sha256("|".join(r["record_id"] for r in rows).encode()).hexdigest()[:16]
         storage.write_parquet(f"{folder}/batches/{key}.parquet", pd.DataFrame(rows))
     seconds = time.monotonic() - start
-    return {"images": len(rows), "failed": failed, "seconds": seconds, "images_per_s": len(rows) / max(seconds, 1e-9)}
+    return {
+        "images": len(rows),
+        "failed": failed,
+        "seconds": seconds,
+        "images_per_s": len(rows) / max(seconds, 1e-9),
+    }
 
 
 def _backend_columns(inpainter: Inpainter) -> dict[str, str]:
@@ -122,8 +135,19 @@ def collect(storage: Storage, folder: str, sources: StageOutput) -> StageOutput:
     real = storage.read_parquet(sources.manifest)
     real = real.assign(mask_uri="", coverage=0.0, backend="", backend_settings="")
     fakes = _done_records(storage, folder)
-    columns = ["record_id", "source_id", "group", "variant", "label", "uri", "sha256",
-               "mask_uri", "coverage", "backend", "backend_settings"]
+    columns = [
+        "record_id",
+        "source_id",
+        "group",
+        "variant",
+        "label",
+        "uri",
+        "sha256",
+        "mask_uri",
+        "coverage",
+        "backend",
+        "backend_settings",
+    ]
     frame = pd.concat([real[columns], fakes[columns]], ignore_index=True)
     return write_manifest(storage, STAGE, folder, frame)
 

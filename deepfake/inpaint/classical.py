@@ -27,7 +27,9 @@ class ClassicalInpainter(Inpainter):
         out = []
         for image, mask in zip(images, masks, strict=True):
             if image.shape[:2] != mask.shape[:2]:
-                raise ValueError(f"image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
+                raise ValueError(
+                    f"image {image.shape[:2]} and mask {mask.shape[:2]} differ in size"
+                )
             binary = np.where(mask > 127, 255, 0).astype(np.uint8)
             bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
             filled = cv2.inpaint(bgr, binary, self.radius, _METHODS[self.method])

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Prefect keeps its database and results here, never in the user's home, and stays offline.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="prefect-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def textured() -> np.ndarray:
+    """A 64x64 RGB image with texture everywhere (a crop of a real photo)."""
+    from deepfake.data.sample import SAMPLE_PHOTOS, photo_path
+
+    _, package, name = SAMPLE_PHOTOS[0]
+    image = Image.open(photo_path(package, name)).convert("RGB")
+    return np.asarray(image.crop((200, 200, 264, 264))).copy()
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path, textured: np.ndarray) -> Path:
+    """A user folder: good images in nested folders plus one empty and one garbage file."""
+    root = tmp_path / "photos"
+    (root / "a" / "b").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        noisy = np.clip(textured.astype(int) + rng.integers(-20, 20, textured.shape), 0, 255)
+        folder = root if i % 2 else root / "a" / "b"
+        fmt, ext = ("JPEG", "jpg") if i % 3 == 0 else ("PNG", "png")
+        (folder / f"img{i}.{ext}").write_bytes(png_bytes(noisy.astype(np.uint8), fmt=fmt))
+    (root / "empty.png").write_bytes(b"")
+    (root / "a" / "not_an_image.jpg").write_bytes(b"hello, I am text")
+    (root / "notes.txt").write_text("ignored: not an image suffix")
+    return root

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.model_selection import GroupKFold
+
+from deepfake.classify import (
+    MODEL_FILE,
+    build_pipeline,
+    grid_search,
+    grouped_split,
+    load_model,
+    run_train,
+)
+from deepfake.config import SVMConfig
+from deepfake.stages import write_manifest
+from deepfake.storage import Storage
+
+
+def synthetic(groups: int = 12, per_group: int = 6, dims: int = 16, seed: int = 0):
+    """Features where inpainted rows are shifted along a few dimensions, plus group offsets."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(groups):
+        offset = rng.normal(0, 1, dims)
+        for i in range(per_group):
+            label = int(i > 0)
+            x = offset + rng.normal(0, 1, dims)
+            x[:4] += 2.5 * label
+            rows.append(
+                {
+                    "record_id": f"g{g}_{i}",
+                    "source_id": f"g{g}",
+                    "group": f"g{g}",
+                    "variant": "real" if label == 0 else f"m{i}",
+                    "label": label,
+                    "uri": f"x/g{g}_{i}.png",
+                    "sha256": "0" * 64,
+                    "features": x.astype(np.float32),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_grouped_split_never_shares_a_group() -> None:
+    groups = np.repeat(np.arange(10), 6)
+    train, test = grouped_split(groups, 0.3, seed=1)
+    assert len(train) and len(test)
+    assert not set(groups[train]) & set(groups[test])
+    assert len(train) + len(test) == len(groups)
+    with pytest.raises(ValueError, match="at least 2"):
+        grouped_split(np.zeros(5), 0.3, 0)
+
+
+def test_search_folds_never_straddle_groups() -> None:
+    frame = synthetic()
+    X = np.stack(frame["features"])
+    y, groups = frame["label"].to_numpy(), frame["group"].to_numpy()
+    cfg = SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=4)
+    search = grid_search(X, y, groups, cfg)
+    assert isinstance(search.cv, GroupKFold)
+    for train, test in search.cv.split(X, y, groups):
+        assert not set(groups[train]) & set(groups[test])
+    assert search.best_score_ > 0.9
+    assert {p["svm__kernel"] for p in search.cv_results_["params"]} == {"linear", "rbf"}
+
+
+def test_pca_option_reduces_dimensions() -> None:
+    frame = synthetic()
+    X = np.stack(frame["features"])
+    pipe = build_pipeline(SVMConfig(pca_components=5)).fit(X, frame["label"])
+    assert pipe.named_steps["pca"].n_components_ == 5
+
+
+def test_train_stage_saves_model_and_refuses_tampered_file(tmp_path: Path) -> None:
+    store = Storage(tmp_path)
+    features = write_manifest(store, "features", "features/x", synthetic())
+    out = run_train(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features)
+    scored = store.read_parquet(out.manifest)
+    assert set(scored["split"]) == {"train", "test"}
+    assert not set(scored.loc[scored.split == "train", "group"]) & set(
+        scored.loc[scored.split == "test", "group"]
+    )
+    search = store.read_json(f"{out.folder}/search.json")
+    model = load_model(store, out.folder, search["model_sha256"])
+    X = np.stack(store.read_parquet(features.manifest)["features"])
+    assert np.allclose(model.decision_function(X), scored["score"])
+    store.write_bytes(
+        f"{out.folder}/{MODEL_FILE}", store.read_bytes(f"{out.folder}/{MODEL_FILE}") + b"x"
+    )
+    with pytest.raises(ValueError, match="digest"):
+        load_model(store, out.folder, search["model_sha256"])

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deepfake.config import DataConfig
+from deepfake.data import choose_subset, run_sources, skipped_sources
+from deepfake.data.sample import SAMPLE_PHOTOS, tile_positions
+from deepfake.stages import MANIFEST_COLUMNS
+from deepfake.storage import Storage
+
+
+def test_sample_data_is_offline_real_photos_cut_into_tiles(tmp_path: Path) -> None:
+    store = Storage(tmp_path)
+    out = run_sources(store, DataConfig())
+    frame = store.read_parquet(out.manifest)
+    assert len(frame) >= 120
+    assert list(frame.columns[: len(MANIFEST_COLUMNS)]) == MANIFEST_COLUMNS
+    assert set(frame["group"]) == {name for name, _, _ in SAMPLE_PHOTOS}
+    assert (frame["label"] == 0).all() and (frame["variant"] == "real").all()
+    assert frame["source_id"].is_unique
+    for uri in frame["uri"].iloc[:5]:
+        image = Image.open(tmp_path / uri)
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (128, 128))
+
+
+def test_flat_tiles_are_left_out() -> None:
+    pixels = np.zeros((64, 128, 3), np.uint8)
+    pixels[:, 64:] = np.random.default_rng(0).integers(0, 255, (64, 64, 3))
+    assert tile_positions(pixels, 64, 10) == [(0, 1)]
+
+
+def test_limit_takes_the_same_subset_every_time(tmp_path: Path) -> None:
+    ids = [f"id{i}" for i in range(50)]
+    assert choose_subset(ids, 10, 0) == choose_subset(ids, 10, 0)
+    assert choose_subset(ids, 10, 0) != choose_subset(ids, 10, 1)
+    assert len(set(choose_subset(ids, 10, 0))) == 10
+    store = Storage(tmp_path)
+    first = store.read_parquet(run_sources(store, DataConfig(limit=12)).manifest)
+    again = store.read_parquet(run_sources(Storage(tmp_path / "b"), DataConfig(limit=12)).manifest)
+    assert list(first["sha256"]) == list(again["sha256"])
+    assert len(first) == 12
+
+
+def test_folder_source_recurses_and_skips_bad_files(tmp_path: Path, image_folder: Path) -> None:
+    store = Storage(tmp_path / "store")
+    out = run_sources(store, DataConfig(source="folder", path=str(image_folder), image_size=48))
+    frame = store.read_parquet(out.manifest)
+    assert len(frame) == 6
+    assert frame["group"].is_unique  # each file is its own source photo
+    skipped = skipped_sources(store, out)
+    reasons = {s["reason"].split(":")[0].rsplit("/", 1)[-1]: s["reason"] for s in skipped}
+    assert set(reasons) == {"empty.png", "not_an_image.jpg"}
+    assert "empty file" in reasons["empty.png"]
+    assert Image.open(tmp_path / "store" / frame["uri"][0]).size == (48, 48)
+
+
+def test_folder_source_needs_a_real_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        run_sources(Storage(tmp_path), DataConfig(source="folder", path=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="data.path"):
+        run_sources(Storage(tmp_path), DataConfig(source="folder"))
+
+
+def test_finished_sources_are_reused_and_deleted_files_redone(tmp_path: Path) -> None:
+    store = Storage(tmp_path)
+    first = run_sources(store, DataConfig(limit=5))
+    victim = tmp_path / store.read_parquet(first.manifest)["uri"][0]
+    stamp = victim.stat().st_mtime_ns
+    assert run_sources(store, DataConfig(limit=5)) == first
+    assert victim.stat().st_mtime_ns == stamp
+    victim.unlink()
+    assert run_sources(store, DataConfig(limit=5)) == first
+    assert victim.exists()

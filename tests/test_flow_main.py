@@ -1,0 +1,157 @@
+"""The whole pipeline as a Prefect flow on a tiny configuration, under a test Prefect server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
+
+from deepfake.config import load_settings
+from deepfake.predict import Detector
+from deepfake.storage import Storage
+from flows.main import main, pipeline
+
+TINY = [
+    "data.limit=40",
+    "data.image_size=64",
+    "features.input_size=128",
+    "svm.kernels=[rbf]",
+    "svm.C=[10.0]",
+    "svm.gamma=[0.0001]",
+    "svm.cv_folds=3",
+]
+
+
+def run(storage: Path, *extra: str) -> tuple[dict, dict[str, str]]:
+    cfg = load_settings(overrides=[*TINY, *extra], storage=str(storage))
+    state = pipeline(settings=cfg.model_dump(mode="json"), return_state=True)
+    summary = state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    return summary, {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_server, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("flow")
+    summary, states = run(storage)
+    return storage, summary, states
+
+
+def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
+    storage, summary, states = first_run
+    assert set(states.values()) == {"Completed"}
+    store = Storage(storage)
+    metrics = store.read_json(f"reports/{summary['run_id']}/metrics.json")
+    assert store.read_json("reports/latest/metrics.json") == metrics
+    for key in (
+        "roc_auc",
+        "average_precision",
+        "accuracy",
+        "balanced_accuracy",
+        "precision",
+        "recall",
+        "f1",
+        "cv_roc_auc_mean",
+        "cv_roc_auc_std",
+        "n_test_real",
+        "n_test_inpainted",
+        "per_mask_type",
+        "config",
+    ):
+        assert key in metrics, key
+    assert set(metrics["per_mask_type"]) == set(metrics["config"]["masks"]["types"])
+    assert metrics["n_test_inpainted"] == 5 * metrics["n_test_real"] > 0
+    assert 0.8 < metrics["roc_auc"] <= 1.0  # even this tiny detector must learn the difference
+    files = store.list_files("reports/latest")
+    assert {"roc.png", "pr.png", "confusion_matrix.png", "report.md", "run.json"} <= files
+    assert store.list_files("models/latest") == {"detector.json", "svm.joblib"}
+    assert store.list_files(f"models/{summary['run_id']}") == {"detector.json", "svm.joblib"}
+
+
+def test_published_detector_scores_images(first_run) -> None:
+    storage, _, _ = first_run
+    store = Storage(storage)
+    detector = Detector.load(store, "models/latest", device="cpu")
+    sources = [f for f in store.list_files("sources") if f.endswith(".png")]
+    score = detector.score_bytes(store.read_bytes(f"sources/{sources[0]}"), sources[0])
+    assert isinstance(score, float) and detector.label(score) in {"real", "inpainted"}
+
+
+def test_artifacts_are_in_the_prefect_ui(first_run) -> None:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["detector-metrics", "detector-report"])
+            )
+        )
+    assert {a.key for a in found} == {"detector-metrics", "detector-report"}
+    table = next(a for a in found if a.key == "detector-metrics")
+    assert "roc_auc" in json.dumps(table.data)
+
+
+def test_second_run_recomputes_nothing(first_run) -> None:
+    storage, summary, _ = first_run
+    again, states = run(storage)
+    cached = {name for name, state in states.items() if state == "Cached"}
+    assert cached == {
+        "prepare-sources",
+        "make-masks",
+        "inpaint",
+        "extract-features",
+        "train-detector",
+        "evaluate-detector",
+    }
+    assert again["roc_auc"] == summary["roc_auc"]
+    assert again["run_id"] != summary["run_id"]
+
+
+def test_changing_one_setting_recomputes_only_downstream(first_run) -> None:
+    storage, _, _ = first_run
+    _, states = run(storage, "svm.C=[3.0]")
+    assert {n for n, s in states.items() if s == "Cached"} == {
+        "prepare-sources",
+        "make-masks",
+        "inpaint",
+        "extract-features",
+    }
+    assert states["train-detector"] == "Completed"
+
+
+def test_cache_whose_files_are_gone_is_not_trusted(first_run) -> None:
+    storage, _, _ = first_run
+    store = Storage(storage)
+    images = sorted(f for f in store.list_files("inpainted") if f.endswith(".png"))
+    victim = storage / "inpainted" / images[0]
+    victim.unlink()
+    _, states = run(storage)
+    assert states["inpaint"] == "Completed"  # rerun, not served from the stale cache
+    assert states["prepare-sources"] == "Cached"
+    assert victim.exists()
+    assert states["extract-features"] == "Cached"  # same outputs, so downstream stays cached
+
+
+def test_cli_refuses_bad_settings_before_running(prefect_server, capsys, tmp_path) -> None:
+    assert main(["--storage", str(tmp_path), "--set", "svm.kernel=rbf"]) == 2
+    assert "svm.kernel" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_runs_and_prints_summary(first_run, capsys) -> None:
+    storage, _, _ = first_run
+    assert main(["--storage", str(storage), *sum((["--set", o] for o in TINY), [])]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["report"].startswith(str(storage))
+    assert printed["roc_auc"] > 0.8

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from deepfake.storage import Storage, StorageError
+
+
+def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    store = Storage(tmp_path / "root")
+    store.write_bytes("a/b/file.bin", b"one")
+    store.write_bytes("a/b/file.bin", b"two")
+    assert store.read_bytes("a/b/file.bin") == b"two"
+    assert store.list_files("") == {"a/b/file.bin"}
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
+    store = Storage(tmp_path)
+    store.write_bytes("x.bin", b"old")
+
+    with pytest.raises(TypeError):
+        store.write_bytes("x.bin", object())  # type: ignore[arg-type]
+    assert store.read_bytes("x.bin") == b"old"
+    assert store.list_files("") == {"x.bin"}
+
+
+def test_json_parquet_round_trip_and_copy(tmp_path: Path) -> None:
+    store = Storage(str(tmp_path))
+    store.write_json("r/m.json", {"b": 1, "a": [1, 2]})
+    frame = pd.DataFrame({"record_id": ["x", "y"], "label": [0, 1]})
+    store.write_parquet("r/t.parquet", frame)
+    store.copy_tree("r", "copy")
+    assert store.read_json("copy/m.json") == {"a": [1, 2], "b": 1}
+    pd.testing.assert_frame_equal(store.read_parquet("copy/t.parquet"), frame)
+
+
+def test_missing_file_error_names_it(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="nothing/here.png"):
+        Storage(tmp_path).read_bytes("nothing/here.png")
+    assert Storage(tmp_path).list_files("nothing") == set()
+
+
+def test_relative_root_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Storage("storage").root == str(tmp_path / "storage")
+    assert Storage("s3://bucket/prefix/").root == "s3://bucket/prefix"

@@ -1,0 +1,65 @@
+"""Task-level tests: the thin wrappers called directly (``task.fn``), and the retry rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect import flow, task
+
+from deepfake.config import DataConfig, FeaturesConfig, InpaintConfig, MaskConfig, SVMConfig
+from deepfake.stages import StageOutput
+from deepfake.storage import Storage
+from tasks._common import is_transient
+from tasks.classify import train_detector
+from tasks.data import prepare_sources
+from tasks.features import extract_features
+from tasks.inpaint import inpaint_images
+from tasks.masks import make_masks
+
+
+def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
+    root = str(tmp_path)
+    sources = prepare_sources.fn(root, DataConfig(limit=12, image_size=48))
+    masks = make_masks.fn(root, MaskConfig(), sources)
+    dataset = inpaint_images.fn(root, InpaintConfig(), sources, masks)
+    features = extract_features.fn(root, FeaturesConfig(input_size=64), dataset)
+    detector = train_detector.fn(
+        root, SVMConfig(kernels=("linear",), C=(1.0,), cv_folds=2), features
+    )
+    outputs = [sources, masks, dataset, features, detector]
+    assert all(isinstance(o, StageOutput) for o in outputs)
+    assert [o.records for o in outputs] == [12, 60, 72, 72, 72]
+    # Tasks pass small things only: a stage name, a folder and a digest.
+    assert all(len(o.model_dump_json()) < 300 for o in outputs)
+    assert Storage(root).exists(detector.manifest)
+
+
+def test_tasks_have_retries_and_a_cache_policy() -> None:
+    for t in (prepare_sources, make_masks, inpaint_images, extract_features, train_detector):
+        assert t.retries >= 1
+        assert t.cache_policy is not None and t.persist_result
+
+
+attempts: list[str] = []
+
+
+@task(retries=2, retry_delay_seconds=0, retry_condition_fn=is_transient)
+def flaky(kind: str) -> str:
+    attempts.append(kind)
+    if len(attempts) == 1:
+        raise {"transient": ConnectionResetError, "permanent": ValueError}[kind]("boom")
+    return "ok"
+
+
+@flow
+def run_flaky(kind: str) -> str:
+    return flaky(kind)
+
+
+@pytest.mark.parametrize(("kind", "tries", "ok"), [("transient", 2, True), ("permanent", 1, False)])
+def test_only_transient_errors_are_retried(prefect_server, kind: str, tries: int, ok: bool) -> None:
+    attempts.clear()
+    state = run_flaky(kind, return_state=True)
+    assert state.is_completed() is ok
+    assert len(attempts) == tries
