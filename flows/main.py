@@ -17,13 +17,16 @@ from typing import Any
 from prefect import flow
 
 from deepfake.config import ConfigError, Settings, describe_settings, load_settings
+from deepfake.features import WeightsUnavailable
+from deepfake.features.backbones import get_backbone
+from deepfake.inpaint import BackendUnavailable, ModelUnavailable, make_inpainter
 from deepfake.publish import new_run_id
 from deepfake.storage import Storage
+from flows.inpaint import inpaint_stage
 from tasks.classify import train_detector
 from tasks.data import prepare_sources
 from tasks.evaluate import evaluate_detector, publish
 from tasks.features import extract_features
-from tasks.inpaint import inpaint_images
 from tasks.masks import make_masks
 
 
@@ -36,7 +39,7 @@ def pipeline(settings: dict[str, Any] | None = None, run_id: str | None = None) 
 
     sources = prepare_sources(storage, cfg.data)
     masks = make_masks(storage, cfg.masks, sources)
-    dataset = inpaint_images(storage, cfg.inpaint, sources, masks)
+    dataset = inpaint_stage(storage, cfg.inpaint, sources, masks)
     features = extract_features(storage, cfg.features, dataset)
     detector = train_detector(storage, cfg.svm, features)
     evaluation = evaluate_detector(storage, cfg, sources, features, detector)
@@ -71,6 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def preflight(cfg: Settings) -> None:
+    """Fail before any work when an explicitly chosen model cannot be had (one clear message)."""
+    if cfg.inpaint.backend == "sd2":
+        make_inpainter(cfg.inpaint).pipeline()  # type: ignore[attr-defined]
+    if cfg.features.backbone != "efficientnet_lite0":
+        get_backbone(cfg.features.backbone).build()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -81,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     # Resolve a relative local root now, so every task (and its cache key) sees the same path.
     cfg = cfg.model_copy(update={"storage": Storage(cfg.storage).root})
     logging.getLogger("deepfake").setLevel(logging.INFO)
+    try:
+        preflight(cfg)
+    except (ModelUnavailable, BackendUnavailable, WeightsUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     start = time.monotonic()
     summary = pipeline(settings=cfg.model_dump(mode="json"))
     summary["wall_seconds"] = round(time.monotonic() - start, 1)

@@ -1,17 +1,26 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from deepfake.config import InpaintConfig
-from deepfake.inpaint import run_inpaint
+from deepfake.inpaint import InpaintPlan, collect, plan
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
 
 
-@task(name="inpaint", **TASK_DEFAULTS)
-def inpaint_images(
+@task(name="plan-inpainting", **{**TASK_DEFAULTS, "cache_policy": NO_CACHE})
+def plan_inpainting(
     storage: str, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
+) -> InpaintPlan:
+    """Choose the backend and list the batches still to do (none when the stage is finished)."""
+    return plan(Storage(storage), cfg, sources, masks)
+
+
+@task(name="collect-inpainting", **TASK_DEFAULTS)
+def collect_inpainting(
+    storage: str, cfg: InpaintConfig, folder: str, sources: StageOutput
 ) -> StageOutput:
-    """Every masked copy inpainted; the manifest also lists the real images."""
-    return run_inpaint(Storage(storage), cfg, sources, masks)
+    """The stage manifest: real images and every finished inpainting."""
+    return collect(Storage(storage), cfg, folder, sources)

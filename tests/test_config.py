@@ -10,7 +10,7 @@ from deepfake.config import ConfigError, Settings, describe_settings, load_setti
 def test_defaults_are_the_offline_default() -> None:
     cfg = load_settings()
     assert cfg.data.source == "sample"
-    assert cfg.inpaint.backend == "classical"
+    assert cfg.inpaint.backend == "auto"  # classical here: no CUDA
     assert cfg.features.backbone == "efficientnet_lite0"
     assert len(cfg.masks.types) == 5
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from deepfake.config import DataConfig, InpaintConfig, MaskConfig
 from deepfake.data import run_sources
-from deepfake.inpaint import make_inpainter, plan_batches, run_batch, run_inpaint
+from deepfake.inpaint import make_inpainter, plan, run_inpaint, run_planned_batch
 from deepfake.inpaint.classical import ClassicalInpainter
 from deepfake.masks import make_mask, run_masks
 from deepfake.storage import Storage
@@ -49,7 +49,7 @@ class Counting(ClassicalInpainter):
 
 def test_stage_lists_real_and_inpainted_with_equal_format(staged) -> None:
     store, sources, masks = staged
-    out = run_inpaint(store, InpaintConfig(batch_size=4), sources, masks)
+    out = run_inpaint(store, InpaintConfig(backend="classical", batch_size=4), sources, masks)
     frame = store.read_parquet(out.manifest)
     assert (frame["variant"] == "real").sum() == 3 and (frame["label"] == 1).sum() == 15
     opened = [Image.open(f"{store.root}/{uri}") for uri in frame["uri"]]
@@ -59,15 +59,19 @@ def test_stage_lists_real_and_inpainted_with_equal_format(staged) -> None:
 
 def test_interrupted_run_redoes_only_unfinished_batches(staged, monkeypatch) -> None:
     store, sources, masks = staged
-    cfg = InpaintConfig(batch_size=4)
-    folder, batches = plan_batches(store, cfg, sources, masks)
-    assert [len(b) for b in batches] == [4, 4, 4, 3]
-    first = run_batch(store, ClassicalInpainter(), folder, batches[0])
-    assert first["images"] == 4
-    # A crash after writing an image but before its batch manifest: that image is redone.
-    run_batch(store, ClassicalInpainter(), folder, batches[1][:1])
-    store.delete(f"{folder}/batches")
-    run_batch(store, ClassicalInpainter(), folder, batches[0])
+    cfg = InpaintConfig(backend="classical", batch_size=4)
+    first_plan = plan(store, cfg, sources, masks)
+    assert (first_plan.batches, first_plan.records) == (4, 15)
+    assert run_planned_batch(store, first_plan, 0)["images"] == 4
+    # Killed after writing batch 1's images but before its batch manifest: batch 1 is redone.
+    run_planned_batch(store, first_plan, 1)
+    batch1 = set(store.read_parquet(first_plan.plan_file).query("batch == 1")["record_id"])
+    for rel in store.list_files(f"{first_plan.folder}/batches"):
+        uri = f"{first_plan.folder}/batches/{rel}"
+        if set(store.read_parquet(uri)["record_id"]) == batch1:
+            store.delete(uri)
+    resumed = plan(store, cfg, sources, masks)
+    assert (resumed.batches, resumed.records) == (3, 11)
     monkeypatch.setattr("deepfake.inpaint.make_inpainter", lambda cfg: Counting())
     Counting.calls = 0
     out = run_inpaint(store, cfg, sources, masks)
@@ -82,10 +86,18 @@ def test_interrupted_run_redoes_only_unfinished_batches(staged, monkeypatch) -> 
     )
 
 
+def test_auto_backend_falls_back_to_classical_without_cuda(staged, caplog) -> None:
+    store, sources, masks = staged
+    auto = plan(store, InpaintConfig(), sources, masks)
+    assert auto.cfg.backend == "classical"
+    assert "auto fell back" in caplog.text and "CUDA" in caplog.text
+    assert auto.folder == plan(store, InpaintConfig(backend="classical"), sources, masks).folder
+
+
 def test_finished_stage_is_reused_and_batch_size_does_not_change_outputs(staged) -> None:
     store, sources, masks = staged
-    a = run_inpaint(store, InpaintConfig(batch_size=2), sources, masks)
-    b = run_inpaint(store, InpaintConfig(batch_size=7), sources, masks)
+    a = run_inpaint(store, InpaintConfig(backend="classical", batch_size=2), sources, masks)
+    b = run_inpaint(store, InpaintConfig(backend="classical", batch_size=7), sources, masks)
     assert a == b
 
 

@@ -14,7 +14,7 @@ from tasks._common import is_transient
 from tasks.classify import train_detector
 from tasks.data import prepare_sources
 from tasks.features import extract_features
-from tasks.inpaint import inpaint_images
+from tasks.inpaint import collect_inpainting, plan_inpainting
 from tasks.masks import make_masks
 
 
@@ -22,7 +22,17 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
     root = str(tmp_path)
     sources = prepare_sources.fn(root, DataConfig(limit=12, image_size=48))
     masks = make_masks.fn(root, MaskConfig(), sources)
-    dataset = inpaint_images.fn(root, InpaintConfig(), sources, masks)
+    cfg = InpaintConfig(backend="classical", batch_size=8)
+    inpaint_plan = plan_inpainting.fn(root, cfg, sources, masks)
+    assert inpaint_plan.batches == 8  # 60 masked copies in batches of 8
+    dataset = collect_inpainting.fn(root, inpaint_plan.cfg, inpaint_plan.folder, sources)
+    assert dataset.records == 12  # nothing inpainted yet: only the real images
+    from deepfake.inpaint import run_planned_batch
+
+    for index in range(inpaint_plan.batches):
+        run_planned_batch(Storage(root), inpaint_plan, index)
+    Storage(root).delete(dataset.manifest)
+    dataset = collect_inpainting.fn(root, inpaint_plan.cfg, inpaint_plan.folder, sources)
     features = extract_features.fn(root, FeaturesConfig(input_size=64), dataset)
     detector = train_detector.fn(
         root, SVMConfig(kernels=("linear",), C=(1.0,), cv_folds=2), features
@@ -36,7 +46,7 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
 
 
 def test_tasks_have_retries_and_a_cache_policy() -> None:
-    for t in (prepare_sources, make_masks, inpaint_images, extract_features, train_detector):
+    for t in (prepare_sources, make_masks, collect_inpainting, extract_features, train_detector):
         assert t.retries >= 1
         assert t.cache_policy is not None and t.persist_result
 

@@ -1,9 +1,11 @@
 """Inpainting stage: every masked copy of every source, in resumable batches.
 
-Work is planned as batches of records. A batch writes each image atomically, then a batch
-manifest under ``batches/``. A rerun skips every record that is in a batch manifest and whose
-image exists, so a killed run redoes at most the batch it was in. ``collect`` joins the batch
-manifests and the real images into the stage manifest that feature extraction reads.
+1. ``resolve_backend`` turns ``auto`` into a concrete backend (loudly, when it falls back).
+2. ``plan`` finds the records still to do and writes them, numbered in batches, to a plan file.
+3. ``run_planned_batch`` inpaints one batch: each image written atomically, then a batch
+   manifest under ``batches/``. A rerun skips every record that is in a batch manifest and whose
+   image exists, so a killed run redoes at most the batches it was in.
+4. ``collect`` joins the batch manifests and the real images into the stage manifest.
 """
 
 from __future__ import annotations
@@ -14,32 +16,116 @@ import time
 from typing import Any
 
 import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict
 
 from deepfake.config import InpaintConfig, digest_of
 from deepfake.images import ImageError, decode_png_array, encode_png, sha256
 from deepfake.inpaint.base import Inpainter
 from deepfake.inpaint.classical import ClassicalInpainter
-from deepfake.stages import Progress, StageOutput, chunks, finished, stage_folder, write_manifest
+from deepfake.inpaint.sd2 import BackendUnavailable, ModelUnavailable, SD2Inpainter
+from deepfake.stages import (
+    Progress,
+    StageOutput,
+    finished,
+    stage_folder,
+    write_manifest,
+)
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
 
 STAGE = "inpainted"
+BACKEND_NOTE = "backend.json"
 # Settings that change how fast the work goes, not what it produces.
-_EXECUTION_ONLY = {"batch_size"}
+_EXECUTION_ONLY = {"batch_size", "compile"}
 
-__all__ = ["Inpainter", "make_inpainter", "plan_batches", "run_batch", "collect", "run_inpaint"]
+__all__ = [
+    "BackendUnavailable",
+    "Inpainter",
+    "InpaintPlan",
+    "ModelUnavailable",
+    "collect",
+    "make_inpainter",
+    "plan",
+    "resolve_backend",
+    "run_inpaint",
+    "run_planned_batch",
+]
+
+
+class InpaintPlan(BaseModel):
+    """What is left to inpaint: small enough to pass between tasks and flows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    folder: str
+    plan_file: str | None
+    batches: int
+    records: int
+    cfg: InpaintConfig
+
+
+def resolve_backend(cfg: InpaintConfig) -> tuple[InpaintConfig, str]:
+    """A concrete backend for ``auto``, and a note saying what was chosen and why."""
+    if cfg.backend != "auto":
+        return cfg, f"inpainting backend: {cfg.backend} (as configured)"
+    if cfg.device == "auto" and not torch.cuda.is_available():
+        reason = "no CUDA GPU is visible"
+    else:
+        try:
+            sd2 = cfg.model_copy(update={"backend": "sd2"})
+            _sd2(sd2).pipeline()  # loads (once per process) or says why it cannot
+            return cfg.model_copy(update={"backend": "sd2"}), "inpainting backend: sd2 (auto)"
+        except (ModelUnavailable, BackendUnavailable) as exc:
+            reason = str(exc)
+    note = (
+        f"inpainting backend: classical (auto fell back from Stable Diffusion 2: {reason}). "
+        "The fakes are OpenCV inpaintings, not SD2 ones."
+    )
+    log.warning("!" * 12 + " %s", note)
+    return cfg.model_copy(update={"backend": "classical"}), note
 
 
 def make_inpainter(cfg: InpaintConfig) -> Inpainter:
     if cfg.backend == "classical":
         return ClassicalInpainter(method=cfg.method, radius=cfg.radius)
-    raise ValueError(f"unknown inpainting backend {cfg.backend!r}")
+    if cfg.backend == "sd2":
+        return _sd2(cfg)
+    raise ValueError(f"unknown inpainting backend {cfg.backend!r} (resolve 'auto' first)")
+
+
+def _sd2(cfg: InpaintConfig) -> SD2Inpainter:
+    return SD2Inpainter(
+        model=cfg.model,
+        prompt=cfg.prompt,
+        negative_prompt=cfg.negative_prompt,
+        steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        scheduler=cfg.scheduler,
+        resolution=cfg.resolution,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        paste_back=cfg.paste_back,
+        compile_unet=cfg.compile,
+        max_batch=cfg.effective_batch_size,
+    )
+
+
+def _settings_digest(cfg: InpaintConfig) -> str:
+    """Only what shapes the output: the chosen backend's own settings."""
+    settings = cfg.model_dump(mode="json", exclude=_EXECUTION_ONLY)
+    if cfg.backend == "classical":
+        settings = {k: settings[k] for k in ("backend", "method", "radius")}
+    else:
+        settings = {k: v for k, v in settings.items() if k not in ("method", "radius")}
+    return digest_of(settings)
 
 
 def output_folder(cfg: InpaintConfig, sources: StageOutput, masks: StageOutput) -> str:
-    settings = digest_of(cfg.model_dump(mode="json", exclude=_EXECUTION_ONLY))
-    return stage_folder(STAGE, settings, sources, masks)
+    if cfg.backend == "auto":
+        raise ValueError("resolve inpaint.backend=auto before naming its output folder")
+    return stage_folder(STAGE, _settings_digest(cfg), sources, masks)
 
 
 def record_seed(seed: int, record_id: str) -> int:
@@ -62,30 +148,58 @@ def _done_records(storage: Storage, folder: str) -> pd.DataFrame:
     return done[present]
 
 
-def plan_batches(
+def _write_reals(storage: Storage, inpainter: Inpainter, folder: str, sources: StageOutput) -> None:
+    """Real counterparts for a resampling backend (skipping those already written)."""
+    if not inpainter.resamples:
+        return
+    present = storage.list_files(f"{folder}/real")
+    for row in storage.read_parquet(sources.manifest).itertuples(index=False):
+        if f"{row.source_id}.png" in present:
+            continue
+        image = decode_png_array(storage.read_bytes(row.uri), row.uri)
+        storage.write_bytes(
+            f"{folder}/real/{row.source_id}.png", encode_png(inpainter.real_counterpart(image))
+        )
+
+
+def plan(
     storage: Storage, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
-) -> tuple[str, list[list[dict[str, Any]]]]:
-    """(output folder, batches of records still to inpaint); empty when all are done."""
+) -> InpaintPlan:
+    """Resolve the backend, write real counterparts, and plan the records still to inpaint."""
+    cfg, note = resolve_backend(cfg)
+    log.info("%s", note)
     folder = output_folder(cfg, sources, masks)
-    frame = storage.read_parquet(masks.manifest)
+    storage.write_json(f"{folder}/{BACKEND_NOTE}", {"backend": cfg.backend, "note": note})
+    if finished(storage, STAGE, folder):
+        return InpaintPlan(folder=folder, plan_file=None, batches=0, records=0, cfg=cfg)
+    _write_reals(storage, make_inpainter(cfg), folder, sources)
+    frame = storage.read_parquet(masks.manifest).sort_values("record_id")
     done = set(_done_records(storage, folder)["record_id"])
-    todo = [
-        {
-            "record_id": r.record_id,
-            "source_id": r.source_id,
-            "group": r.group,
-            "variant": r.variant,
-            "source_uri": r.source_uri,
-            "mask_uri": r.uri,
-            "coverage": float(r.coverage),
-            "seed": record_seed(cfg.seed, r.record_id),
-        }
-        for r in frame.sort_values("record_id").itertuples(index=False)
-        if r.record_id not in done
-    ]
+    todo = frame[~frame["record_id"].isin(done)]
     if done:
         log.info("inpainting: %d of %d records already done in %s", len(done), len(frame), folder)
-    return folder, list(chunks(todo, cfg.batch_size))
+    rows = pd.DataFrame(
+        {
+            "record_id": todo["record_id"],
+            "source_id": todo["source_id"],
+            "group": todo["group"],
+            "variant": todo["variant"],
+            "source_uri": todo["source_uri"],
+            "mask_uri": todo["uri"],
+            "coverage": todo["coverage"].astype(float),
+            "seed": [record_seed(cfg.seed, r) for r in todo["record_id"]],
+        }
+    ).reset_index(drop=True)
+    rows["batch"] = rows.index // cfg.effective_batch_size
+    if rows.empty:
+        return InpaintPlan(folder=folder, plan_file=None, batches=0, records=0, cfg=cfg)
+    key = digest_of([*rows["record_id"], cfg.effective_batch_size])[:16]
+    plan_file = f"{folder}/plans/{key}.parquet"
+    storage.write_parquet(plan_file, rows)
+    batches = int(rows["batch"].max()) + 1
+    return InpaintPlan(
+        folder=folder, plan_file=plan_file, batches=batches, records=len(rows), cfg=cfg
+    )
 
 
 def run_batch(
@@ -96,25 +210,25 @@ def run_batch(
     images, masks, kept, failed = [], [], [], []
     for rec in batch:
         try:
-            images.append(
-                decode_png_array(storage.read_bytes(rec["source_uri"]), rec["source_uri"])
-            )
-            masks.append(decode_png_array(storage.read_bytes(rec["mask_uri"]), rec["mask_uri"]))
-            kept.append(rec)
+            image = decode_png_array(storage.read_bytes(rec["source_uri"]), rec["source_uri"])
+            mask = decode_png_array(storage.read_bytes(rec["mask_uri"]), rec["mask_uri"])
         except (ImageError, OSError) as exc:
             log.warning("inpainting: skipping %s: %s", rec["record_id"], exc)
             failed.append({"record_id": rec["record_id"], "reason": str(exc)})
-    outputs = inpainter.inpaint(images, masks, [r["seed"] for r in kept]) if kept else []
+            continue
+        images.append(image)
+        masks.append(mask)
+        kept.append(rec)
+    outputs = inpainter.inpaint(images, masks, [int(r["seed"]) for r in kept]) if kept else []
+    backend = _backend_columns(inpainter)
     rows = []
     for rec, result in zip(kept, outputs, strict=True):
         data = encode_png(result)
         uri = f"{folder}/images/{rec['record_id']}.png"
         storage.write_bytes(uri, data)
-        rows.append(
-            {**rec, "uri": uri, "sha256": sha256(data), "label": 1, **_backend_columns(inpainter)}
-        )
+        rows.append({**rec, "uri": uri, "sha256": sha256(data), "label": 1, **backend})
     if rows:
-        key = hashlib.sha256("|".join(r["record_id"] for r in rows).encode()).hexdigest()[:16]
+        key = digest_of([r["record_id"] for r in rows])[:16]
         storage.write_parquet(f"{folder}/batches/{key}.parquet", pd.DataFrame(rows))
     seconds = time.monotonic() - start
     return {
@@ -125,46 +239,54 @@ def run_batch(
     }
 
 
+def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -> dict[str, Any]:
+    """Batch ``index`` of a plan, with the plan's (resolved) backend."""
+    if inpaint_plan.plan_file is None:
+        raise ValueError("this plan has no batches")
+    rows = storage.read_parquet(inpaint_plan.plan_file)
+    batch = rows[rows["batch"] == index].drop(columns=["batch"]).to_dict("records")
+    if not batch:
+        raise ValueError(f"batch {index} is not in {inpaint_plan.plan_file}")
+    inpainter = make_inpainter(inpaint_plan.cfg)
+    return run_batch(storage, inpainter, inpaint_plan.folder, batch)
+
+
 def _backend_columns(inpainter: Inpainter) -> dict[str, str]:
     info = inpainter.describe()
     return {"backend": str(info.get("backend")), "backend_settings": repr(sorted(info.items()))}
 
 
-def collect(storage: Storage, folder: str, sources: StageOutput) -> StageOutput:
-    """Stage manifest: every real source and every finished inpainting."""
+def collect(storage: Storage, cfg: InpaintConfig, folder: str, sources: StageOutput) -> StageOutput:
+    """Stage manifest: every real image (as the detector sees it) and every finished inpainting."""
+    done = finished(storage, STAGE, folder)
+    if done:
+        return done
     real = storage.read_parquet(sources.manifest)
+    if make_inpainter(cfg).resamples:
+        real["uri"] = [f"{folder}/real/{sid}.png" for sid in real["source_id"]]
+        real["sha256"] = [sha256(storage.read_bytes(uri)) for uri in real["uri"]]
     real = real.assign(mask_uri="", coverage=0.0, backend="", backend_settings="")
     fakes = _done_records(storage, folder)
     columns = [
-        "record_id",
-        "source_id",
-        "group",
-        "variant",
-        "label",
-        "uri",
-        "sha256",
-        "mask_uri",
-        "coverage",
-        "backend",
-        "backend_settings",
-    ]
+        "record_id", "source_id", "group", "variant", "label", "uri", "sha256",
+        "mask_uri", "coverage", "backend", "backend_settings",
+    ]  # fmt: skip
     frame = pd.concat([real[columns], fakes[columns]], ignore_index=True)
     return write_manifest(storage, STAGE, folder, frame)
+
+
+def backend_note(storage: Storage, dataset: StageOutput) -> dict[str, str]:
+    uri = f"{dataset.folder}/{BACKEND_NOTE}"
+    return storage.read_json(uri) if storage.exists(uri) else {}
 
 
 def run_inpaint(
     storage: Storage, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
 ) -> StageOutput:
-    """Plan, run every batch in this process, collect."""
-    folder = output_folder(cfg, sources, masks)
-    done = finished(storage, STAGE, folder)
-    if done:
-        log.info("inpainting: reusing %d finished records in %s", done.records, storage.uri(folder))
-        return done
-    folder, batches = plan_batches(storage, cfg, sources, masks)
-    inpainter = make_inpainter(cfg)
-    progress = Progress(f"inpainting ({inpainter.name})", sum(len(b) for b in batches))
-    for batch in batches:
-        run_batch(storage, inpainter, folder, batch)
-        progress.advance(len(batch))
-    return collect(storage, folder, sources)
+    """Plan, run every batch in this process, collect (the library path, without Prefect)."""
+    inpaint_plan = plan(storage, cfg, sources, masks)
+    progress = Progress(f"inpainting ({inpaint_plan.cfg.backend})", inpaint_plan.records)
+    for index in range(inpaint_plan.batches):
+        stats = run_planned_batch(storage, inpaint_plan, index)
+        progress.advance(stats["images"] + len(stats["failed"]))
+    return collect(storage, inpaint_plan.cfg, inpaint_plan.folder, sources)

@@ -17,11 +17,18 @@ class Inpainter(ABC):
     """
 
     name: str = "base"
+    # True when outputs are resampled (e.g. to a model resolution and back): real images must
+    # then go through ``real_counterpart`` so both classes share one resampling history.
+    resamples: bool = False
 
     @abstractmethod
     def inpaint(
         self, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]
     ) -> list[np.ndarray]: ...
+
+    def real_counterpart(self, image: np.ndarray) -> np.ndarray:
+        """The real image as the detector should see it beside this backend's outputs."""
+        return image
 
     def describe(self) -> dict[str, Any]:
         """Settings that shaped the output, for manifests and reports."""

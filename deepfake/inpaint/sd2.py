@@ -1,0 +1,248 @@
+"""Stable Diffusion 2 inpainting (diffusers ``StableDiffusionInpaintPipeline``).
+
+Like the original project, each source is resized to the model resolution (512) for the pipeline
+and the output is resized back to the source size. Both resizes use Lanczos. So that resizing
+cannot give a fake away, the real counterpart of every source goes through the same round trip
+(``roundtrip``): real and inpainted images end with the same resampling history. With
+``paste_back`` the original pixels are restored outside the mask (exactly), and the real
+counterpart is the original image itself.
+
+Loaded pipelines are kept per process, so batches that run one after another in the same worker
+load the weights once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deepfake.inpaint.base import Inpainter
+
+log = logging.getLogger("deepfake")
+
+_PIPELINES: dict[tuple[Any, ...], Any] = {}
+
+
+class ModelUnavailable(RuntimeError):
+    """The inpainting model cannot be loaded; the message says how to provide it."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here as configured (e.g. SD2 without CUDA, CPU not asked for)."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(
+                "the sd2 backend needs a CUDA GPU and none is visible. To run it on the CPU "
+                "anyway (very slow), set inpaint.device=cpu; or use inpaint.backend=classical."
+            )
+        return torch.device("cuda")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def _how_to_provide(model: str, reason: str) -> str:
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    offline = " (HF_HUB_OFFLINE=1 is set: only the local cache is used)" if _offline() else ""
+    return (
+        f"inpaint.model {model!r} could not be loaded: {reason}{offline}. Provide it in one of "
+        "these ways: a Hugging Face hub id reachable from this machine (default "
+        "sd2-community/stable-diffusion-2-inpainting; the stabilityai repository is gone); a "
+        "local directory written by save_pretrained (--set inpaint.model=/path/to/dir); or a "
+        f"Hugging Face cache that already holds it (HF_HOME / HF_HUB_CACHE, now {cache}). "
+        "Or run without it: --set inpaint.backend=classical."
+    )
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def load_pipeline(
+    model: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    scheduler: str = "default",
+    compile_unet: bool = False,
+) -> Any:
+    """The inpainting pipeline on ``device``, loaded once per process and settings."""
+    key = (model, str(device), str(dtype), scheduler, compile_unet)
+    if key in _PIPELINES:
+        return _PIPELINES[key]
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
+
+    local = os.path.isdir(os.path.expanduser(model))
+    if not local and ("/" not in model or model.startswith((".", "/", "~"))):
+        raise ModelUnavailable(_how_to_provide(model, "no such local directory"))
+    try:
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(
+            os.path.expanduser(model) if local else model,
+            torch_dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except Exception as exc:  # hub, network, cache and file errors all mean "not available"
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailable(_how_to_provide(model, reason)) from None
+    _check_tokenizer(pipe, model)
+    if scheduler == "dpm++":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+            pipe.scheduler.config, algorithm_type="dpmsolver++"
+        )
+    pipe = pipe.to(device)
+    # diffusers uses PyTorch's scaled-dot-product attention by default; no attention slicing.
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet, fullgraph=True)
+    pipe.set_progress_bar_config(disable=True)
+    _PIPELINES[key] = pipe
+    return pipe
+
+
+def _check_tokenizer(pipe: Any, model: str) -> None:
+    """A hub name resolved offline can yield a default tokenizer that encodes nothing useful."""
+    tokenizer = pipe.tokenizer
+    ids = tokenizer("a painting").input_ids
+    limit = pipe.text_encoder.config.max_position_embeddings
+    if len(ids) < 3 or tokenizer.model_max_length != limit:
+        raise ModelUnavailable(
+            _how_to_provide(
+                model,
+                f"its tokenizer is unusable (encodes 'a painting' as {ids}, "
+                f"model_max_length {tokenizer.model_max_length}, text encoder takes {limit})",
+            )
+        )
+
+
+def roundtrip(image: np.ndarray, resolution: int) -> np.ndarray:
+    """The resampling every image gets around the pipeline: to ``resolution`` and back (Lanczos)."""
+    height, width = image.shape[:2]
+    if (height, width) == (resolution, resolution):
+        return image
+    up = Image.fromarray(image).resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return np.asarray(up.resize((width, height), Image.Resampling.LANCZOS))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class SD2Inpainter(Inpainter):
+    name = "sd2"
+    resamples = True
+
+    def __init__(
+        self,
+        model: str,
+        prompt: str,
+        negative_prompt: str | None = None,
+        steps: int = 50,
+        guidance_scale: float = 7.5,
+        scheduler: str = "default",
+        resolution: int = 512,
+        dtype: str = "auto",
+        device: str = "auto",
+        paste_back: bool = False,
+        compile_unet: bool = False,
+        max_batch: int = 8,
+    ) -> None:
+        self.model, self.prompt, self.negative_prompt = model, prompt, negative_prompt
+        self.steps, self.guidance_scale, self.scheduler = steps, guidance_scale, scheduler
+        self.resolution, self.dtype_name, self.device_name = resolution, dtype, device
+        self.paste_back, self.compile_unet = paste_back, compile_unet
+        self.max_batch = max_batch
+        self.resamples = not paste_back
+
+    def pipeline(self) -> Any:
+        device = resolve_device(self.device_name)
+        dtype = resolve_dtype(self.dtype_name, device)
+        return load_pipeline(self.model, device, dtype, self.scheduler, self.compile_unet)
+
+    def real_counterpart(self, image: np.ndarray) -> np.ndarray:
+        return image if self.paste_back else roundtrip(image, self.resolution)
+
+    def inpaint(
+        self, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]
+    ) -> list[np.ndarray]:
+        """Runs in chunks of ``max_batch``; a CUDA out-of-memory error halves it and goes on."""
+        results: list[np.ndarray] = []
+        start = 0
+        while start < len(images):
+            size = min(self.max_batch, len(images) - start)
+            part = slice(start, start + size)
+            try:
+                results += self._run(images[part], masks[part], seeds[part])
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc) or size == 1:
+                    raise
+                self.max_batch = max(1, size // 2)
+                log.warning(
+                    "sd2: out of GPU memory at batch %d; going on with %d", size, self.max_batch
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            start += size
+        return results
+
+    def _run(
+        self, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]
+    ) -> list[np.ndarray]:
+        pipe = self.pipeline()
+        side = self.resolution
+        resized = [
+            Image.fromarray(img).resize((side, side), Image.Resampling.LANCZOS) for img in images
+        ]
+        resized_masks = [
+            Image.fromarray(m).resize((side, side), Image.Resampling.NEAREST) for m in masks
+        ]
+        # One CPU generator per record: the same record gives the same noise in any batch.
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        output = pipe(
+            prompt=[self.prompt] * len(images),
+            negative_prompt=[self.negative_prompt] * len(images) if self.negative_prompt else None,
+            image=resized,
+            mask_image=resized_masks,
+            height=side,
+            width=side,
+            num_inference_steps=self.steps,
+            guidance_scale=self.guidance_scale,
+            generator=generators,
+            output_type="pil",
+        ).images
+        results = []
+        for original, mask, generated in zip(images, masks, output, strict=True):
+            height, width = original.shape[:2]
+            back = np.asarray(
+                generated.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+            )
+            if self.paste_back:
+                back = np.where((mask > 127)[..., None], back, original)
+            results.append(np.ascontiguousarray(back, dtype=np.uint8))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "model": self.model,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "scheduler": self.scheduler,
+            "resolution": self.resolution,
+            "paste_back": self.paste_back,
+        }
