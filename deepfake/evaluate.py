@@ -139,6 +139,11 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
         f"({', '.join(metrics['test_groups'])}); training: {metrics['n_train']} images from "
         f"{metrics['n_train_groups']} groups.",
         f"- Best SVM: `{notes['best_params']}`; positive class = inpainted.",
+        *(
+            [f"- **{notes['backend_note']}**"]
+            if "fell back" in notes.get("backend_note", "")
+            else []
+        ),
         "",
         "| metric | value |",
         "|---|---|",
@@ -189,13 +194,14 @@ STAGE = "evaluation"
 
 
 def run_evaluation(
-    storage: Storage, settings: Any, sources: Any, features: Any, detector: Any
+    storage: Storage, settings: Any, sources: Any, dataset: Any, features: Any, detector: Any
 ) -> Any:
     """Metrics, plots and report of a trained detector, in a deterministic folder."""
     from deepfake.data import skipped_sources
+    from deepfake.inpaint import backend_note
     from deepfake.stages import finished, stage_folder, write_manifest
 
-    folder = stage_folder(STAGE, settings.digest(), sources, features, detector)
+    folder = stage_folder(STAGE, settings.digest(), sources, dataset, features, detector)
     done = finished(storage, STAGE, folder)
     if done and storage.exists(f"{folder}/metrics.json"):
         log.info("evaluation: reusing %s", storage.uri(folder))
@@ -207,6 +213,7 @@ def run_evaluation(
     metrics["config"] = settings.public_dict()
     backends = sorted(b for b in scored["backend"].unique() if b)
     metrics["inpaint_backend"] = ", ".join(backends)
+    metrics["inpaint_backend_note"] = backend_note(storage, dataset).get("note", "")
     skipped = skipped_sources(storage, sources)
     skipped_features = f"{features.folder}/skipped.json"
     if storage.exists(skipped_features):
@@ -216,6 +223,7 @@ def run_evaluation(
         "data": f"{settings.data.source}, {scored['source_id'].nunique()} sources, "
         f"{len(scored)} images",
         "backend": metrics["inpaint_backend"],
+        "backend_note": metrics["inpaint_backend_note"],
         "backbone": settings.features.backbone,
         "best_params": search["best_params"],
         "skipped": skipped,

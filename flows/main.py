@@ -42,7 +42,7 @@ def pipeline(settings: dict[str, Any] | None = None, run_id: str | None = None) 
     dataset = inpaint_stage(storage, cfg.inpaint, sources, masks)
     features = extract_features(storage, cfg.features, dataset)
     detector = train_detector(storage, cfg.svm, features)
-    evaluation = evaluate_detector(storage, cfg, sources, features, detector)
+    evaluation = evaluate_detector(storage, cfg, sources, dataset, features, detector)
     return publish(storage, cfg, run_id, evaluation, detector)
 
 

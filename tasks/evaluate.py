@@ -33,11 +33,12 @@ def evaluate_detector(
     storage: str,
     settings: Settings,
     sources: StageOutput,
+    dataset: StageOutput,
     features: StageOutput,
     detector: StageOutput,
 ) -> StageOutput:
     """Held-out metrics, plots and report."""
-    return run_evaluation(Storage(storage), settings, sources, features, detector)
+    return run_evaluation(Storage(storage), settings, sources, dataset, features, detector)
 
 
 @task(name="publish-run", **{**TASK_DEFAULTS, "cache_policy": NO_CACHE, "persist_result": False})

@@ -77,6 +77,9 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
     assert 0.8 < metrics["roc_auc"] <= 1.0  # even this tiny detector must learn the difference
     files = store.list_files("reports/latest")
     assert {"roc.png", "pr.png", "confusion_matrix.png", "report.md", "run.json"} <= files
+    # The default backend is auto; without CUDA it falls back, and the report says so.
+    assert "auto fell back" in metrics["inpaint_backend_note"]
+    assert "auto fell back" in store.read_bytes("reports/latest/report.md").decode()
     assert store.list_files("models/latest") == {"detector.json", "svm.joblib"}
     assert store.list_files(f"models/{summary['run_id']}") == {"detector.json", "svm.joblib"}
 
@@ -165,3 +168,38 @@ def test_cli_runs_and_prints_summary(first_run, capsys) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed["report"].startswith(str(storage))
     assert printed["roc_auc"] > 0.8
+
+
+def test_flow_with_tiny_sd2_pipeline(prefect_server, tmp_path: Path) -> None:
+    from deepfake.inpaint.random_pipeline import build_random_pipeline
+
+    model = build_random_pipeline(tmp_path / "tiny-sd2")
+    storage = tmp_path / "store"
+    sd2 = ["inpaint.backend=sd2", f"inpaint.model={model}", "inpaint.device=cpu",
+           "inpaint.steps=2", "inpaint.resolution=64", "data.limit=16"]  # fmt: skip
+    summary, states = run(storage, *sd2)
+    assert set(states.values()) == {"Completed"}
+    store = Storage(storage)
+    metrics = store.read_json(f"reports/{summary['run_id']}/metrics.json")
+    assert metrics["inpaint_backend"] == "sd2"
+    assert metrics["config"]["inpaint"]["model"] == str(model)
+    assert "sd2" in store.read_bytes("reports/latest/report.md").decode()
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["inpainting-progress"]))
+        )
+    assert progress and progress[0].data == 100.0
+
+
+def test_cli_missing_sd2_model_is_one_clear_line(prefect_server, capsys, tmp_path) -> None:
+    settings = [
+        "inpaint.backend=sd2",
+        f"inpaint.model={tmp_path / 'nowhere'}",
+        "inpaint.device=cpu",
+    ]
+    code = main(["--storage", str(tmp_path / "s"), *sum((["--set", s] for s in settings), [])])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: inpaint.model") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()

