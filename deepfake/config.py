@@ -28,8 +28,10 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: Literal["sample", "folder"] = Field(
-        "sample", description="Where real images come from: bundled sample photos or a folder."
+    source: Literal["sample", "folder", "kaggle"] = Field(
+        "sample",
+        description="Where real images come from: bundled sample photos, a folder, or the "
+        "Kaggle DeepfakeArt dataset.",
     )
     path: str | None = Field(None, description="Folder of real images (data.source=folder).")
     limit: int | None = Field(
@@ -45,8 +47,21 @@ class DataConfig(Section):
         12, ge=1, description="Sample data: at most this many tiles cut from one photo."
     )
     seed: int = Field(0, description="Seed for the subset chosen by data.limit.")
+    kaggle_dataset: str = Field(
+        "danielmao2019/deepfakeart", description="Kaggle dataset (owner/name) to download."
+    )
+    kaggle_archive: str | None = Field(
+        None,
+        description="Use this DeepfakeArt archive (zip/tar) or extracted folder instead of "
+        "downloading.",
+    )
+    max_extract_bytes: int = Field(
+        60 * 2**30,
+        ge=1,
+        description="Refuse a Kaggle archive whose wanted members add up to more than this.",
+    )
 
-    @field_validator("path")
+    @field_validator("path", "kaggle_archive")
     @classmethod
     def _strip(cls, value: str | None) -> str | None:
         return value.strip() if value else value

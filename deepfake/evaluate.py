@@ -172,6 +172,18 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
             f"| {variant} | {fmt(m['roc_auc'])} | {fmt(m['recall'])} | {m['n_inpainted']} |"
         )
     lines += ["", "![ROC](roc.png) ![PR](pr.png) ![Confusion matrix](confusion_matrix.png)", ""]
+    external = metrics.get("external")
+    if external:
+        lines += ["## External test set", "", external["description"] + ".", ""]
+        if external["n_external_inpainted"]:
+            lines += ["| metric | value |", "|---|---|"]
+            for key in ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "recall"):
+                lines.append(f"| {key} | {fmt(external[key])} |")
+            lines += [
+                f"| n (real / external inpainted) | {external['n_test_real']} / "
+                f"{external['n_external_inpainted']} |",
+                "",
+            ]
     skipped = notes.get("skipped", [])
     lines += ["## Skipped inputs", ""]
     if skipped:
@@ -193,11 +205,53 @@ def write_report(
 STAGE = "evaluation"
 
 
+def external_metrics(
+    storage: Storage,
+    settings: Any,
+    external: pd.DataFrame,
+    scored: pd.DataFrame,
+    detector_folder: str,
+    search: dict[str, Any],
+) -> dict[str, Any]:
+    """The detector on the dataset authors' own inpaintings of test-split sources.
+
+    Real side: the same held-out real images as the main test. Inpainted side: the external
+    images whose source is in the test split, so no training image is seen again.
+    """
+    from deepfake.classify import load_model
+    from deepfake.features import FeatureExtractor
+    from deepfake.images import decode_png_array
+    from deepfake.stages import chunks
+
+    test = scored[scored["split"] == "test"]
+    chosen = external[external["group"].isin(set(test["group"]))]
+    description = "DeepfakeArt authors' inpainting.png of held-out sources vs held-out real images"
+    if chosen.empty:
+        return {"n_external_inpainted": 0, "description": description + " (none in the test split)"}
+    extractor = FeatureExtractor(
+        settings.features.backbone, settings.features.input_size, settings.features.device
+    )
+    vectors = [
+        extractor.transform([decode_png_array(storage.read_bytes(u), u) for u in batch])
+        for batch in chunks(list(chosen["uri"]), settings.features.batch_size)
+    ]
+    model = load_model(storage, detector_folder, search["model_sha256"])
+    external_scores = model.decision_function(np.concatenate(vectors))
+    reals = test[test["label"] == 0]
+    y = np.concatenate([np.zeros(len(reals), int), np.ones(len(chosen), int)])
+    s = np.concatenate([reals["score"].to_numpy(), external_scores])
+    result = binary_metrics(y, s, float(search["threshold"]))
+    result["n_external_inpainted"] = result.pop("n_inpainted")
+    result["n_test_real"] = result.pop("n_real")
+    result["description"] = description
+    return result
+
+
 def run_evaluation(
     storage: Storage, settings: Any, sources: Any, dataset: Any, features: Any, detector: Any
 ) -> Any:
     """Metrics, plots and report of a trained detector, in a deterministic folder."""
-    from deepfake.data import skipped_sources
+    from deepfake.data import external_records, skipped_sources
     from deepfake.inpaint import backend_note
     from deepfake.stages import finished, stage_folder, write_manifest
 
@@ -219,6 +273,11 @@ def run_evaluation(
     if storage.exists(skipped_features):
         skipped += storage.read_json(skipped_features)
     metrics["skipped_inputs"] = skipped
+    external = external_records(storage, sources)
+    if external is not None:
+        metrics["external"] = external_metrics(
+            storage, settings, external, scored, detector.folder, search
+        )
     notes = {
         "data": f"{settings.data.source}, {scored['source_id'].nunique()} sources, "
         f"{len(scored)} images",

@@ -61,7 +61,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def square(image: Image.Image, side: int) -> Image.Image:
+def square(
+    image: Image.Image, side: int, resample: Image.Resampling = Image.Resampling.LANCZOS
+) -> Image.Image:
     """Centre-crop to a square and resize to ``side`` (Lanczos); no-op when already that size."""
     if image.size == (side, side):
         return image
@@ -69,7 +71,7 @@ def square(image: Image.Image, side: int) -> Image.Image:
     left = (image.width - short) // 2
     top = (image.height - short) // 2
     cropped = image.crop((left, top, left + short, top + short))
-    return cropped.resize((side, side), Image.Resampling.LANCZOS)
+    return cropped.resize((side, side), resample)
 
 
 def encode_png(array: np.ndarray) -> bytes:

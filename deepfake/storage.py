@@ -10,6 +10,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,25 @@ class Storage:
                     os.remove(tmp)
         else:
             self.fs.pipe_file(path, data)
+
+    def put_file(self, local: str | Path, uri: str) -> None:
+        """Store a (possibly large) local file at ``uri`` without reading it into memory."""
+        path = self._path(uri)
+        if self.is_local:
+            folder = os.path.dirname(path)
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+            try:
+                shutil.copyfile(local, tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+        else:  # an object appears only when its (multipart) upload completes
+            self.fs.put_file(str(local), path)
+
+    def get_file(self, uri: str, local: str | Path) -> None:
+        self.fs.get_file(self._path(uri), str(local))
 
     def list_files(self, uri: str) -> set[str]:
         """Relative paths of all files below ``uri`` (empty when it does not exist)."""

@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from deepfake.config import DataConfig
+from deepfake.data import kaggle
 from deepfake.data.folder import folder_images
 from deepfake.data.sample import sample_tiles
 from deepfake.images import ImageError, decode, encode_png, sha256, square
@@ -23,6 +24,7 @@ log = logging.getLogger("deepfake")
 
 STAGE = "sources"
 SKIPPED = "skipped.json"
+EXTERNAL = "external.parquet"
 
 
 def _candidates(cfg: DataConfig) -> list[tuple[str, str, object]]:
@@ -61,12 +63,93 @@ def choose_subset(ids: list[str], limit: int | None, seed: int) -> list[int]:
     return sorted((order[i] for i in picked), key=ids.__getitem__)
 
 
+def _source_row(storage: Storage, folder: str, source_id: str, group: str, image) -> dict:
+    data = encode_png(np.asarray(image))
+    uri = f"{folder}/images/{source_id}.png"
+    storage.write_bytes(uri, data)
+    return {
+        "record_id": source_id,
+        "source_id": source_id,
+        "group": group,
+        "variant": "real",
+        "label": 0,
+        "uri": uri,
+        "sha256": sha256(data),
+        "width": image.width,
+        "height": image.height,
+    }
+
+
+def _run_kaggle(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list, list]:
+    """Sources from DeepfakeArt originals; the authors' inpaintings into ``external.parquet``."""
+    rows, skipped, external = [], [], {}
+    with kaggle.local_archive(storage, cfg.kaggle_dataset, cfg.kaggle_archive) as path:
+        folders = kaggle.list_folders(path)
+        for fid in sorted(folders):
+            if "original" not in folders[fid]:
+                reason = f"similar/inpainting/{fid}: no original.png"
+                skipped.append({"source_id": fid, "reason": reason})
+        usable = sorted(fid for fid, roles in folders.items() if "original" in roles)
+        if not usable:
+            raise ValueError(f"{path}: no similar/inpainting/<id>/original.png found")
+        chosen = {usable[i] for i in choose_subset(usable, cfg.limit, cfg.seed)}
+        progress = Progress("kaggle sources", len(chosen))
+        for fid, role, data, problem in kaggle.read_folders(path, chosen, cfg.max_extract_bytes):
+            if problem is not None:
+                log.warning("kaggle: %s", problem)
+                skipped.append({"source_id": fid or "archive", "reason": problem})
+                continue
+            name = f"{path}: similar/inpainting/{fid}/{role}.png"
+            try:
+                image = decode(data or b"", name)
+            except ImageError as exc:
+                log.warning("skipping %s", exc)
+                skipped.append({"source_id": fid, "reason": str(exc)})
+                continue
+            if role == "original":
+                rows.append(_source_row(storage, folder, fid, fid, square(image, cfg.image_size)))
+                progress.advance()
+            elif role == "inpainting":
+                png = encode_png(np.asarray(square(image, cfg.image_size)))
+                uri = f"{folder}/external/{fid}.png"
+                storage.write_bytes(uri, png)
+                external.setdefault(fid, {}).update(uri=uri, sha256=sha256(png))
+            else:
+                mask = square(image.convert("L"), cfg.image_size, Image.Resampling.NEAREST)
+                uri = f"{folder}/external/{fid}_mask.png"
+                storage.write_bytes(uri, encode_png(np.asarray(mask)))
+                external.setdefault(fid, {})["mask_uri"] = uri
+    originals = {row["source_id"] for row in rows}
+    ext_rows = [
+        {
+            "record_id": f"{fid}__external",
+            "source_id": fid,
+            "group": fid,
+            "variant": "external",
+            "label": 1,
+            "uri": item["uri"],
+            "sha256": item["sha256"],
+            "mask_uri": item.get("mask_uri", ""),
+        }
+        for fid, item in sorted(external.items())
+        if fid in originals and "uri" in item
+    ]
+    columns = ["record_id", "source_id", "group", "variant", "label", "uri", "sha256", "mask_uri"]
+    storage.write_parquet(f"{folder}/{EXTERNAL}", pd.DataFrame(ext_rows, columns=columns))
+    log.info("kaggle: %d sources, %d external inpaintings", len(rows), len(ext_rows))
+    return rows, skipped
+
+
 def run_sources(storage: Storage, cfg: DataConfig) -> StageOutput:
     folder = stage_folder(STAGE, cfg.digest())
     done = finished(storage, STAGE, folder)
     if done:
         log.info("sources: reusing %d finished records in %s", done.records, storage.uri(folder))
         return done
+    if cfg.source == "kaggle":
+        rows, skipped = _run_kaggle(storage, cfg, folder)
+        storage.write_json(f"{folder}/{SKIPPED}", skipped)
+        return write_manifest(storage, STAGE, folder, pd.DataFrame(rows))
 
     candidates = _candidates(cfg)
     if not candidates:
@@ -82,27 +165,18 @@ def run_sources(storage: Storage, cfg: DataConfig) -> StageOutput:
             skipped.append({"source_id": source_id, "reason": str(exc)})
             progress.advance()
             continue
-        data = encode_png(np.asarray(image))
-        uri = f"{folder}/images/{source_id}.png"
-        storage.write_bytes(uri, data)
-        rows.append(
-            {
-                "record_id": source_id,
-                "source_id": source_id,
-                "group": group,
-                "variant": "real",
-                "label": 0,
-                "uri": uri,
-                "sha256": sha256(data),
-                "width": image.width,
-                "height": image.height,
-            }
-        )
+        rows.append(_source_row(storage, folder, source_id, group, image))
         progress.advance()
     if not rows:
         raise ValueError(f"none of the {len(chosen)} source images could be read: {skipped[:3]}")
     storage.write_json(f"{folder}/{SKIPPED}", skipped)
     return write_manifest(storage, STAGE, folder, pd.DataFrame(rows))
+
+
+def external_records(storage: Storage, sources: StageOutput) -> pd.DataFrame | None:
+    """The external test set (Kaggle authors' own inpaintings), when the source has one."""
+    uri = f"{sources.folder}/{EXTERNAL}"
+    return storage.read_parquet(uri) if storage.exists(uri) else None
 
 
 def skipped_sources(storage: Storage, sources: StageOutput) -> list[dict[str, str]]:

@@ -1,0 +1,204 @@
+"""Kaggle DeepfakeArt: download (official client), safe extraction, pruning.
+
+The dataset's inpainting category is a set of folders ``similar/inpainting/<id>/`` holding
+``original.png`` (the source), ``inpainting.png`` (the authors' Stable Diffusion 2 inpainting),
+``mask.png`` and ``group.png`` (a preview grid). As the original project's ``delete.py`` did, only
+``original.png`` becomes a training source (record id = folder id). The authors' own
+``inpainting.png`` files, with their masks, are kept apart as an external test set: made with
+someone else's masks and settings, they measure how far the detector generalises.
+
+Downloads use the official ``kaggle`` client. The archive is kept in storage under
+``raw/kaggle/``, so a rerun does not download again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from deepfake.data.archive import UnsafeArchive, read_members
+from deepfake.storage import Storage
+
+log = logging.getLogger("deepfake")
+
+DEFAULT_DATASET = "danielmao2019/deepfakeart"
+ROLES = ("original", "inpainting", "mask")
+_MEMBER = re.compile(r"(?:^|/)similar/inpainting/([^/]+)/(original|inpainting|mask)\.png$")
+CREDENTIALS_HELP = (
+    "Kaggle credentials are missing or were refused. Provide them in one of the standard places: "
+    "the KAGGLE_API_TOKEN environment variable (or ~/.kaggle/access_token), the KAGGLE_USERNAME "
+    "and KAGGLE_KEY environment variables, or ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR/"
+    "kaggle.json). Tokens are made at https://www.kaggle.com/settings/api. Or pass an archive "
+    "you already have: --set data.kaggle_archive=PATH"
+)
+
+
+class KaggleAuthError(PermissionError):
+    """Credentials missing or refused: retrying cannot help."""
+
+
+class KaggleDownloadError(OSError):
+    """The download failed for a reason that retries did not cure."""
+
+
+class KaggleClient(Protocol):
+    def download(self, dataset: str, dest: Path) -> Path:
+        """Download the dataset's archive into folder ``dest``; return the archive's path."""
+        ...
+
+
+class OfficialKaggleClient:
+    """The ``kaggle`` package's API: authentication from the standard places, one zip download.
+
+    The Kaggle API serves a dataset as one archive (single files can be fetched, but not a
+    folder of 5,063 sub-folders), so the whole archive is downloaded once and kept.
+    """
+
+    def _api(self):  # noqa: ANN202 - the client's own type
+        # Importing ``kaggle`` authenticates and prints help text on failure: keep it quiet.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+
+            api = KaggleApi()
+            try:
+                api.authenticate()
+            except (SystemExit, Exception):
+                # No chained cause: a client's error text may echo a key.
+                raise KaggleAuthError(CREDENTIALS_HELP) from None
+        return api
+
+    def download(self, dataset: str, dest: Path) -> Path:
+        api = self._api()
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                api.dataset_download_files(dataset, path=str(dest), quiet=True, unzip=False)
+            except Exception as exc:
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if status in (401, 403):
+                    raise KaggleAuthError(CREDENTIALS_HELP) from None
+                if status == 404:
+                    raise FileNotFoundError(f"Kaggle dataset {dataset!r} was not found") from None
+                raise
+        archives = sorted(dest.glob("*.zip"))
+        if not archives:
+            raise KaggleDownloadError(f"the Kaggle client wrote no archive for {dataset!r}")
+        return archives[0]
+
+
+def download_with_retries(
+    client: KaggleClient,
+    dataset: str,
+    dest: Path,
+    attempts: int = 4,
+    backoff: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
+    """Retry network errors with exponential backoff; never retry authentication errors."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return client.download(dataset, dest)
+        except (KaggleAuthError, FileNotFoundError):
+            raise
+        except Exception as exc:
+            if attempt == attempts:
+                raise KaggleDownloadError(
+                    f"downloading Kaggle dataset {dataset!r} failed {attempts} times; last error: "
+                    f"{type(exc).__name__}"
+                ) from None
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning(
+                "kaggle: download attempt %d/%d failed (%s); retrying in %.0f s",
+                attempt, attempts, type(exc).__name__, delay,
+            )  # fmt: skip
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def archive_uri(dataset: str) -> str:
+    owner, _, name = dataset.partition("/")
+    return f"raw/kaggle/{owner}__{name}/{name}.zip"
+
+
+@contextlib.contextmanager
+def local_archive(
+    storage: Storage, dataset: str, given: str | None, client: KaggleClient | None = None
+) -> Iterator[Path]:
+    """A local path to the dataset (archive or extracted folder), downloading it at most once."""
+    if given:
+        path = Path(given).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"data.kaggle_archive {given}: no such file or folder")
+        yield path
+        return
+    uri = archive_uri(dataset)
+    if not storage.exists(uri):
+        with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
+            log.info("kaggle: downloading %s (kept in %s)", dataset, storage.uri(uri))
+            path = download_with_retries(client or OfficialKaggleClient(), dataset, Path(tmp))
+            storage.put_file(path, uri)
+    else:
+        log.info("kaggle: using the archive already in %s", storage.uri(uri))
+    if storage.is_local:
+        yield Path(storage.uri(uri))
+        return
+    with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
+        local = Path(tmp) / Path(uri).name
+        storage.get_file(uri, local)
+        yield local
+
+
+def list_folders(path: Path) -> dict[str, set[str]]:
+    """folder id -> roles present (original/inpainting/mask), from names only."""
+    folders: dict[str, set[str]] = {}
+    for name in _names(path):
+        match = _MEMBER.search(name)
+        if match:
+            folders.setdefault(match.group(1), set()).add(match.group(2))
+    return folders
+
+
+def _names(path: Path) -> Iterator[str]:
+    if path.is_dir():
+        yield from sorted(Storage(path).list_files(""))
+        return
+    from deepfake.data.archive import members
+
+    for member in members(path):
+        yield member.name
+
+
+def read_folders(
+    path: Path, ids: set[str], max_bytes: int
+) -> Iterator[tuple[str, str, bytes | None, str | None]]:
+    """Yield (folder id, role, data, problem) for the wanted files of folders ``ids``."""
+
+    def wanted(name: str) -> bool:
+        match = _MEMBER.search(name)
+        return bool(match and match.group(1) in ids)
+
+    if path.is_dir():
+        store = Storage(path)
+        total = 0
+        for name in sorted(store.list_files("")):
+            if not wanted(name):
+                continue
+            data = store.read_bytes(name)
+            total += len(data)
+            if total > max_bytes:
+                raise UnsafeArchive(f"{path}: {name!r} takes the total past {max_bytes} bytes")
+            match = _MEMBER.search(name)
+            yield match.group(1), match.group(2), data, None  # type: ignore[union-attr]
+        return
+    for name, data, problem in read_members(path, wanted, max_bytes):
+        match = _MEMBER.search(name)
+        if match is None:
+            yield "", "", None, problem
+        else:
+            yield match.group(1), match.group(2), data, problem
