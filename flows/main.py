@@ -17,6 +17,8 @@ from typing import Any
 from prefect import flow
 
 from deepfake.config import ConfigError, Settings, describe_settings, load_settings
+from deepfake.data import kaggle
+from deepfake.data.kaggle import KaggleAuthError
 from deepfake.features import WeightsUnavailable
 from deepfake.features.backbones import get_backbone
 from deepfake.inpaint import BackendUnavailable, ModelUnavailable, make_inpainter
@@ -78,6 +80,11 @@ def preflight(cfg: Settings) -> None:
     """Fail before any work when an explicitly chosen model cannot be had (one clear message)."""
     if cfg.inpaint.backend == "sd2":
         make_inpainter(cfg.inpaint).pipeline()  # type: ignore[attr-defined]
+    needs_download = cfg.data.source == "kaggle" and not cfg.data.kaggle_archive
+    if needs_download and not Storage(cfg.storage).exists(
+        kaggle.archive_uri(cfg.data.kaggle_dataset)
+    ):
+        kaggle.OfficialKaggleClient().authenticate()
     if cfg.features.backbone != "efficientnet_lite0":
         get_backbone(cfg.features.backbone).build()
 
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("deepfake").setLevel(logging.INFO)
     try:
         preflight(cfg)
-    except (ModelUnavailable, BackendUnavailable, WeightsUnavailable) as exc:
+    except (ModelUnavailable, BackendUnavailable, WeightsUnavailable, KaggleAuthError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()

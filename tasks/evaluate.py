@@ -53,13 +53,16 @@ def publish(
     store = Storage(storage)
     summary = publish_run(store, settings, run_id, evaluation, detector)
     metrics = summary["metrics"]
+    rows = [{"metric": k, "value": metrics[k]} for k in _HEADLINE]
+    rows += [
+        {"metric": f"roc_auc[{t}]", "value": m["roc_auc"]}
+        for t, m in metrics["per_mask_type"].items()
+    ]
+    if metrics.get("external", {}).get("n_external_inpainted"):
+        rows.append({"metric": "roc_auc[external]", "value": metrics["external"]["roc_auc"]})
     create_table_artifact(
         key="detector-metrics",
-        table=[{"metric": k, "value": metrics[k]} for k in _HEADLINE]
-        + [
-            {"metric": f"roc_auc[{t}]", "value": m["roc_auc"]}
-            for t, m in metrics["per_mask_type"].items()
-        ],
+        table=rows,
         description=f"Held-out metrics of run {run_id}",
     )
     report = store.read_bytes(f"reports/{run_id}/report.md").decode()

@@ -203,3 +203,32 @@ def test_cli_missing_sd2_model_is_one_clear_line(prefect_server, capsys, tmp_pat
     assert err.startswith("error: inpaint.model") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_flow_on_a_kaggle_archive_reports_the_external_set(prefect_server, tmp_path: Path):
+    from tests.kaggle_archive import build_archive
+
+    archive = tmp_path / "deepfakeart.zip"
+    info = build_archive(archive, folders=30, size=64)
+    kaggle = ["data.source=kaggle", f"data.kaggle_archive={archive}", "data.limit="]
+    summary, states = run(tmp_path / "store", *kaggle)
+    assert set(states.values()) == {"Completed"}
+    store = Storage(tmp_path / "store")
+    metrics = store.read_json(f"reports/{summary['run_id']}/metrics.json")
+    external = metrics["external"]
+    assert 0 < external["n_external_inpainted"] <= len(info["good"])
+    assert external["n_test_real"] == metrics["n_test_real"]
+    assert external["roc_auc"] is not None
+    report = store.read_bytes("reports/latest/report.md").decode()
+    assert "## External test set" in report and "no original.png" in report
+
+
+def test_cli_kaggle_without_credentials_is_one_clear_line(prefect_server, capsys, tmp_path,
+                                                          monkeypatch) -> None:  # fmt: skip
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
+    code = main(["--storage", str(tmp_path / "s"), "--set", "data.source=kaggle"])
+    err = capsys.readouterr().err
+    assert code == 2 and "KAGGLE_API_TOKEN" in err and "Traceback" not in err

@@ -61,7 +61,8 @@ class OfficialKaggleClient:
     folder of 5,063 sub-folders), so the whole archive is downloaded once and kept.
     """
 
-    def _api(self):  # noqa: ANN202 - the client's own type
+    def authenticate(self):  # noqa: ANN201 - the client's own type
+        """The authenticated API client, or KaggleAuthError saying where credentials go."""
         # Importing ``kaggle`` authenticates and prints help text on failure: keep it quiet.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             from kaggle.api.kaggle_api_extended import KaggleApi
@@ -75,7 +76,7 @@ class OfficialKaggleClient:
         return api
 
     def download(self, dataset: str, dest: Path) -> Path:
-        api = self._api()
+        api = self.authenticate()
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 api.dataset_download_files(dataset, path=str(dest), quiet=True, unzip=False)
