@@ -195,17 +195,29 @@ class SVMConfig(Section):
     n_jobs: int = Field(1, description="Parallel grid-search fits (-1 = all cores).")
 
 
+class StorageConfig(Section):
+    root: str = Field("storage", description="Storage root: a local folder or s3://bucket/prefix.")
+    endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint (MinIO, ...); empty = AWS_ENDPOINT_URL or AWS itself.",
+    )
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    storage: str = Field(
-        "storage", description="Storage root: a local folder or s3://bucket/prefix."
-    )
+    storage: StorageConfig = StorageConfig()
     data: DataConfig = DataConfig()
     masks: MaskConfig = MaskConfig()
     inpaint: InpaintConfig = InpaintConfig()
     features: FeaturesConfig = FeaturesConfig()
     svm: SVMConfig = SVMConfig()
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _root_only(cls, value: Any) -> Any:
+        """``storage: s3://bucket/prefix`` in a settings file is short for ``storage.root``."""
+        return {"root": str(value)} if isinstance(value, str | Path) else value
 
     def digest(self) -> str:
         return digest_of(self.model_dump(mode="json"))
@@ -292,7 +304,10 @@ def load_settings(
             )
         data = loaded or {}
     if storage is not None:
-        data["storage"] = storage
+        if isinstance(data.get("storage"), dict):
+            data["storage"] = {**data["storage"], "root": storage}
+        else:
+            data["storage"] = {"root": storage}
     for text in overrides or []:
         path_parts, value = parse_override(text)
         _known_keys(Settings, path_parts)

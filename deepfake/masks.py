@@ -110,24 +110,27 @@ def run_masks(storage: Storage, cfg: MaskConfig, sources: StageOutput) -> StageO
     frame = storage.read_parquet(sources.manifest)
     rows = []
     progress = Progress("masks", len(frame) * len(cfg.types), unit="masks")
-    for src in frame.itertuples(index=False):
-        for mask_type in cfg.types:
-            mask = make_mask(mask_type, int(src.height), int(src.width), src.source_id, cfg.seed)
-            data = encode_png(mask)
-            uri = f"{folder}/{src.source_id}/{mask_type}.png"
-            storage.write_bytes(uri, data)
-            rows.append(
-                {
-                    "record_id": f"{src.source_id}__{mask_type}",
-                    "source_id": src.source_id,
-                    "group": src.group,
-                    "variant": mask_type,
-                    "label": 1,
-                    "uri": uri,
-                    "sha256": sha256(data),
-                    "source_uri": src.uri,
-                    "coverage": float((mask > 0).mean()),
-                }
-            )
-            progress.advance()
+    with storage.batched_writes(256) as put:
+        for src in frame.itertuples(index=False):
+            for mask_type in cfg.types:
+                mask = make_mask(
+                    mask_type, int(src.height), int(src.width), src.source_id, cfg.seed
+                )
+                data = encode_png(mask)
+                uri = f"{folder}/{src.source_id}/{mask_type}.png"
+                put(uri, data)
+                rows.append(
+                    {
+                        "record_id": f"{src.source_id}__{mask_type}",
+                        "source_id": src.source_id,
+                        "group": src.group,
+                        "variant": mask_type,
+                        "label": 1,
+                        "uri": uri,
+                        "sha256": sha256(data),
+                        "source_uri": src.uri,
+                        "coverage": float((mask > 0).mean()),
+                    }
+                )
+                progress.advance()
     return write_manifest(storage, STAGE, folder, pd.DataFrame(rows))

@@ -6,12 +6,14 @@ renamed into place; an object store gets one PUT. A reader never sees half a fil
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import posixpath
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +26,63 @@ class StorageError(OSError):
     """A storage location that cannot be read or written."""
 
 
+def s3_options(endpoint_url: str | None = None) -> dict[str, Any]:
+    """s3fs options: endpoint from the argument or AWS_ENDPOINT_URL(_S3), retrying transient errors.
+
+    Credentials are left to botocore's standard chain (environment, profiles, instance roles).
+    """
+    endpoint = (
+        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    options: dict[str, Any] = {
+        # "standard" retry mode retries throttling, 5xx and dropped connections with backoff.
+        "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}},
+        "retries": 8,
+    }
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
+
+
 class Storage:
     """Files under one root URL; methods take paths relative to the root, or absolute URLs."""
 
-    def __init__(self, root: str | Path, **storage_options: Any) -> None:
+    def __init__(
+        self, root: str | Path, endpoint_url: str | None = None, **storage_options: Any
+    ) -> None:
         root = str(root)
         if "://" not in root:
             root = str(Path(root).expanduser().resolve())
+        if root.startswith(("s3://", "s3a://")):
+            storage_options = {**s3_options(endpoint_url), **storage_options}
+        self.options = storage_options
         self.fs, self._root_path = fsspec.core.url_to_fs(root, **storage_options)
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    @classmethod
+    def open(cls, cfg: Any) -> Storage:
+        """Storage for a ``StorageConfig`` (root and endpoint)."""
+        return cls(cfg.root, cfg.endpoint_url)
+
+    def check(self) -> None:
+        """Fail fast, with one clear message, when the root cannot be used (S3: bucket, access)."""
+        if self.is_local:
+            return
+        bucket = self._root_path.split("/", 1)[0]
+        try:
+            self.fs.ls(bucket, refresh=True)
+        except FileNotFoundError:
+            raise StorageError(f"storage {self.root}: bucket {bucket!r} does not exist") from None
+        except PermissionError:
+            raise StorageError(
+                f"storage {self.root}: access to bucket {bucket!r} was refused; check the AWS "
+                "credentials (environment, profile or instance role)"
+            ) from None
+        except OSError as exc:
+            raise StorageError(
+                f"storage {self.root}: cannot reach bucket {bucket!r} ({type(exc).__name__})"
+            ) from None
 
     def __repr__(self) -> str:
         return f"Storage({self.root!r})"
@@ -108,6 +157,47 @@ class Storage:
         path = self._path(uri)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+    def read_many(self, uris: list[str]) -> list[bytes | Exception]:
+        """Contents of many files, fetched concurrently from object stores; errors returned."""
+        if self.is_local or not uris:
+            out: list[bytes | Exception] = []
+            for uri in uris:
+                try:
+                    out.append(self.read_bytes(uri))
+                except OSError as exc:
+                    out.append(exc)
+            return out
+        paths = [self._path(u) for u in uris]
+        found = self.fs.cat(paths, on_error="return")
+        return [
+            StorageError(f"{uri}: no such file")
+            if isinstance(found.get(path), FileNotFoundError) or path not in found
+            else found[path]
+            for uri, path in zip(uris, paths, strict=True)
+        ]
+
+    def write_many(self, items: dict[str, bytes]) -> None:
+        """Write many files; object stores get concurrent single PUTs (each one atomic)."""
+        if self.is_local:
+            for uri, data in items.items():
+                self.write_bytes(uri, data)
+        elif items:
+            self.fs.pipe({self._path(uri): data for uri, data in items.items()})
+
+    @contextlib.contextmanager
+    def batched_writes(self, size: int = 64) -> Iterator[Callable[[str, bytes], None]]:
+        """``put(uri, data)`` that writes ``size`` files at a time (concurrently on S3)."""
+        pending: dict[str, bytes] = {}
+
+        def put(uri: str, data: bytes) -> None:
+            pending[uri] = data
+            if len(pending) >= size:
+                self.write_many(pending)
+                pending.clear()
+
+        yield put
+        self.write_many(pending)
 
     def write_json(self, uri: str, obj: Any) -> None:
         self.write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())

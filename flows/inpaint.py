@@ -17,17 +17,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from deepfake.config import InpaintConfig
+from deepfake.config import InpaintConfig, StorageConfig
 from deepfake.inpaint import InpaintPlan, run_planned_batch
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks.inpaint import collect_inpainting, plan_inpainting
 
 
-@flow(name="inpaint-batch", retries=2, retry_delay_seconds=10)
-def inpaint_batch(storage: str, plan: InpaintPlan, index: int) -> dict[str, Any]:
+@flow(name="inpaint-batch", retries=2, retry_delay_seconds=10, result_serializer="json")
+def inpaint_batch(storage: StorageConfig, plan: InpaintPlan, index: int) -> dict[str, Any]:
     """Inpaint batch ``index`` of ``plan``: images written atomically, then the batch manifest."""
-    stats = run_planned_batch(Storage(storage), plan, index)
+    stats = run_planned_batch(Storage.open(storage), plan, index)
     get_run_logger().info(
         "batch %d/%d: %d images in %.1f s, %.2f images/s (%s)",
         index + 1, plan.batches, stats["images"], stats["seconds"], stats["images_per_s"],
@@ -37,7 +37,7 @@ def inpaint_batch(storage: str, plan: InpaintPlan, index: int) -> dict[str, Any]
 
 
 def inpaint_stage(
-    storage: str, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
+    storage: StorageConfig, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
 ) -> StageOutput:
     """Plan, run the batches as subflows with a progress artifact, collect."""
     plan = plan_inpainting(storage, cfg, sources, masks)
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, required=True, help="batch index, from 0")
     args = parser.parse_args(argv)
     logging.getLogger("deepfake").setLevel(logging.INFO)
-    stats = inpaint_batch(args.storage, InpaintPlan.model_validate_json(args.plan), args.batch)
+    storage = StorageConfig(root=args.storage)
+    stats = inpaint_batch(storage, InpaintPlan.model_validate_json(args.plan), args.batch)
     print(json.dumps(stats))
     return 0
 

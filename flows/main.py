@@ -23,8 +23,9 @@ from deepfake.features import WeightsUnavailable
 from deepfake.features.backbones import get_backbone
 from deepfake.inpaint import BackendUnavailable, ModelUnavailable, make_inpainter
 from deepfake.publish import new_run_id
-from deepfake.storage import Storage
+from deepfake.storage import Storage, StorageError
 from flows.inpaint import inpaint_stage
+from tasks._common import result_storage_for
 from tasks.classify import train_detector
 from tasks.data import prepare_sources
 from tasks.evaluate import evaluate_detector, publish
@@ -32,11 +33,11 @@ from tasks.features import extract_features
 from tasks.masks import make_masks
 
 
-@flow(name="deepfake-pipeline")
+@flow(name="deepfake-pipeline", result_serializer="json")
 def pipeline(settings: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Train and evaluate an inpainting detector from scratch, reusing every finished stage."""
     cfg = Settings.model_validate(settings or {})
-    storage = Storage(cfg.storage).root
+    storage = cfg.storage
     run_id = run_id or new_run_id(cfg)
 
     sources = prepare_sources(storage, cfg.data)
@@ -77,11 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def preflight(cfg: Settings) -> None:
-    """Fail before any work when an explicitly chosen model cannot be had (one clear message)."""
+    """Fail before any work, with one clear message, on what cannot be had: the storage bucket,
+    an explicitly chosen model, Kaggle credentials."""
+    Storage.open(cfg.storage).check()
     if cfg.inpaint.backend == "sd2":
         make_inpainter(cfg.inpaint).pipeline()  # type: ignore[attr-defined]
     needs_download = cfg.data.source == "kaggle" and not cfg.data.kaggle_archive
-    if needs_download and not Storage(cfg.storage).exists(
+    if needs_download and not Storage.open(cfg.storage).exists(
         kaggle.archive_uri(cfg.data.kaggle_dataset)
     ):
         kaggle.OfficialKaggleClient().authenticate()
@@ -97,15 +100,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Resolve a relative local root now, so every task (and its cache key) sees the same path.
-    cfg = cfg.model_copy(update={"storage": Storage(cfg.storage).root})
+    root = Storage(cfg.storage.root).root
+    cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"root": root})})
     logging.getLogger("deepfake").setLevel(logging.INFO)
     try:
         preflight(cfg)
-    except (ModelUnavailable, BackendUnavailable, WeightsUnavailable, KaggleAuthError) as exc:
+    except (
+        ModelUnavailable,
+        BackendUnavailable,
+        WeightsUnavailable,
+        KaggleAuthError,
+        StorageError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()
-    summary = pipeline(settings=cfg.model_dump(mode="json"))
+    results = result_storage_for(cfg.storage)
+    summary = pipeline.with_options(result_storage=results)(settings=cfg.model_dump(mode="json"))
     summary["wall_seconds"] = round(time.monotonic() - start, 1)
     print(json.dumps(summary, indent=2))
     return 0

@@ -8,7 +8,9 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 
+from deepfake.config import StorageConfig, digest_of
 from deepfake.stages import StageOutput, finished
 from deepfake.storage import Storage
 
@@ -42,7 +44,7 @@ class StageCache(CachePolicy):
         except Exception:
             return None
         if isinstance(cached, StageOutput):
-            storage = Storage(inputs["storage"])
+            storage = Storage.open(inputs["storage"])
             if finished(storage, cached.stage, cached.folder) is None:
                 return None
         return key
@@ -69,4 +71,23 @@ TASK_DEFAULTS: dict[str, Any] = {
     "retry_condition_fn": is_transient,
     "cache_policy": StageCache(),
     "persist_result": True,
+    # Results are small pydantic models: JSON, so reading a cached result never unpickles.
+    "result_serializer": "json",
 }
+
+
+def result_storage_for(storage: StorageConfig) -> WritableFileSystem:
+    """Prefect task results beside the pipeline's own files, so any worker finds them.
+
+    Saved as a block (Prefect requires that), named after the storage root; it holds the root,
+    endpoint and retry options, never credentials.
+    """
+    store = Storage.open(storage)
+    basepath = f"{store.root}/prefect-results"
+    block: WritableFileSystem
+    if store.is_local:
+        block = LocalFileSystem(basepath=basepath)
+    else:
+        block = RemoteFileSystem(basepath=basepath, settings=store.options)
+    block.save(f"deepfake-results-{digest_of(basepath)[:12]}", overwrite=True)
+    return block

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from deepfake.config import DataConfig
+from deepfake.config import DataConfig, StorageConfig
 from deepfake.data import run_sources
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
@@ -10,6 +10,6 @@ from tasks._common import TASK_DEFAULTS
 
 
 @task(name="prepare-sources", **TASK_DEFAULTS)
-def prepare_sources(storage: str, cfg: DataConfig) -> StageOutput:
+def prepare_sources(storage: StorageConfig, cfg: DataConfig) -> StageOutput:
     """Real source images, normalised, with their manifest."""
-    return run_sources(Storage(storage), cfg)
+    return run_sources(Storage.open(storage), cfg)

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from deepfake.config import Settings
+from deepfake.config import Settings, StorageConfig
 from deepfake.evaluate import run_evaluation
 from deepfake.publish import publish_run
 from deepfake.stages import StageOutput
@@ -30,7 +30,7 @@ _HEADLINE = (
 
 @task(name="evaluate-detector", **TASK_DEFAULTS)
 def evaluate_detector(
-    storage: str,
+    storage: StorageConfig,
     settings: Settings,
     sources: StageOutput,
     dataset: StageOutput,
@@ -38,19 +38,19 @@ def evaluate_detector(
     detector: StageOutput,
 ) -> StageOutput:
     """Held-out metrics, plots and report."""
-    return run_evaluation(Storage(storage), settings, sources, dataset, features, detector)
+    return run_evaluation(Storage.open(storage), settings, sources, dataset, features, detector)
 
 
 @task(name="publish-run", **{**TASK_DEFAULTS, "cache_policy": NO_CACHE, "persist_result": False})
 def publish(
-    storage: str,
+    storage: StorageConfig,
     settings: Settings,
     run_id: str,
     evaluation: StageOutput,
     detector: StageOutput,
 ) -> dict[str, Any]:
     """Report and detector under the run id and ``latest``, and the summary as UI artifacts."""
-    store = Storage(storage)
+    store = Storage.open(storage)
     summary = publish_run(store, settings, run_id, evaluation, detector)
     metrics = summary["metrics"]
     rows = [{"metric": k, "value": metrics[k]} for k in _HEADLINE]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from deepfake.config import FeaturesConfig
+from deepfake.config import FeaturesConfig, StorageConfig
 from deepfake.features import run_features
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
@@ -10,6 +10,8 @@ from tasks._common import TASK_DEFAULTS
 
 
 @task(name="extract-features", **TASK_DEFAULTS)
-def extract_features(storage: str, cfg: FeaturesConfig, dataset: StageOutput) -> StageOutput:
+def extract_features(
+    storage: StorageConfig, cfg: FeaturesConfig, dataset: StageOutput
+) -> StageOutput:
     """CNN features of every real and inpainted image."""
-    return run_features(Storage(storage), cfg, dataset)
+    return run_features(Storage.open(storage), cfg, dataset)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from deepfake.config import MaskConfig
+from deepfake.config import MaskConfig, StorageConfig
 from deepfake.masks import run_masks
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
@@ -10,6 +10,6 @@ from tasks._common import TASK_DEFAULTS
 
 
 @task(name="make-masks", **TASK_DEFAULTS)
-def make_masks(storage: str, cfg: MaskConfig, sources: StageOutput) -> StageOutput:
+def make_masks(storage: StorageConfig, cfg: MaskConfig, sources: StageOutput) -> StageOutput:
     """The five masks of every source."""
-    return run_masks(Storage(storage), cfg, sources)
+    return run_masks(Storage.open(storage), cfg, sources)

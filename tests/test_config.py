@@ -24,7 +24,7 @@ def test_overrides_set_dotted_keys_with_typed_values(tmp_path: Path) -> None:
     assert cfg.svm.C == (1.0, 10.0)
     assert cfg.data.limit == 7
     assert cfg.features.input_size is None
-    assert cfg.storage == str(tmp_path)
+    assert cfg.storage.root == str(tmp_path)
 
 
 def test_yaml_file_then_overrides(tmp_path: Path) -> None:
@@ -68,11 +68,12 @@ def test_digest_changes_with_any_setting_and_secrets_are_redacted() -> None:
     assert a.digest() != b.digest()
     assert a.data.digest() == b.data.digest()
     creds = Settings(storage="s3://AKIAEXAMPLE:sekret@bucket/prefix").public_dict()
+    assert Settings(storage="s3://b/p").storage.root == "s3://b/p"
     assert "sekret" not in str(creds) and "AKIAEXAMPLE" not in str(creds)
 
 
 def test_every_setting_is_described() -> None:
     rows = describe_settings()
     keys = {key for key, _, _ in rows}
-    assert {"storage", "data.limit", "svm.cv_folds", "inpaint.method"} <= keys
+    assert {"storage.root", "data.limit", "svm.cv_folds", "inpaint.method"} <= keys
     assert all(desc for _, _, desc in rows)

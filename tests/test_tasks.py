@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from prefect import flow, task
 
-from deepfake.config import DataConfig, FeaturesConfig, InpaintConfig, MaskConfig, SVMConfig
+from deepfake.config import (
+    DataConfig,
+    FeaturesConfig,
+    InpaintConfig,
+    MaskConfig,
+    StorageConfig,
+    SVMConfig,
+)
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import is_transient
@@ -19,7 +26,7 @@ from tasks.masks import make_masks
 
 
 def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
-    root = str(tmp_path)
+    root = StorageConfig(root=str(tmp_path))
     sources = prepare_sources.fn(root, DataConfig(limit=12, image_size=48))
     masks = make_masks.fn(root, MaskConfig(), sources)
     cfg = InpaintConfig(backend="classical", batch_size=8)
@@ -30,8 +37,8 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
     from deepfake.inpaint import run_planned_batch
 
     for index in range(inpaint_plan.batches):
-        run_planned_batch(Storage(root), inpaint_plan, index)
-    Storage(root).delete(dataset.manifest)
+        run_planned_batch(Storage(str(tmp_path)), inpaint_plan, index)
+    Storage(str(tmp_path)).delete(dataset.manifest)
     dataset = collect_inpainting.fn(root, inpaint_plan.cfg, inpaint_plan.folder, sources)
     features = extract_features.fn(root, FeaturesConfig(input_size=64), dataset)
     detector = train_detector.fn(
@@ -42,7 +49,7 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
     assert [o.records for o in outputs] == [12, 60, 72, 72, 72]
     # Tasks pass small things only: a stage name, a folder and a digest.
     assert all(len(o.model_dump_json()) < 300 for o in outputs)
-    assert Storage(root).exists(detector.manifest)
+    assert Storage(str(tmp_path)).exists(detector.manifest)
 
 
 def test_tasks_have_retries_and_a_cache_policy() -> None:

@@ -7,6 +7,7 @@ beside the manifest; the rest of the run goes on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -63,10 +64,12 @@ def choose_subset(ids: list[str], limit: int | None, seed: int) -> list[int]:
     return sorted((order[i] for i in picked), key=ids.__getitem__)
 
 
-def _source_row(storage: Storage, folder: str, source_id: str, group: str, image) -> dict:
+def _source_row(
+    put: Callable[[str, bytes], None], folder: str, source_id: str, group: str, image
+) -> dict:
     data = encode_png(np.asarray(image))
     uri = f"{folder}/images/{source_id}.png"
-    storage.write_bytes(uri, data)
+    put(uri, data)
     return {
         "record_id": source_id,
         "source_id": source_id,
@@ -83,7 +86,10 @@ def _source_row(storage: Storage, folder: str, source_id: str, group: str, image
 def _run_kaggle(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list, list]:
     """Sources from DeepfakeArt originals; the authors' inpaintings into ``external.parquet``."""
     rows, skipped, external = [], [], {}
-    with kaggle.local_archive(storage, cfg.kaggle_dataset, cfg.kaggle_archive) as path:
+    with (
+        kaggle.local_archive(storage, cfg.kaggle_dataset, cfg.kaggle_archive) as path,
+        storage.batched_writes() as put,
+    ):
         folders = kaggle.list_folders(path)
         for fid in sorted(folders):
             if "original" not in folders[fid]:
@@ -107,17 +113,17 @@ def _run_kaggle(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list, l
                 skipped.append({"source_id": fid, "reason": str(exc)})
                 continue
             if role == "original":
-                rows.append(_source_row(storage, folder, fid, fid, square(image, cfg.image_size)))
+                rows.append(_source_row(put, folder, fid, fid, square(image, cfg.image_size)))
                 progress.advance()
             elif role == "inpainting":
                 png = encode_png(np.asarray(square(image, cfg.image_size)))
                 uri = f"{folder}/external/{fid}.png"
-                storage.write_bytes(uri, png)
+                put(uri, png)
                 external.setdefault(fid, {}).update(uri=uri, sha256=sha256(png))
             else:
                 mask = square(image.convert("L"), cfg.image_size, Image.Resampling.NEAREST)
                 uri = f"{folder}/external/{fid}_mask.png"
-                storage.write_bytes(uri, encode_png(np.asarray(mask)))
+                put(uri, encode_png(np.asarray(mask)))
                 external.setdefault(fid, {})["mask_uri"] = uri
     originals = {row["source_id"] for row in rows}
     ext_rows = [
@@ -157,16 +163,16 @@ def run_sources(storage: Storage, cfg: DataConfig) -> StageOutput:
     chosen = [candidates[i] for i in choose_subset([c[0] for c in candidates], cfg.limit, cfg.seed)]
     rows, skipped = [], []
     progress = Progress("sources", len(chosen))
-    for source_id, group, item in chosen:
-        try:
-            image = square(_load(item, source_id), cfg.image_size)
-        except ImageError as exc:
-            log.warning("skipping source %s", exc)
-            skipped.append({"source_id": source_id, "reason": str(exc)})
+    with storage.batched_writes() as put:
+        for source_id, group, item in chosen:
             progress.advance()
-            continue
-        rows.append(_source_row(storage, folder, source_id, group, image))
-        progress.advance()
+            try:
+                image = square(_load(item, source_id), cfg.image_size)
+            except ImageError as exc:
+                log.warning("skipping source %s", exc)
+                skipped.append({"source_id": source_id, "reason": str(exc)})
+                continue
+            rows.append(_source_row(put, folder, source_id, group, image))
     if not rows:
         raise ValueError(f"none of the {len(chosen)} source images could be read: {skipped[:3]}")
     storage.write_json(f"{folder}/{SKIPPED}", skipped)

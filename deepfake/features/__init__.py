@@ -81,9 +81,12 @@ def run_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput) ->
     progress = Progress("features", len(frame))
     for batch in chunks(list(frame.itertuples(index=False)), cfg.batch_size):
         images, rows = [], []
-        for row in batch:
+        contents = storage.read_many([row.uri for row in batch])
+        for row, data in zip(batch, contents, strict=True):
             try:
-                images.append(decode_png_array(storage.read_bytes(row.uri), row.uri))
+                if isinstance(data, Exception):
+                    raise data
+                images.append(decode_png_array(data, row.uri))
                 rows.append(row)
             except (ImageError, OSError) as exc:
                 log.warning("features: skipping %s: %s", row.uri, exc)

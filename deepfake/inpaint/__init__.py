@@ -28,6 +28,7 @@ from deepfake.inpaint.sd2 import BackendUnavailable, ModelUnavailable, SD2Inpain
 from deepfake.stages import (
     Progress,
     StageOutput,
+    chunks,
     finished,
     stage_folder,
     write_manifest,
@@ -154,12 +155,18 @@ def _write_reals(storage: Storage, inpainter: Inpainter, folder: str, sources: S
     if not inpainter.resamples:
         return
     present = storage.list_files(f"{folder}/real")
-    for row in storage.read_parquet(sources.manifest).itertuples(index=False):
-        if f"{row.source_id}.png" in present:
-            continue
-        image = decode_png_array(storage.read_bytes(row.uri), row.uri)
-        storage.write_bytes(
-            f"{folder}/real/{row.source_id}.png", encode_png(inpainter.real_counterpart(image))
+    frame = storage.read_parquet(sources.manifest)
+    todo = frame[~(frame["source_id"] + ".png").isin(present)]
+    for part in chunks(list(todo.itertuples(index=False)), 64):
+        uris = [r.uri for r in part]
+        contents = dict(zip(uris, storage.read_many(uris), strict=True))
+        storage.write_many(
+            {
+                f"{folder}/real/{r.source_id}.png": encode_png(
+                    inpainter.real_counterpart(_decode(contents, r.uri))
+                )
+                for r in part
+            }
         )
 
 
@@ -209,10 +216,12 @@ def run_batch(
     """Inpaint one batch; returns counts and images/s. Unreadable inputs are skipped, logged."""
     start = time.monotonic()
     images, masks, kept, failed = [], [], [], []
+    uris = [u for rec in batch for u in (rec["source_uri"], rec["mask_uri"])]
+    contents = dict(zip(uris, storage.read_many(uris), strict=True))
     for rec in batch:
         try:
-            image = decode_png_array(storage.read_bytes(rec["source_uri"]), rec["source_uri"])
-            mask = decode_png_array(storage.read_bytes(rec["mask_uri"]), rec["mask_uri"])
+            image = _decode(contents, rec["source_uri"])
+            mask = _decode(contents, rec["mask_uri"])
         except (ImageError, OSError) as exc:
             log.warning("inpainting: skipping %s: %s", rec["record_id"], exc)
             failed.append({"record_id": rec["record_id"], "reason": str(exc)})
@@ -222,12 +231,13 @@ def run_batch(
         kept.append(rec)
     outputs = inpainter.inpaint(images, masks, [int(r["seed"]) for r in kept]) if kept else []
     backend = _backend_columns(inpainter)
-    rows = []
+    rows, written = [], {}
     for rec, result in zip(kept, outputs, strict=True):
         data = encode_png(result)
         uri = f"{folder}/images/{rec['record_id']}.png"
-        storage.write_bytes(uri, data)
+        written[uri] = data
         rows.append({**rec, "uri": uri, "sha256": sha256(data), "label": 1, **backend})
+    storage.write_many(written)
     if rows:
         key = digest_of([r["record_id"] for r in rows])[:16]
         storage.write_parquet(f"{folder}/batches/{key}.parquet", pd.DataFrame(rows))
@@ -238,6 +248,13 @@ def run_batch(
         "seconds": seconds,
         "images_per_s": len(rows) / max(seconds, 1e-9),
     }
+
+
+def _decode(contents: dict[str, bytes | Exception], uri: str):  # noqa: ANN202
+    data = contents[uri]
+    if isinstance(data, Exception):
+        raise data
+    return decode_png_array(data, uri)
 
 
 def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -> dict[str, Any]:
