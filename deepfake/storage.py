@@ -37,7 +37,8 @@ def s3_options(endpoint_url: str | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {
         # "standard" retry mode retries throttling, 5xx and dropped connections with backoff.
         "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}},
-        "retries": 8,
+        # Several processes write the same prefix: never answer from a stale listing.
+        "use_listings_cache": False,
     }
     if endpoint:
         options["client_kwargs"] = {"endpoint_url": endpoint}

@@ -1,0 +1,164 @@
+"""Storage on a real S3 endpoint: moto's server on loopback, started and stopped by the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+
+from deepfake.config import load_settings
+from deepfake.storage import Storage, StorageError
+from flows.main import main, pipeline
+from tasks._common import result_storage_for
+from tests.s3_server import FaultyProxy, moto_server
+
+BUCKET = "deepfake-test"
+TINY = [
+    "data.limit=16",
+    "data.image_size=48",
+    "features.input_size=64",
+    "svm.kernels=[linear]",
+    "svm.C=[1.0]",
+    "svm.cv_folds=2",
+]
+# Fake credentials: moto accepts any; the tests also check they never leak.
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "AKIAFAKEKEY000TEST",
+    "AWS_SECRET_ACCESS_KEY": "fake-secret-7f3a9",
+}
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto on loopback with one bucket; yields its endpoint URL."""
+    with pytest.MonkeyPatch.context() as env, moto_server() as endpoint:
+        for key, value in {**CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            env.setenv(key, value)
+        env.delenv("AWS_ENDPOINT_URL", raising=False)
+        env.delenv("AWS_PROFILE", raising=False)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+        yield endpoint
+
+
+def keys(endpoint: str, prefix: str) -> set[str]:
+    client = boto3.client("s3", endpoint_url=endpoint)
+    found = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        found |= {item["Key"][len(prefix) + 1 :] for item in page.get("Contents", [])}
+    return found
+
+
+def test_storage_round_trip_on_s3(s3: str, tmp_path: Path) -> None:
+    store = Storage(f"s3://{BUCKET}/unit", endpoint_url=s3)
+    store.check()
+    store.write_bytes("a/one.bin", b"1")
+    store.write_many({f"many/{i}.bin": bytes([i]) * 10 for i in range(20)})
+    assert store.read_many(["many/3.bin", "nope.bin", "a/one.bin"])[0] == bytes([3]) * 10
+    assert isinstance(store.read_many(["nope.bin"])[0], StorageError)
+    store.write_json("j/m.json", {"x": 1})
+    store.copy_tree("j", "k")
+    assert store.read_json("k/m.json") == {"x": 1}
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * 2**20))
+    store.put_file(big, "files/big.bin")
+    store.get_file("files/big.bin", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == big.read_bytes()
+    assert "many/19.bin" in store.list_files("")
+    assert keys(s3, "unit") == store.list_files("")
+
+
+def test_endpoint_comes_from_the_environment_too(s3: str, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3)
+    store = Storage(f"s3://{BUCKET}/env")
+    store.write_bytes("x.bin", b"x")
+    assert keys(s3, "env") == {"x.bin"}
+
+
+def test_missing_bucket_fails_fast_with_one_message(s3: str, capsys, tmp_path, monkeypatch):
+    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist"):
+        Storage("s3://no-such-bucket/x", endpoint_url=s3).check()
+    monkeypatch.chdir(tmp_path)
+    code = main(["--storage", "s3://no-such-bucket/x", "--set", f"storage.endpoint_url={s3}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def run_flow(root: str, endpoint: str, *extra: str) -> tuple[dict, set[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    cfg = load_settings(overrides=[*TINY, f"storage.endpoint_url={endpoint}", *extra], storage=root)
+    flow = pipeline.with_options(result_storage=result_storage_for(cfg.storage))
+    state = flow(settings=cfg.model_dump(mode="json"), return_state=True)
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    cached = {r.name.rsplit("-", 1)[0] for r in runs if r.state.name == "Cached"}
+    return state.result(), cached
+
+
+@pytest.fixture(scope="module")
+def clean_run(s3, prefect_server, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cwd")
+    before = os.getcwd()
+    os.chdir(workdir)
+    try:
+        summary, _ = run_flow(f"s3://{BUCKET}/clean", s3)
+    finally:
+        os.chdir(before)
+    return summary, workdir
+
+
+def test_whole_flow_runs_on_s3_and_writes_nothing_locally(s3, clean_run) -> None:
+    summary, workdir = clean_run
+    assert summary["report"] == f"s3://{BUCKET}/clean/reports/{summary['run_id']}"
+    stored = keys(s3, "clean")
+    for stage in ("sources/", "masks/", "inpainted/", "features/", "detector/", "evaluation/",
+                  "prefect-results/"):  # fmt: skip
+        assert any(k.startswith(stage) for k in stored), stage
+    for name in ("metrics.json", "report.md", "roc.png", "pr.png", "confusion_matrix.png"):
+        assert f"reports/latest/{name}" in stored
+        assert f"reports/{summary['run_id']}/{name}" in stored
+    assert {"models/latest/detector.json", "models/latest/svm.joblib"} <= stored
+    assert list(workdir.iterdir()) == []  # nothing written to the working directory
+
+
+def test_cached_results_live_in_s3(s3, clean_run, tmp_path, monkeypatch) -> None:
+    summary, _ = clean_run
+    monkeypatch.chdir(tmp_path)
+    again, cached = run_flow(f"s3://{BUCKET}/clean", s3)
+    assert cached == {"prepare-sources", "make-masks", "collect-inpainting", "extract-features",
+                      "train-detector", "evaluate-detector"}  # fmt: skip
+    assert again["roc_auc"] == summary["roc_auc"]
+
+
+def test_transient_s3_faults_are_retried_and_outputs_identical(
+    s3, clean_run, tmp_path, monkeypatch
+):
+    summary, _ = clean_run
+    monkeypatch.chdir(tmp_path)
+    with FaultyProxy(s3, fail_first=3, every=9) as proxy:
+        faulty, _ = run_flow(f"s3://{BUCKET}/faulty", proxy.url)
+    assert proxy.faults > 10
+    clean = Storage(f"s3://{BUCKET}/clean", endpoint_url=s3)
+    other = Storage(f"s3://{BUCKET}/faulty", endpoint_url=s3)
+    stage_files = {k for k in clean.list_files("") if k.split("/")[0] in
+                   ("sources", "masks", "inpainted", "features", "detector")}  # fmt: skip
+    assert stage_files and stage_files <= other.list_files("")
+    for key in sorted(stage_files):
+        if key.endswith((".png", ".parquet", ".json")) and "/plans/" not in key:
+            assert clean.read_bytes(key) == other.read_bytes(key), key
+    assert faulty["roc_auc"] == summary["roc_auc"]
+
+
+def test_no_secret_reaches_storage_or_prefect(s3, clean_run) -> None:
+    store = Storage(f"s3://{BUCKET}/clean", endpoint_url=s3)
+    for key in store.list_files(""):
+        data = store.read_bytes(key)
+        for secret in CREDENTIALS.values():
+            assert secret.encode() not in data, key
