@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -43,13 +44,14 @@ def moto_server() -> Iterator[str]:
 
 
 @contextmanager
-def moto_process() -> Iterator[str]:
-    """moto's S3 server in its own process (no GIL shared with the client), for benchmarks."""
+def moto_process(env: dict[str, str] | None = None) -> Iterator[str]:
+    """moto's S3 server in its own process (no GIL shared with the client; its own settings)."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     try:
         deadline = time.monotonic() + 30

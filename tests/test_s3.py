@@ -12,7 +12,7 @@ from deepfake.config import load_settings
 from deepfake.storage import Storage, StorageError
 from flows.main import main, pipeline
 from tasks._common import result_storage_for
-from tests.s3_server import FaultyProxy, moto_server
+from tests.s3_server import FaultyProxy, moto_process, moto_server
 
 BUCKET = "deepfake-test"
 TINY = [
@@ -83,6 +83,16 @@ def test_missing_bucket_fails_fast_with_one_message(s3: str, capsys, tmp_path, m
     code = main(["--storage", "s3://no-such-bucket/x", "--set", f"storage.endpoint_url={s3}"])
     err = capsys.readouterr().err
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_refused_credentials_fail_fast_with_one_message() -> None:
+    # This moto server checks access keys against its (empty) IAM: ours are unknown to it.
+    with (
+        moto_process({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint,
+        pytest.raises(StorageError, match="access to bucket 'any' was refused") as err,
+    ):
+        Storage("s3://any/prefix", endpoint_url=endpoint).check()
+    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
 
 
 def run_flow(root: str, endpoint: str, *extra: str) -> tuple[dict, set[str]]:

@@ -132,6 +132,13 @@ def local_archive(
     storage: Storage, dataset: str, given: str | None, client: KaggleClient | None = None
 ) -> Iterator[Path]:
     """A local path to the dataset (archive or extracted folder), downloading it at most once."""
+    if given and "://" in given:  # an archive in an object store: fetch it to a temporary file
+        with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
+            local = Path(tmp) / given.rstrip("/").rsplit("/", 1)[-1]
+            remote = Storage(given.rsplit("/", 1)[0])
+            remote.get_file(given.rsplit("/", 1)[-1], local)
+            yield local
+        return
     if given:
         path = Path(given).expanduser()
         if not path.exists():
