@@ -136,6 +136,14 @@ class InpaintConfig(Section):
         "default: 8 for sd2, 256 for classical.",
     )
     seed: int = Field(0, description="Seed of the generator (per record: seed + record id).")
+    deployment: str | None = Field(
+        None,
+        description="Send each batch to this Prefect deployment (flow/deployment, e.g. "
+        "inpaint-batch/gpu) and wait for all; empty = run batches as local subflows.",
+    )
+    batch_attempts: int = Field(
+        3, ge=1, description="With inpaint.deployment: runs of one batch before the stage fails."
+    )
 
     @property
     def effective_batch_size(self) -> int:

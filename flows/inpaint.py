@@ -1,7 +1,11 @@
 """Inpainting as batched subflows: plan, one ``inpaint-batch`` flow run per batch, collect.
 
-A batch is the unit of work a GPU worker takes. Run alone, this module inpaints one batch of an
-existing plan (what a deployment of ``inpaint_batch`` does):
+A batch is the unit of work a GPU worker takes. Without ``inpaint.deployment`` the batches run as
+subflows of the pipeline, one after another. With it, every batch is sent to that deployment with
+``run_deployment`` (so N workers on N machines share the work), and the pipeline waits for all of
+them; a batch whose flow run fails is sent again, to whichever worker is free.
+
+Run alone, this module inpaints one batch of an existing plan (what a deployment run does):
 
     python flows/inpaint.py --storage ./storage --plan '<InpaintPlan JSON>' --batch 3
 """
@@ -12,10 +16,14 @@ import argparse
 import json
 import logging
 import sys
+import time
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
 
 from deepfake.config import InpaintConfig, StorageConfig
 from deepfake.inpaint import InpaintPlan, run_planned_batch
@@ -36,18 +44,69 @@ def inpaint_batch(storage: StorageConfig, plan: InpaintPlan, index: int) -> dict
     return {k: v for k, v in stats.items() if k != "failed"} | {"failed": len(stats["failed"])}
 
 
+def _submit(deployment: str, storage: StorageConfig, plan: InpaintPlan, index: int) -> UUID:
+    run = run_deployment(
+        name=deployment,
+        parameters={
+            "storage": storage.model_dump(mode="json"),
+            "plan": plan.model_dump(mode="json"),
+            "index": index,
+        },
+        timeout=0,  # submit only; the loop below waits for all batches together
+        flow_run_name=f"batch-{index + 1:04d}-of-{plan.batches:04d}",
+    )
+    return run.id
+
+
+def run_batches_on(
+    deployment: str, storage: StorageConfig, plan: InpaintPlan, progress: UUID, poll: float = 2.0
+) -> None:
+    """Every batch as a run of ``deployment``; waits for all, resubmitting failed ones."""
+    logger = get_run_logger()
+    pending = {index: _submit(deployment, storage, plan, index) for index in range(plan.batches)}
+    attempts = dict.fromkeys(pending, 1)
+    logger.info("sent %d inpainting batches to deployment %s", plan.batches, deployment)
+    done = 0
+    with get_client(sync_client=True) as client:
+        while pending:
+            time.sleep(poll)
+            for index, run_id in list(pending.items()):
+                state = client.read_flow_run(run_id).state
+                if state is None or not state.is_final():
+                    continue
+                del pending[index]
+                if state.is_completed():
+                    done += 1
+                    update_progress_artifact(progress, progress=100.0 * done / plan.batches)
+                    continue
+                if attempts[index] >= plan.cfg.batch_attempts:
+                    raise RuntimeError(
+                        f"inpainting batch {index} failed {attempts[index]} times "
+                        f"(last: {state.name}: {state.message})"
+                    )
+                attempts[index] += 1
+                logger.warning(
+                    "batch %d ended %s; sending it again (attempt %d/%d)",
+                    index, state.name, attempts[index], plan.cfg.batch_attempts,
+                )  # fmt: skip
+                pending[index] = _submit(deployment, storage, plan, index)
+
+
 def inpaint_stage(
     storage: StorageConfig, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
 ) -> StageOutput:
-    """Plan, run the batches as subflows with a progress artifact, collect."""
+    """Plan, run the batches (here or on a deployment's workers), collect; with progress."""
     plan = plan_inpainting(storage, cfg, sources, masks)
     if plan.batches:
         progress = create_progress_artifact(
             progress=0.0, key="inpainting-progress", description="Inpainted batches (%)"
         )
-        for index in range(plan.batches):
-            inpaint_batch(storage, plan, index)
-            update_progress_artifact(progress, progress=100.0 * (index + 1) / plan.batches)
+        if cfg.deployment:
+            run_batches_on(cfg.deployment, storage, plan, progress)
+        else:
+            for index in range(plan.batches):
+                inpaint_batch(storage, plan, index)
+                update_progress_artifact(progress, progress=100.0 * (index + 1) / plan.batches)
     return collect_inpainting(storage, plan.cfg, plan.folder, sources)
 
 

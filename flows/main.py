@@ -22,7 +22,7 @@ from deepfake.data.kaggle import KaggleAuthError
 from deepfake.features import WeightsUnavailable
 from deepfake.features.backbones import get_backbone
 from deepfake.inpaint import BackendUnavailable, ModelUnavailable, make_inpainter
-from deepfake.publish import new_run_id
+from deepfake.publish import Promote, new_run_id
 from deepfake.storage import Storage, StorageError
 from flows.inpaint import inpaint_stage
 from tasks._common import result_storage_for
@@ -34,8 +34,16 @@ from tasks.masks import make_masks
 
 
 @flow(name="deepfake-pipeline", result_serializer="json")
-def pipeline(settings: dict[str, Any] | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """Train and evaluate an inpainting detector from scratch, reusing every finished stage."""
+def pipeline(
+    settings: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    promote: Promote = "always",
+) -> dict[str, Any]:
+    """Train and evaluate an inpainting detector, reusing every finished stage.
+
+    ``promote="if_better"`` (scheduled retraining) makes the new detector ``models/latest`` only
+    if its held-out ROC-AUC is at least the current one's on the same test records.
+    """
     cfg = Settings.model_validate(settings or {})
     storage = cfg.storage
     run_id = run_id or new_run_id(cfg)
@@ -46,7 +54,7 @@ def pipeline(settings: dict[str, Any] | None = None, run_id: str | None = None) 
     features = extract_features(storage, cfg.features, dataset)
     detector = train_detector(storage, cfg.svm, features)
     evaluation = evaluate_detector(storage, cfg, sources, dataset, features, detector)
-    return publish(storage, cfg, run_id, evaluation, detector)
+    return publish(storage, cfg, run_id, evaluation, detector, promote)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,6 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", metavar="FILE.yaml", help="settings file (YAML)")
     parser.add_argument(
         "--storage", metavar="URL", help="storage root: folder or s3://bucket/prefix"
+    )
+    parser.add_argument(
+        "--promote",
+        choices=["always", "if_better"],
+        default="always",
+        help="make this detector models/latest always, or only if its held-out ROC-AUC is at "
+        "least the current one's on the same test records",
     )
     parser.add_argument(
         "--set",
@@ -116,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.monotonic()
     results = result_storage_for(cfg.storage)
-    summary = pipeline.with_options(result_storage=results)(settings=cfg.model_dump(mode="json"))
+    summary = pipeline.with_options(result_storage=results)(
+        settings=cfg.model_dump(mode="json"), promote=args.promote
+    )
     summary["wall_seconds"] = round(time.monotonic() - start, 1)
     print(json.dumps(summary, indent=2))
     return 0

@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from deepfake.config import Settings, StorageConfig
 from deepfake.evaluate import run_evaluation
-from deepfake.publish import publish_run
+from deepfake.publish import Promote, publish_run
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
@@ -48,10 +48,11 @@ def publish(
     run_id: str,
     evaluation: StageOutput,
     detector: StageOutput,
+    promote: Promote = "always",
 ) -> dict[str, Any]:
-    """Report and detector under the run id and ``latest``, and the summary as UI artifacts."""
+    """Report and detector under the run id (and ``latest`` when promoted); UI artifacts."""
     store = Storage.open(storage)
-    summary = publish_run(store, settings, run_id, evaluation, detector)
+    summary = publish_run(store, settings, run_id, evaluation, detector, promote)
     metrics = summary["metrics"]
     rows = [{"metric": k, "value": metrics[k]} for k in _HEADLINE]
     rows += [

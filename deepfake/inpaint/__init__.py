@@ -40,7 +40,7 @@ log = logging.getLogger("deepfake")
 STAGE = "inpainted"
 BACKEND_NOTE = "backend.json"
 # Settings that change how fast the work goes, not what it produces.
-_EXECUTION_ONLY = {"batch_size", "compile"}
+_EXECUTION_ONLY = {"batch_size", "compile", "deployment", "batch_attempts"}
 
 __all__ = [
     "BackendUnavailable",
