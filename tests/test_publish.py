@@ -1,0 +1,73 @@
+"""Publishing and guarded promotion (scheduled retraining), on real detectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deepfake.classify import run_train
+from deepfake.config import load_settings
+from deepfake.data import run_sources
+from deepfake.evaluate import run_evaluation
+from deepfake.features import run_features
+from deepfake.inpaint import run_inpaint
+from deepfake.masks import run_masks
+from deepfake.publish import publish_run
+from deepfake.storage import Storage
+
+BASE = [
+    "data.limit=30",
+    "data.image_size=48",
+    "features.input_size=64",
+    "inpaint.backend=classical",
+    "svm.cv_folds=2",
+]
+GOOD = ["svm.kernels=[linear]", "svm.C=[1.0]"]
+# An RBF kernel this narrow memorises the training images: a genuinely worse detector.
+BAD = ["svm.kernels=[rbf]", "svm.C=[1.0]", "svm.gamma=[50.0]"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Storage:
+    return Storage(tmp_path_factory.mktemp("publish"))
+
+
+def train(store: Storage, svm: list[str]):
+    cfg = load_settings(overrides=[*BASE, *svm], storage=store.root)
+    sources = run_sources(store, cfg.data)
+    dataset = run_inpaint(store, cfg.inpaint, sources, run_masks(store, cfg.masks, sources))
+    features = run_features(store, cfg.features, dataset)
+    detector = run_train(store, cfg.svm, features)
+    evaluation = run_evaluation(store, cfg, sources, dataset, features, detector)
+    return cfg, evaluation, detector
+
+
+def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) -> None:
+    cfg, evaluation, detector = train(store, GOOD)
+    first = publish_run(store, cfg, "run-a", evaluation, detector)
+    assert first["promoted"] and store.read_json("models/latest/detector.json")["run_id"] == "run-a"
+
+    cfg_bad, evaluation_bad, detector_bad = train(store, BAD)
+    worse = publish_run(store, cfg_bad, "run-b", evaluation_bad, detector_bad, "if_better")
+    decision = store.read_json("reports/run-b/promotion.json")
+    assert not worse["promoted"] and not decision["promote"]
+    assert decision["current_roc_auc"] > decision["new_roc_auc"]
+    assert decision["current_run_id"] == "run-a" and decision["test_records"] > 0
+    assert store.read_json("models/latest/detector.json")["run_id"] == "run-a"
+    assert store.exists("models/run-b/svm.joblib")  # kept under its run id
+    assert "Not promoted" in store.read_bytes("reports/run-b/report.md").decode()
+
+    same = publish_run(store, cfg, "run-c", evaluation, detector, "if_better")
+    decision = store.read_json("reports/run-c/promotion.json")
+    assert same["promoted"] and decision["new_roc_auc"] == pytest.approx(
+        decision["current_roc_auc"]
+    )
+    assert store.read_json("models/latest/detector.json")["run_id"] == "run-c"
+
+
+def test_first_detector_is_promoted_when_there_is_none(tmp_path: Path) -> None:
+    store = Storage(tmp_path)
+    cfg, evaluation, detector = train(store, GOOD)
+    assert publish_run(store, cfg, "only", evaluation, detector, "if_better")["promoted"]
+    assert "no current detector" in store.read_json("reports/only/promotion.json")["reason"]
