@@ -39,6 +39,10 @@ def decode(data: bytes, name: str) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name}: refused as a possible decompression bomb ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(
+            f"{name}: not a readable image (unknown format or corrupt header)"
+        ) from None
     except Exception as exc:  # PIL raises many types for broken files
         raise ImageError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
     if image.width < 2 or image.height < 2:

@@ -106,7 +106,9 @@ class Storage:
         try:
             return self.fs.cat_file(self._path(uri))
         except FileNotFoundError:
-            raise StorageError(f"{uri}: no such file") from None
+            raise StorageError(
+                f"{self.uri(uri) if '://' not in uri else uri}: no such file"
+            ) from None
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         path = self._path(uri)

@@ -232,3 +232,46 @@ def test_cli_kaggle_without_credentials_is_one_clear_line(prefect_server, capsys
     code = main(["--storage", str(tmp_path / "s"), "--set", "data.source=kaggle"])
     err = capsys.readouterr().err
     assert code == 2 and "KAGGLE_API_TOKEN" in err and "Traceback" not in err
+
+
+def test_predict_cli_scores_a_folder_with_a_corrupt_file(first_run, tmp_path, capsys) -> None:
+    from flows.predict import main as predict
+
+    storage, _, _ = first_run
+    store = Storage(storage)
+    real = sorted(f for f in store.list_files("sources") if f.endswith(".png"))[0]
+    fake = sorted(f for f in store.list_files("inpainted") if f.endswith(".png"))[0]
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "real.png").write_bytes(store.read_bytes(f"sources/{real}"))
+    (folder / "sub" / "fake.png").write_bytes(store.read_bytes(f"inpainted/{fake}"))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "notes.txt").write_text("not an image: ignored")
+
+    code = predict(["--storage", str(storage), "--json", str(folder)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1  # one unreadable file
+    by_name = {Path(line["path"]).name: line for line in lines}
+    assert set(by_name) == {"real.png", "fake.png", "broken.jpg"}
+    assert "broken.jpg" in by_name["broken.jpg"]["error"]
+    for name in ("real.png", "fake.png"):
+        assert set(by_name[name]) == {"path", "score", "label"}
+        assert by_name[name]["label"] in {"real", "inpainted"}
+
+    assert predict(["--storage", str(storage), str(folder / "real.png")]) == 0
+    path, score, label = capsys.readouterr().out.strip().split("\t")
+    assert path.endswith("real.png") and float(score) == pytest.approx(
+        by_name["real.png"]["score"], abs=1e-4
+    )
+    assert label == by_name["real.png"]["label"]
+
+
+def test_batch_predict_flow_writes_json_lines(first_run, tmp_path) -> None:
+    from flows.predict import batch_predict
+
+    storage, _, _ = first_run
+    out = tmp_path / "predictions.jsonl"
+    folder = storage / "sources"
+    counts = batch_predict([str(folder)], model=str(storage / "models" / "latest"), output=str(out))
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert counts == {"scored": len(lines), "errors": 0} and len(lines) >= 40

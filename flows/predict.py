@@ -1,0 +1,113 @@
+"""Score images with a trained detector: files or folders, local or S3.
+
+    python flows/predict.py PATH... [--model URL] [--json] [--storage URL]
+
+One line per image: path, score (the SVM decision value; higher = more likely inpainted), and the
+label at the detector's threshold. With
+``--json``: JSON lines with ``path``, ``score``, ``label`` (``inpainted`` or ``real``), or ``path``
+and ``error`` for a file that could not be read. Unreadable files make the exit status 1 at the
+end; every other image is still scored. As a Prefect flow (``batch_predict``) the same scoring
+writes ``predictions.jsonl`` to storage, for the batch-prediction deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import posixpath
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from deepfake.data.folder import IMAGE_SUFFIXES
+from deepfake.images import ImageError
+from deepfake.predict import Detector
+from deepfake.storage import Storage, StorageError
+
+
+def load_detector(model: str, device: str = "auto") -> Detector:
+    """The bundle at ``model`` (a folder or s3:// prefix holding detector.json)."""
+    parent, name = posixpath.split(model.rstrip("/"))
+    return Detector.load(Storage(parent or "."), name, device=device)
+
+
+def expand(paths: list[str]) -> Iterator[tuple[str, Storage, str]]:
+    """(display path, storage, relative name) of every image file named or inside a folder."""
+    for path in paths:
+        parent, name = posixpath.split(path.rstrip("/"))
+        store = Storage(parent or ".")
+        folder = Storage(path)
+        if folder.list_files(""):  # a folder (or prefix): every image below it
+            for rel in sorted(folder.list_files("")):
+                if rel.lower().endswith(IMAGE_SUFFIXES):
+                    yield posixpath.join(path.rstrip("/"), rel), folder, rel
+        else:
+            yield path, store, name
+
+
+def score_paths(detector: Detector, paths: list[str]) -> Iterator[dict[str, Any]]:
+    """One result per image; read or decode failures become ``{"path", "error"}``."""
+    for shown, store, rel in expand(paths):
+        try:
+            score = detector.score_bytes(store.read_bytes(rel), shown)
+        except (ImageError, StorageError, OSError) as exc:
+            message = str(exc) if shown in str(exc) else f"{shown}: {exc}"
+            yield {"path": shown, "error": message}
+            continue
+        yield {"path": shown, "score": round(score, 6), "label": detector.label(score)}
+
+
+@flow(name="batch-predict", result_serializer="json")
+def batch_predict(
+    paths: list[str], model: str = "storage/models/latest", output: str | None = None
+) -> dict[str, int]:
+    """Score every image under ``paths``; write JSON lines to ``output`` (default: beside the
+    model, ``predictions.jsonl``)."""
+    logger = get_run_logger()
+    detector = load_detector(model)
+    results = list(score_paths(detector, paths))
+    lines = "".join(json.dumps(r) + "\n" for r in results)
+    target = output or posixpath.join(Storage(model).root, "predictions.jsonl")
+    parent, name = posixpath.split(target)
+    Storage(parent).write_bytes(name, lines.encode())
+    errors = sum("error" in r for r in results)
+    logger.info("scored %d images, %d unreadable; wrote %s", len(results) - errors, errors, target)
+    return {"scored": len(results) - errors, "errors": errors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python flows/predict.py", description="Score images with a trained detector."
+    )
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help="image files or folders (or s3://)"
+    )
+    parser.add_argument("--storage", default="storage", help="storage root [storage]")
+    parser.add_argument("--model", help="detector bundle [<storage>/models/latest]")
+    parser.add_argument("--json", action="store_true", help="print JSON lines")
+    parser.add_argument("--device", default="auto", help="torch device [auto]")
+    args = parser.parse_args(argv)
+    logging.getLogger("deepfake").setLevel(logging.WARNING)
+    model = args.model or posixpath.join(Storage(args.storage).root, "models", "latest")
+    try:
+        detector = load_detector(model, args.device)
+    except (StorageError, OSError, ValueError, KeyError) as exc:
+        print(f"error: cannot load the detector at {model}: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for result in score_paths(detector, args.paths):
+        failed += "error" in result
+        if args.json:
+            print(json.dumps(result), flush=True)
+        elif "error" in result:
+            print(f"{result['path']}\terror: {result['error']}", flush=True)
+        else:
+            print(f"{result['path']}\t{result['score']:.4f}\t{result['label']}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
