@@ -58,7 +58,8 @@ def test_compose_stack_is_complete() -> None:
 def test_prefect_yaml_entrypoints_import() -> None:
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     names = {d["name"] for d in config["deployments"]}
-    assert {"pipeline", "gpu", "retrain-weekly", "predict", "pipeline-local", "batch-local"} <= names
+    assert {"pipeline", "gpu", "retrain-weekly", "predict", "pipeline-stack", "batch-stack",
+            "pipeline-local", "batch-local"} <= names  # fmt: skip
     for deployment in config["deployments"]:
         path, function = deployment["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
