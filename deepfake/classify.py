@@ -13,8 +13,15 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.decomposition import PCA
-from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
+from sklearn.metrics import roc_curve
+from sklearn.model_selection import (
+    GridSearchCV,
+    GroupKFold,
+    GroupShuffleSplit,
+    cross_val_predict,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
@@ -85,6 +92,20 @@ def grid_search(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig
     return search
 
 
+def validation_threshold(
+    search: GridSearchCV, X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig
+) -> float:
+    """Decision threshold chosen on validation data only: the best pipeline's out-of-fold scores
+    on the training split (same grouped folds), maximising balanced accuracy (Youden's J)."""
+    cv = GroupKFold(n_splits=search.n_splits_, shuffle=True, random_state=cfg.seed)
+    scores = cross_val_predict(
+        clone(search.best_estimator_), X, y, groups=groups, cv=cv, method="decision_function"
+    )
+    fpr, tpr, thresholds = roc_curve(y, scores)
+    best = int(np.argmax(tpr - fpr))
+    return float(thresholds[best]) if np.isfinite(thresholds[best]) else 0.0
+
+
 def output_folder(cfg: SVMConfig, features: StageOutput) -> str:
     from deepfake.config import digest_of
 
@@ -115,6 +136,8 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
     cv_scores = [search.cv_results_[f"split{i}_test_score"][best] for i in range(search.n_splits_)]
     log.info("detector: best %s, grouped CV ROC-AUC %.4f", search.best_params_, search.best_score_)
 
+    threshold = validation_threshold(search, X[train], y[train], groups[train], cfg)
+    log.info("detector: threshold %.4f chosen on out-of-fold training scores", threshold)
     model_bytes = _dump(search.best_estimator_)
     storage.write_bytes(f"{folder}/{MODEL_FILE}", model_bytes)
     storage.write_json(
@@ -125,7 +148,8 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
             "cv_folds": int(search.n_splits_),
             "grid": {k: [str(v) for v in vs] for g in param_grid(cfg) for k, vs in g.items()},
             "model_sha256": sha256(model_bytes),
-            "threshold": 0.0,
+            "threshold": threshold,
+            "threshold_rule": "max balanced accuracy on out-of-fold (grouped) training scores",
         },
     )
     scores = search.best_estimator_.decision_function(X)

@@ -203,6 +203,19 @@ class SVMConfig(Section):
     n_jobs: int = Field(1, description="Parallel grid-search fits (-1 = all cores).")
 
 
+class EvalConfig(Section):
+    bootstrap: int = Field(
+        1000, ge=0, description="Bootstrap resamples (by source group) for confidence intervals."
+    )
+    robustness: bool = Field(
+        True, description="Score the test split again after JPEG, downscaling and blur."
+    )
+    shortcut_audit: bool = Field(
+        True, description="Check how well metadata alone (size, format, mean) separates classes."
+    )
+    seed: int = Field(0, description="Seed of the bootstrap.")
+
+
 class StorageConfig(Section):
     root: str = Field("storage", description="Storage root: a local folder or s3://bucket/prefix.")
     endpoint_url: str | None = Field(
@@ -220,6 +233,7 @@ class Settings(BaseModel):
     inpaint: InpaintConfig = InpaintConfig()
     features: FeaturesConfig = FeaturesConfig()
     svm: SVMConfig = SVMConfig()
+    evaluate: EvalConfig = EvalConfig()
 
     @field_validator("storage", mode="before")
     @classmethod

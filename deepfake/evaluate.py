@@ -35,11 +35,25 @@ from deepfake.storage import Storage  # noqa: E402
 log = logging.getLogger("deepfake")
 
 
+def _rates(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Equal error rate and the true positive rate at 1 % and 5 % false positives."""
+    fpr, tpr, _ = roc_curve(y, scores)
+    fnr = 1 - tpr
+    i = int(np.argmin(np.abs(fnr - fpr)))
+    return {
+        "eer": float((fpr[i] + fnr[i]) / 2),
+        "tpr_at_1pct_fpr": float(np.interp(0.01, fpr, tpr)),
+        "tpr_at_5pct_fpr": float(np.interp(0.05, fpr, tpr)),
+    }
+
+
 def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
     """Threshold and ranking metrics; ranking ones are None when only one class is present."""
     predicted = (scores >= threshold).astype(int)
     both = len(np.unique(y)) == 2
+    rates = _rates(y, scores) if both else dict.fromkeys(_RATE_KEYS)
     return {
+        **rates,
         "roc_auc": float(roc_auc_score(y, scores)) if both else None,
         "average_precision": float(average_precision_score(y, scores)) if both else None,
         "accuracy": float(accuracy_score(y, predicted)),
@@ -51,6 +65,48 @@ def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
         "n_real": int((y == 0).sum()),
         "n_inpainted": int((y == 1).sum()),
     }
+
+
+_RATE_KEYS = ("eer", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr")
+AREA_BUCKETS = ((0.0, 0.45), (0.45, 0.5), (0.5, 0.55), (0.55, 1.01))
+
+
+def bootstrap_ci(test: pd.DataFrame, resamples: int, seed: int) -> dict[str, list[float]]:
+    """95 % intervals of ROC-AUC and average precision, resampling whole source groups."""
+    if resamples == 0:
+        return {}
+    groups = test["group"].to_numpy()
+    names = np.unique(groups)
+    index = {g: np.flatnonzero(groups == g) for g in names}
+    y, s = test["label"].to_numpy(), test["score"].to_numpy()
+    rng = np.random.default_rng(seed)
+    aucs, aps = [], []
+    for _ in range(resamples):
+        rows = np.concatenate([index[g] for g in rng.choice(names, size=len(names))])
+        if len(np.unique(y[rows])) == 2:
+            aucs.append(roc_auc_score(y[rows], s[rows]))
+            aps.append(average_precision_score(y[rows], s[rows]))
+    if not aucs:
+        return {}
+    return {
+        "roc_auc_ci95": [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))],
+        "average_precision_ci95": [float(np.percentile(aps, 2.5)), float(np.percentile(aps, 97.5))],
+        "bootstrap_resamples": len(aucs),
+    }
+
+
+def per_area_bucket(test: pd.DataFrame, threshold: float) -> dict[str, Any]:
+    """Test real images against the inpaintings whose mask covers a given share of the image."""
+    real = test[test["label"] == 0]
+    out = {}
+    for low, high in AREA_BUCKETS:
+        fakes = test[(test["label"] == 1) & (test["coverage"] >= low) & (test["coverage"] < high)]
+        if len(fakes):
+            part = pd.concat([real, fakes])
+            out[f"{low:.2f}-{min(high, 1.0):.2f}"] = binary_metrics(
+                part["label"].to_numpy(), part["score"].to_numpy(), threshold
+            )
+    return out
 
 
 def evaluate(scored: pd.DataFrame, threshold: float, cv_scores: list[float]) -> dict[str, Any]:
@@ -78,6 +134,7 @@ def evaluate(scored: pd.DataFrame, threshold: float, cv_scores: list[float]) -> 
             "cv_roc_auc_std": float(np.std(cv_scores)),
             "cv_roc_auc_folds": [float(v) for v in cv_scores],
             "per_mask_type": per_mask,
+            "per_mask_area": per_area_bucket(test, threshold) if "coverage" in test else {},
             "test_groups": sorted(test["group"].unique().tolist()),
         }
     )
@@ -121,6 +178,30 @@ def plots(scored: pd.DataFrame, threshold: float) -> dict[str, bytes]:
     return out
 
 
+def summary_plots(metrics: dict[str, Any]) -> dict[str, bytes]:
+    """Per-mask-type ROC-AUC bars and the robustness curve."""
+    out = {}
+    per_mask = metrics["per_mask_type"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(per_mask)
+    ax.barh(names, [per_mask[n]["roc_auc"] or 0 for n in names], color="tab:blue")
+    ax.set(xlim=(0.5, 1.0), xlabel="ROC-AUC", title="Per mask type (test split)")
+    out["per_mask.png"] = _png(fig)
+    if metrics.get("robustness"):
+        table = metrics["robustness"]
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(list(table), [table[k]["roc_auc"] or 0 for k in table], marker="o")
+        ax.set(ylim=(0.5, 1.0), ylabel="ROC-AUC", title="Robustness (test split)")
+        ax.tick_params(axis="x", rotation=30)
+        out["robustness.png"] = _png(fig)
+    return out
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
     """A short human report; ``notes`` carries data, backend, backbone, skipped inputs."""
 
@@ -160,6 +241,14 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
         lines.append(f"| {key} | {fmt(metrics[key])} |")
     cv_mean, cv_std = metrics["cv_roc_auc_mean"], metrics["cv_roc_auc_std"]
     lines.append(f"| grouped CV ROC-AUC | {cv_mean:.4f} ± {cv_std:.4f} |")
+    for key in ("eer", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr"):
+        lines.append(f"| {key} | {fmt(metrics.get(key))} |")
+    if "roc_auc_ci95" in metrics:
+        low, high = metrics["roc_auc_ci95"]
+        lines.append(f"| ROC-AUC 95 % CI (bootstrap by source group) | {low:.4f} - {high:.4f} |")
+    lines.append(
+        f"| threshold (chosen on out-of-fold training scores) | {fmt(metrics['threshold'])} |"
+    )
     lines += [
         "",
         "## Per mask type (test real images vs that mask type)",
@@ -171,7 +260,36 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
         lines.append(
             f"| {variant} | {fmt(m['roc_auc'])} | {fmt(m['recall'])} | {m['n_inpainted']} |"
         )
-    lines += ["", "![ROC](roc.png) ![PR](pr.png) ![Confusion matrix](confusion_matrix.png)", ""]
+    if metrics.get("per_mask_area"):
+        lines += ["", "## Per mask area (share of the image inpainted)", ""]
+        lines += _table(
+            ["mask area", "ROC-AUC", "recall", "n inpainted"],
+            [[b, fmt(m["roc_auc"]), fmt(m["recall"]), str(m["n_inpainted"])]
+             for b, m in metrics["per_mask_area"].items()],
+        )  # fmt: skip
+    if metrics.get("robustness"):
+        lines += ["", "## Robustness (the test split degraded, real and inpainted alike)", ""]
+        lines += _table(
+            ["degradation", "ROC-AUC", "balanced accuracy", "recall"],
+            [[n, fmt(m["roc_auc"]), fmt(m["balanced_accuracy"]), fmt(m["recall"])]
+             for n, m in metrics["robustness"].items()],
+        )  # fmt: skip
+    audit = metrics.get("shortcut_audit")
+    if audit:
+        lines += ["", "## Shortcut audit", "",
+                  f"A logistic regression on metadata only ({', '.join(audit['features'])}), same "
+                  f"grouped protocol: ROC-AUC {audit['roc_auc']:.4f}."]  # fmt: skip
+        if audit["warning"]:
+            lines.append(
+                "**Warning: far from 0.5.** Crude file statistics already separate the classes "
+                "(inpainted regions are smoother, so their PNGs are smaller); compare the "
+                "detector's figures with this one."
+            )
+    images = ["![ROC](roc.png)", "![PR](pr.png)", "![Confusion matrix](confusion_matrix.png)",
+              "![Per mask type](per_mask.png)"]  # fmt: skip
+    if metrics.get("robustness"):
+        images.append("![Robustness](robustness.png)")
+    lines += ["", " ".join(images), ""]
     external = metrics.get("external")
     if external:
         lines += ["## External test set", "", external["description"] + ".", ""]
@@ -203,6 +321,81 @@ def write_report(
 
 
 STAGE = "evaluation"
+
+
+def _features_of(storage: Storage, settings: Any, uris: list[str], transform=None) -> np.ndarray:  # noqa: ANN001
+    """Backbone features of the images at ``uris``, optionally degraded first."""
+    from deepfake.features import FeatureExtractor
+    from deepfake.images import decode_png_array
+    from deepfake.stages import chunks
+
+    extractor = FeatureExtractor(
+        settings.features.backbone, settings.features.input_size, settings.features.device
+    )
+    vectors = []
+    for batch in chunks(uris, settings.features.batch_size):
+        contents = storage.read_many(batch)
+        images = [decode_png_array(data, u) for u, data in zip(batch, contents, strict=True)]
+        if transform is not None:
+            images = [transform(image) for image in images]
+        vectors.append(extractor.transform(images))
+    return np.concatenate(vectors)
+
+
+def robustness(
+    storage: Storage, settings: Any, scored: pd.DataFrame, detector_folder: str, search: dict
+) -> dict[str, Any]:
+    """The held-out split again after each degradation, applied to real and inpainted alike."""
+    from deepfake.classify import load_model
+    from deepfake.perturb import PERTURBATIONS
+
+    test = scored[scored["split"] == "test"]
+    y, threshold = test["label"].to_numpy(), float(search["threshold"])
+    model = load_model(storage, detector_folder, search["model_sha256"])
+    table = {"none": binary_metrics(y, test["score"].to_numpy(), threshold)}
+    for name, transform in PERTURBATIONS.items():
+        scores = model.decision_function(
+            _features_of(storage, settings, list(test["uri"]), transform)
+        )
+        table[name] = binary_metrics(y, scores, threshold)
+        log.info("robustness: %s -> ROC-AUC %.4f", name, table[name]["roc_auc"] or float("nan"))
+    return table
+
+
+def shortcut_audit(storage: Storage, scored: pd.DataFrame, folds: int, seed: int) -> dict[str, Any]:
+    """A trivial classifier on metadata only (file size, width, height, format, mean intensity),
+    with the same grouped protocol. Far from 0.5 means the classes differ in something other than
+    content, or that the inpainting is visible in the crudest statistics."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    formats = {"PNG": 0, "JPEG": 1, "WEBP": 2, "BMP": 3, "TIFF": 4}
+    rows = []
+    for data in storage.read_many(list(scored["uri"])):
+        image = Image.open(io.BytesIO(data))
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        code = formats.get(image.format or "", len(formats))
+        rows.append([len(data), image.width, image.height, code, pixels.mean()])
+    X, y, groups = np.asarray(rows), scored["label"].to_numpy(), scored["group"].to_numpy()
+    folds = min(folds, len(np.unique(groups)))
+    cv = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced"))
+    scores = cross_val_predict(model, X, y, groups=groups, cv=cv, method="decision_function")
+    auc = float(roc_auc_score(y, scores))
+    result = {
+        "features": ["file_size", "width", "height", "format", "mean_intensity"],
+        "roc_auc": auc,
+        "warning": abs(auc - 0.5) > 0.1,
+    }
+    if result["warning"]:
+        log.warning(
+            "shortcut audit: metadata alone reaches ROC-AUC %.3f (far from 0.5): the detector's "
+            "figures may owe something to file statistics rather than content", auc,
+        )  # fmt: skip
+    return result
 
 
 def external_metrics(
@@ -263,6 +456,14 @@ def run_evaluation(
     scored = storage.read_parquet(detector.manifest)
     search = storage.read_json(f"{detector.folder}/search.json")
     metrics = evaluate(scored, float(search["threshold"]), search["cv_roc_auc"])
+    test = scored[scored["split"] == "test"]
+    metrics.update(bootstrap_ci(test, settings.evaluate.bootstrap, settings.evaluate.seed))
+    if settings.evaluate.robustness:
+        metrics["robustness"] = robustness(storage, settings, scored, detector.folder, search)
+    if settings.evaluate.shortcut_audit:
+        metrics["shortcut_audit"] = shortcut_audit(
+            storage, scored, settings.svm.cv_folds, settings.svm.seed
+        )
     metrics["best_params"] = search["best_params"]
     metrics["config"] = settings.public_dict()
     backends = sorted(b for b in scored["backend"].unique() if b)
@@ -287,13 +488,8 @@ def run_evaluation(
         "best_params": search["best_params"],
         "skipped": skipped,
     }
-    write_report(
-        storage,
-        folder,
-        metrics,
-        plots(scored, metrics["threshold"]),
-        report_markdown(metrics, notes),
-    )
+    images = plots(scored, metrics["threshold"]) | summary_plots(metrics)
+    write_report(storage, folder, metrics, images, report_markdown(metrics, notes))
     log.info(
         "evaluation: held-out ROC-AUC %.4f, accuracy %.4f (%d real, %d inpainted test images)",
         metrics["roc_auc"],

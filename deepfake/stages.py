@@ -11,6 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
@@ -22,7 +23,23 @@ log = logging.getLogger("deepfake")
 
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = ["record_id", "source_id", "group", "variant", "label", "uri", "sha256"]
-CODE_VERSION = "1"  # bump when a stage's outputs change for the same settings
+
+
+def _library_digest() -> str:
+    """Digest of the library's source: any change to the code that makes outputs is a new key.
+
+    Coarse on purpose (an edit anywhere in deepfake/ recomputes every stage): a stale result from
+    older code is worse than a recomputation.
+    """
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CODE_VERSION = _library_digest()
 
 
 class StageOutput(BaseModel):

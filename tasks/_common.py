@@ -11,7 +11,7 @@ from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 
 from deepfake.config import StorageConfig, digest_of
-from deepfake.stages import StageOutput, finished
+from deepfake.stages import CODE_VERSION, StageOutput, finished
 from deepfake.storage import Storage
 
 # Library progress lines go to the Prefect run logs as well as the console.
@@ -36,6 +36,8 @@ class StageCache(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         key = _KEYED.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
+        if key is not None:  # library code counts too, not only the thin task's own source
+            key = digest_of([key, CODE_VERSION])
         store = task_ctx.result_store
         if key is None or store is None or not store.exists(key):
             return key

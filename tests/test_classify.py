@@ -85,6 +85,7 @@ def test_train_stage_saves_model_and_refuses_tampered_file(tmp_path: Path) -> No
         scored.loc[scored.split == "test", "group"]
     )
     search = store.read_json(f"{out.folder}/search.json")
+    assert np.isfinite(search["threshold"]) and "out-of-fold" in search["threshold_rule"]
     model = load_model(store, out.folder, search["model_sha256"])
     X = np.stack(store.read_parquet(features.manifest)["features"])
     assert np.allclose(model.decision_function(X), scored["score"])

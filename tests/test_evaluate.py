@@ -80,3 +80,67 @@ def test_plots_are_pngs_and_report_lists_skipped_inputs() -> None:
         },
     )
     assert "broken" in text and "x.png: empty file" in text and "| roc_auc |" in text
+
+
+def test_error_rates_by_hand() -> None:
+    y = np.array([0] * 100 + [1] * 100)
+    s = np.concatenate([np.arange(100), np.arange(100) + 90]).astype(float)  # 10 % overlap
+    m = binary_metrics(y, s, threshold=95.0)
+    assert m["eer"] == pytest.approx(0.05, abs=0.01)
+    assert m["tpr_at_5pct_fpr"] == pytest.approx(0.95, abs=0.02)
+    assert m["tpr_at_1pct_fpr"] == pytest.approx(0.91, abs=0.02)
+
+
+def test_bootstrap_resamples_whole_groups() -> None:
+    from deepfake.evaluate import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for g in range(10):
+        shift = rng.normal()
+        for label in (0, 1, 1):
+            rows.append({"group": f"g{g}", "label": label, "score": shift + label + rng.normal()})
+    test = pd.DataFrame(rows)
+    ci = bootstrap_ci(test, 300, seed=1)
+    assert ci == bootstrap_ci(test, 300, seed=1)  # seeded
+    low, high = ci["roc_auc_ci95"]
+    from sklearn.metrics import roc_auc_score
+
+    assert low <= roc_auc_score(test["label"], test["score"]) <= high and high - low > 0.01
+    assert bootstrap_ci(test, 0, 0) == {}
+
+
+def test_per_area_buckets_use_mask_coverage() -> None:
+    from deepfake.evaluate import per_area_bucket
+
+    frame = scored_frame()
+    frame["coverage"] = [0.0, 0.5, 0.42] * 3
+    buckets = per_area_bucket(frame[frame["split"] == "test"], 0.0)
+    assert set(buckets) == {"0.00-0.45", "0.50-0.55"}
+    assert buckets["0.50-0.55"]["n_inpainted"] == 2 and buckets["0.50-0.55"]["roc_auc"] == 1.0
+
+
+def test_perturbations_keep_shape_and_change_pixels(textured: np.ndarray) -> None:
+    from deepfake.perturb import PERTURBATIONS
+
+    for name, apply in PERTURBATIONS.items():
+        out = apply(textured)
+        assert out.shape == textured.shape and out.dtype == np.uint8, name
+        assert not np.array_equal(out, textured), name
+
+
+def test_shortcut_audit_flags_metadata_that_separates_classes(tmp_path) -> None:
+    from deepfake.evaluate import shortcut_audit
+    from deepfake.images import encode_png
+    from deepfake.storage import Storage
+
+    store, rng, rows = Storage(tmp_path), np.random.default_rng(0), []
+    for g in range(12):
+        for label in (0, 1):
+            # label 1: flat images (small PNGs), label 0: noise (large PNGs): a pure shortcut
+            pixels = rng.integers(0, 255, (32, 32, 3)) if label == 0 else np.full((32, 32, 3), 90)
+            uri = f"img/{g}_{label}.png"
+            store.write_bytes(uri, encode_png(pixels.astype(np.uint8)))
+            rows.append({"uri": uri, "label": label, "group": f"g{g}"})
+    audit = shortcut_audit(store, pd.DataFrame(rows), folds=3, seed=0)
+    assert audit["roc_auc"] > 0.9 and audit["warning"]

@@ -73,6 +73,19 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
     ):
         assert key in metrics, key
     assert set(metrics["per_mask_type"]) == set(metrics["config"]["masks"]["types"])
+    assert set(metrics["robustness"]) == {
+        "none",
+        "jpeg_95",
+        "jpeg_80",
+        "jpeg_60",
+        "downscale_0.75",
+        "downscale_0.5",
+        "gaussian_blur_1",
+    }
+    assert 0 <= metrics["shortcut_audit"]["roc_auc"] <= 1
+    low, high = metrics["roc_auc_ci95"]
+    assert low <= metrics["roc_auc"] <= high
+    assert {"eer", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "per_mask_area"} <= set(metrics)
     assert metrics["n_test_inpainted"] == 5 * metrics["n_test_real"] > 0
     assert 0.8 < metrics["roc_auc"] <= 1.0  # even this tiny detector must learn the difference
     files = store.list_files("reports/latest")
