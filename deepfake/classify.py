@@ -6,13 +6,12 @@ in the held-out test split and in every cross-validation fold.
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
-import joblib
 import numpy as np
 import pandas as pd
+import skops.io as sio
 from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_curve
@@ -35,7 +34,7 @@ from deepfake.storage import Storage
 log = logging.getLogger("deepfake")
 
 STAGE = "detector"
-MODEL_FILE = "svm.joblib"
+MODEL_FILE = "svm.skops"
 _EXECUTION_ONLY = {"n_jobs"}
 
 
@@ -159,17 +158,22 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
 
 
 def _dump(model: Any) -> bytes:
-    buffer = io.BytesIO()
-    joblib.dump(model, buffer)
-    return buffer.getvalue()
+    # skops, not pickle: loading a model file must never run code that came with the file.
+    return sio.dumps(model)
 
 
 def load_model(storage: Storage, folder: str, expected_sha256: str | None = None) -> Any:
-    """Load a fitted pipeline; refuses a file whose digest differs from ``expected_sha256``."""
+    """Load a fitted pipeline; refuses a file whose digest differs from ``expected_sha256``, and
+    any file holding a type outside scikit-learn's and numpy's own (skops' default trust)."""
     data = storage.read_bytes(f"{folder}/{MODEL_FILE}")
     if expected_sha256 is not None and sha256(data) != expected_sha256:
         raise ValueError(f"{storage.uri(folder)}/{MODEL_FILE}: digest does not match its metadata")
-    return joblib.load(io.BytesIO(data))
+    untrusted = sio.get_untrusted_types(data=data)
+    if untrusted:
+        raise ValueError(
+            f"{storage.uri(folder)}/{MODEL_FILE}: refusing untrusted types {untrusted}"
+        )
+    return sio.loads(data, trusted=[])
 
 
 def scores_frame(storage: Storage, detector: StageOutput) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """The detector bundle: what a trained detector is made of, how it is saved, loaded and used.
 
-A bundle folder holds ``svm.joblib`` (the fitted scikit-learn pipeline) and ``detector.json``
+A bundle folder holds ``svm.skops`` (the fitted scikit-learn pipeline) and ``detector.json``
 (backbone, preprocessing, threshold, and the SVM file's sha256, checked on load).
 """
 

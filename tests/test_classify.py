@@ -94,3 +94,12 @@ def test_train_stage_saves_model_and_refuses_tampered_file(tmp_path: Path) -> No
     )
     with pytest.raises(ValueError, match="digest"):
         load_model(store, out.folder, search["model_sha256"])
+
+
+def test_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:
+    import skops.io as sio
+
+    store = Storage(tmp_path)
+    store.write_bytes(f"bundle/{MODEL_FILE}", sio.dumps({"payload": Path("/etc/passwd")}))
+    with pytest.raises(ValueError, match="untrusted types"):
+        load_model(store, "bundle")

@@ -93,8 +93,8 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
     # The default backend is auto; without CUDA it falls back, and the report says so.
     assert "auto fell back" in metrics["inpaint_backend_note"]
     assert "auto fell back" in store.read_bytes("reports/latest/report.md").decode()
-    assert store.list_files("models/latest") == {"detector.json", "svm.joblib"}
-    assert store.list_files(f"models/{summary['run_id']}") == {"detector.json", "svm.joblib"}
+    assert store.list_files("models/latest") == {"detector.json", "svm.skops"}
+    assert store.list_files(f"models/{summary['run_id']}") == {"detector.json", "svm.skops"}
 
 
 def test_published_detector_scores_images(first_run) -> None:

@@ -55,7 +55,7 @@ def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) ->
     assert decision["current_roc_auc"] > decision["new_roc_auc"]
     assert decision["current_run_id"] == "run-a" and decision["test_records"] > 0
     assert store.read_json("models/latest/detector.json")["run_id"] == "run-a"
-    assert store.exists("models/run-b/svm.joblib")  # kept under its run id
+    assert store.exists("models/run-b/svm.skops")  # kept under its run id
     assert "Not promoted" in store.read_bytes("reports/run-b/report.md").decode()
 
     same = publish_run(store, cfg, "run-c", evaluation, detector, "if_better")

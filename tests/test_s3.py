@@ -134,7 +134,7 @@ def test_whole_flow_runs_on_s3_and_writes_nothing_locally(s3, clean_run) -> None
     for name in ("metrics.json", "report.md", "roc.png", "pr.png", "confusion_matrix.png"):
         assert f"reports/latest/{name}" in stored
         assert f"reports/{summary['run_id']}/{name}" in stored
-    assert {"models/latest/detector.json", "models/latest/svm.joblib"} <= stored
+    assert {"models/latest/detector.json", "models/latest/svm.skops"} <= stored
     assert list(workdir.iterdir()) == []  # nothing written to the working directory
 
 
