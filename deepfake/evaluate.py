@@ -178,6 +178,28 @@ def plots(scored: pd.DataFrame, threshold: float) -> dict[str, bytes]:
     return out
 
 
+def example_grid(storage: Storage, scored: pd.DataFrame, threshold: float, n: int = 4) -> bytes:
+    """Test images with their scores: the ``n`` most and least confident of each class."""
+    from deepfake.images import decode_png_array
+
+    test = scored[scored["split"] == "test"].sort_values("score")
+    picks = []
+    for label in (0, 1):
+        part = test[test["label"] == label]
+        half = max(1, n // 2)
+        picks += list(
+            pd.concat([part.head(half), part.tail(half)]).drop_duplicates("record_id").itertuples()
+        )
+    fig, axes = plt.subplots(2, len(picks) // 2 or 1, figsize=(2.2 * max(1, len(picks) // 2), 5))
+    for ax, row in zip(np.ravel(axes), picks, strict=False):
+        ax.imshow(decode_png_array(storage.read_bytes(row.uri), row.uri))
+        said = "inpainted" if row.score >= threshold else "real"
+        truth = "real" if row.label == 0 else row.variant
+        ax.set_title(f"{truth}\nscore {row.score:.2f} -> {said}", fontsize=7)
+        ax.axis("off")
+    return _png(fig)
+
+
 def summary_plots(metrics: dict[str, Any]) -> dict[str, bytes]:
     """Per-mask-type ROC-AUC bars and the robustness curve."""
     out = {}
@@ -286,7 +308,7 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
                 "detector's figures with this one."
             )
     images = ["![ROC](roc.png)", "![PR](pr.png)", "![Confusion matrix](confusion_matrix.png)",
-              "![Per mask type](per_mask.png)"]  # fmt: skip
+              "![Per mask type](per_mask.png)", "![Examples](examples.png)"]  # fmt: skip
     if metrics.get("robustness"):
         images.append("![Robustness](robustness.png)")
     lines += ["", " ".join(images), ""]
@@ -489,6 +511,7 @@ def run_evaluation(
         "skipped": skipped,
     }
     images = plots(scored, metrics["threshold"]) | summary_plots(metrics)
+    images["examples.png"] = example_grid(storage, scored, metrics["threshold"])
     write_report(storage, folder, metrics, images, report_markdown(metrics, notes))
     log.info(
         "evaluation: held-out ROC-AUC %.4f, accuracy %.4f (%d real, %d inpainted test images)",

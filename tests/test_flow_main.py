@@ -89,7 +89,8 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
     assert metrics["n_test_inpainted"] == 5 * metrics["n_test_real"] > 0
     assert 0.8 < metrics["roc_auc"] <= 1.0  # even this tiny detector must learn the difference
     files = store.list_files("reports/latest")
-    assert {"roc.png", "pr.png", "confusion_matrix.png", "report.md", "run.json"} <= files
+    assert {"roc.png", "pr.png", "confusion_matrix.png", "report.md", "run.json", "examples.png",
+            "per_mask.png", "robustness.png", "promotion.json"} <= files  # fmt: skip
     # The default backend is auto; without CUDA it falls back, and the report says so.
     assert "auto fell back" in metrics["inpaint_backend_note"]
     assert "auto fell back" in store.read_bytes("reports/latest/report.md").decode()
