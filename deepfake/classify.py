@@ -6,7 +6,10 @@ in the held-out test split and in every cross-validation fold.
 
 from __future__ import annotations
 
+import io
 import logging
+import re
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -159,7 +162,35 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
 
 def _dump(model: Any) -> bytes:
     # skops, not pickle: loading a model file must never run code that came with the file.
-    return sio.dumps(model)
+    return canonical_skops(sio.dumps(model))
+
+
+_SKOPS_ID = re.compile(r'(?<="__id__": )\d+|(?<=")\d+(?=\.npy")')
+
+
+def canonical_skops(data: bytes) -> bytes:
+    """The same skops file with reproducible bytes: object ids (memory addresses in skops' output)
+    renumbered in order of appearance, members sorted, timestamps fixed. The same fitted model
+    then has the same sha256 in every run."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    numbers: dict[str, str] = {}
+
+    def renumber(match: re.Match[str]) -> str:
+        return numbers.setdefault(match.group(0), str(len(numbers) + 1))
+
+    schema = _SKOPS_ID.sub(renumber, source.read("schema.json").decode())
+    members = {"schema.json": schema.encode()}
+    for name in source.namelist():
+        if name != "schema.json":
+            stem, _, suffix = name.partition(".")
+            members[f"{numbers.get(stem, stem)}.{suffix}"] = source.read(name)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as target:
+        for name in sorted(members):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            target.writestr(info, members[name])
+    return out.getvalue()
 
 
 def load_model(storage: Storage, folder: str, expected_sha256: str | None = None) -> Any:

@@ -103,3 +103,20 @@ def test_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:
     store.write_bytes(f"bundle/{MODEL_FILE}", sio.dumps({"payload": Path("/etc/passwd")}))
     with pytest.raises(ValueError, match="untrusted types"):
         load_model(store, "bundle")
+
+
+def test_model_file_bytes_are_the_same_in_every_process() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, numpy as np; from deepfake.classify import _dump, build_pipeline; "
+        "from deepfake.config import SVMConfig; X = np.random.RandomState(0).rand(40, 5); "
+        "m = build_pipeline(SVMConfig(pca_components=3)).fit(X, [0, 1] * 20); "
+        "print(hashlib.sha256(_dump(m)).hexdigest())"
+    )
+    digests = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).stdout
+        for _ in range(2)
+    }
+    assert len(digests) == 1 and len(digests.pop().strip()) == 64
