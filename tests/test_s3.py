@@ -172,3 +172,17 @@ def test_no_secret_reaches_storage_or_prefect(s3, clean_run) -> None:
         data = store.read_bytes(key)
         for secret in CREDENTIALS.values():
             assert secret.encode() not in data, key
+
+
+def test_predict_reads_images_and_detector_from_s3(s3, clean_run, capsys, monkeypatch) -> None:
+    import json
+
+    from flows.predict import main as predict
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3)
+    model = f"s3://{BUCKET}/clean/models/latest"
+    code = predict(["--json", "--model", model, f"s3://{BUCKET}/clean/sources"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and len(lines) == 16
+    assert all(line["path"].startswith("s3://") and line["label"] in {"real", "inpainted"}
+               for line in lines)  # fmt: skip
