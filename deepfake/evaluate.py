@@ -68,6 +68,15 @@ def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
 
 
 _RATE_KEYS = ("eer", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr")
+HEADLINE_METRICS = (
+    "roc_auc",
+    "average_precision",
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "f1",
+)
 AREA_BUCKETS = ((0.0, 0.45), (0.45, 0.5), (0.5, 0.55), (0.55, 1.01))
 
 
@@ -251,15 +260,7 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
         "| metric | value |",
         "|---|---|",
     ]
-    for key in (
-        "roc_auc",
-        "average_precision",
-        "accuracy",
-        "balanced_accuracy",
-        "precision",
-        "recall",
-        "f1",
-    ):
+    for key in HEADLINE_METRICS:
         lines.append(f"| {key} | {fmt(metrics[key])} |")
     cv_mean, cv_std = metrics["cv_roc_auc_mean"], metrics["cv_roc_auc_std"]
     lines.append(f"| grouped CV ROC-AUC | {cv_mean:.4f} ± {cv_std:.4f} |")

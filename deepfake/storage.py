@@ -110,37 +110,38 @@ class Storage:
                 f"{self.uri(uri) if '://' not in uri else uri}: no such file"
             ) from None
 
+    @staticmethod
+    def _replace_atomically(path: str, fill: Callable[[str], None]) -> None:
+        """``fill`` a temporary file beside ``path``, then rename it into place."""
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        try:
+            fill(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         path = self._path(uri)
-        if self.is_local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-        else:
+        if not self.is_local:
             self.fs.pipe_file(path, data)
+            return
+
+        def fill(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        self._replace_atomically(path, fill)
 
     def put_file(self, local: str | Path, uri: str) -> None:
         """Store a (possibly large) local file at ``uri`` without reading it into memory."""
         path = self._path(uri)
         if self.is_local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                shutil.copyfile(local, tmp)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            self._replace_atomically(path, lambda tmp: shutil.copyfile(local, tmp))
         else:  # an object appears only when its (multipart) upload completes
             self.fs.put_file(str(local), path)
 

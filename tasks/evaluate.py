@@ -7,20 +7,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from deepfake.config import Settings, StorageConfig
-from deepfake.evaluate import run_evaluation
+from deepfake.evaluate import HEADLINE_METRICS, run_evaluation
 from deepfake.publish import Promote, publish_run
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
 
 _HEADLINE = (
-    "roc_auc",
-    "average_precision",
-    "accuracy",
-    "balanced_accuracy",
-    "precision",
-    "recall",
-    "f1",
+    *HEADLINE_METRICS,
     "cv_roc_auc_mean",
     "cv_roc_auc_std",
     "n_test_real",
