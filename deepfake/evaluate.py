@@ -349,7 +349,7 @@ STAGE = "evaluation"
 def _features_of(storage: Storage, settings: Any, uris: list[str], transform=None) -> np.ndarray:  # noqa: ANN001
     """Backbone features of the images at ``uris``, optionally degraded first."""
     from deepfake.features import FeatureExtractor
-    from deepfake.images import decode_png_array
+    from deepfake.images import decode_read
     from deepfake.stages import chunks
 
     extractor = FeatureExtractor(
@@ -358,7 +358,7 @@ def _features_of(storage: Storage, settings: Any, uris: list[str], transform=Non
     vectors = []
     for batch in chunks(uris, settings.features.batch_size):
         contents = storage.read_many(batch)
-        images = [decode_png_array(data, u) for u, data in zip(batch, contents, strict=True)]
+        images = [decode_read(data, u) for u, data in zip(batch, contents, strict=True)]
         if transform is not None:
             images = [transform(image) for image in images]
         vectors.append(extractor.transform(images))
@@ -435,24 +435,14 @@ def external_metrics(
     images whose source is in the test split, so no training image is seen again.
     """
     from deepfake.classify import load_model
-    from deepfake.features import FeatureExtractor
-    from deepfake.images import decode_png_array
-    from deepfake.stages import chunks
 
     test = scored[scored["split"] == "test"]
     chosen = external[external["group"].isin(set(test["group"]))]
     description = "DeepfakeArt authors' inpainting.png of held-out sources vs held-out real images"
     if chosen.empty:
         return {"n_external_inpainted": 0, "description": description + " (none in the test split)"}
-    extractor = FeatureExtractor(
-        settings.features.backbone, settings.features.input_size, settings.features.device
-    )
-    vectors = [
-        extractor.transform([decode_png_array(storage.read_bytes(u), u) for u in batch])
-        for batch in chunks(list(chosen["uri"]), settings.features.batch_size)
-    ]
     model = load_model(storage, detector_folder, search["model_sha256"])
-    external_scores = model.decision_function(np.concatenate(vectors))
+    external_scores = model.decision_function(_features_of(storage, settings, list(chosen["uri"])))
     reals = test[test["label"] == 0]
     y = np.concatenate([np.zeros(len(reals), int), np.ones(len(chosen), int)])
     s = np.concatenate([reals["score"].to_numpy(), external_scores])

@@ -93,5 +93,12 @@ def decode_png_array(data: bytes, name: str) -> np.ndarray:
         raise ImageError(f"{name}: not a readable image ({exc})") from None
 
 
+def decode_read(data: bytes | Exception, name: str) -> np.ndarray:
+    """One result of ``Storage.read_many``: re-raise its read error, or decode its PNG bytes."""
+    if isinstance(data, Exception):
+        raise data
+    return decode_png_array(data, name)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

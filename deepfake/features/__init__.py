@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from deepfake.config import FeaturesConfig, digest_of
 from deepfake.features.backbones import BACKBONES, Backbone, WeightsUnavailable, get_backbone
-from deepfake.images import ImageError, decode_png_array
+from deepfake.images import ImageError, decode_read
 from deepfake.stages import Progress, StageOutput, chunks, finished, stage_folder, write_manifest
 from deepfake.storage import Storage
 
@@ -84,9 +84,7 @@ def run_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput) ->
         contents = storage.read_many([row.uri for row in batch])
         for row, data in zip(batch, contents, strict=True):
             try:
-                if isinstance(data, Exception):
-                    raise data
-                images.append(decode_png_array(data, row.uri))
+                images.append(decode_read(data, row.uri))
                 rows.append(row)
             except (ImageError, OSError) as exc:
                 log.warning("features: skipping %s: %s", row.uri, exc)

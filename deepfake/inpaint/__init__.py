@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from deepfake.config import InpaintConfig, digest_of
-from deepfake.images import ImageError, decode_png_array, encode_png, sha256
+from deepfake.images import ImageError, decode_read, encode_png, sha256
 from deepfake.inpaint.base import Inpainter
 from deepfake.inpaint.classical import ClassicalInpainter
 from deepfake.inpaint.sd2 import BackendUnavailable, ModelUnavailable, SD2Inpainter
@@ -163,7 +163,7 @@ def _write_reals(storage: Storage, inpainter: Inpainter, folder: str, sources: S
         storage.write_many(
             {
                 f"{folder}/real/{r.source_id}.png": encode_png(
-                    inpainter.real_counterpart(_decode(contents, r.uri))
+                    inpainter.real_counterpart(decode_read(contents[r.uri], r.uri))
                 )
                 for r in part
             }
@@ -220,8 +220,8 @@ def run_batch(
     contents = dict(zip(uris, storage.read_many(uris), strict=True))
     for rec in batch:
         try:
-            image = _decode(contents, rec["source_uri"])
-            mask = _decode(contents, rec["mask_uri"])
+            image = decode_read(contents[rec["source_uri"]], rec["source_uri"])
+            mask = decode_read(contents[rec["mask_uri"]], rec["mask_uri"])
         except (ImageError, OSError) as exc:
             log.warning("inpainting: skipping %s: %s", rec["record_id"], exc)
             failed.append({"record_id": rec["record_id"], "reason": str(exc)})
@@ -248,13 +248,6 @@ def run_batch(
         "seconds": seconds,
         "images_per_s": len(rows) / max(seconds, 1e-9),
     }
-
-
-def _decode(contents: dict[str, bytes | Exception], uri: str):  # noqa: ANN202
-    data = contents[uri]
-    if isinstance(data, Exception):
-        raise data
-    return decode_png_array(data, uri)
 
 
 def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -> dict[str, Any]:
