@@ -1,7 +1,10 @@
 """SVM detector: scaling, optional PCA, SVC, grid-searched with folds grouped by source image.
 
 Every split here is grouped: a source photo and all its inpaintings are always on the same side,
-in the held-out test split and in every cross-validation fold.
+in the held-out test split (the split stage's ``split`` column) and in every cross-validation
+fold. The stage folder is a complete detector bundle: ``svm.skops`` (the fitted pipeline),
+``detector.json`` (how features are made, threshold, probability calibration, digests) and, for
+a fine-tuned backbone, ``backbone.safetensors``.
 """
 
 from __future__ import annotations
@@ -17,19 +20,15 @@ import pandas as pd
 import skops.io as sio
 from sklearn.base import clone
 from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
-from sklearn.model_selection import (
-    GridSearchCV,
-    GroupKFold,
-    GroupShuffleSplit,
-    cross_val_predict,
-)
+from sklearn.model_selection import GridSearchCV, GroupKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from deepfake.config import SVMConfig
-from deepfake.features import feature_matrix
+from deepfake.features import INFO_FILE, WEIGHTS_FILE, feature_matrix
 from deepfake.images import sha256
 from deepfake.stages import StageOutput, finished, stage_folder, write_manifest
 from deepfake.storage import Storage
@@ -38,6 +37,7 @@ log = logging.getLogger("deepfake")
 
 STAGE = "detector"
 MODEL_FILE = "svm.skops"
+BUNDLE_FILE = "detector.json"
 _EXECUTION_ONLY = {"n_jobs"}
 
 
@@ -65,16 +65,6 @@ def param_grid(cfg: SVMConfig) -> list[dict[str, list[Any]]]:
     return grid
 
 
-def grouped_split(groups: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, test indices) with no group on both sides; both sides non-empty."""
-    unique = np.unique(groups)
-    if len(unique) < 2:
-        raise ValueError(f"a grouped split needs at least 2 source groups, got {len(unique)}")
-    splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
-    train, test = next(splitter.split(np.zeros(len(groups)), groups=groups))
-    return np.sort(train), np.sort(test)
-
-
 def grid_search(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig) -> GridSearchCV:
     """Grid search scored by ROC-AUC over grouped folds (as many as there are groups, at most)."""
     folds = min(cfg.cv_folds, len(np.unique(groups)))
@@ -94,18 +84,44 @@ def grid_search(X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig
     return search
 
 
-def validation_threshold(
+def out_of_fold_scores(
     search: GridSearchCV, X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig
-) -> float:
-    """Decision threshold chosen on validation data only: the best pipeline's out-of-fold scores
-    on the training split (same grouped folds), maximising balanced accuracy (Youden's J)."""
+) -> np.ndarray:
+    """Decision values of the best pipeline on the training split, each from a fit that did not
+    see its group (same grouped folds as the search): validation scores, never test ones."""
     cv = GroupKFold(n_splits=search.n_splits_, shuffle=True, random_state=cfg.seed)
-    scores = cross_val_predict(
+    return cross_val_predict(
         clone(search.best_estimator_), X, y, groups=groups, cv=cv, method="decision_function"
     )
+
+
+def validation_threshold(y: np.ndarray, scores: np.ndarray) -> float:
+    """The decision threshold maximising balanced accuracy (Youden's J) on validation scores."""
     fpr, tpr, thresholds = roc_curve(y, scores)
     best = int(np.argmax(tpr - fpr))
     return float(thresholds[best]) if np.isfinite(thresholds[best]) else 0.0
+
+
+def platt_calibration(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Platt scaling of validation decision values: P(inpainted) = 1 / (1 + exp(-(a s + b))).
+
+    As in Platt (1999), the targets are (n+ + 1) / (n+ + 2) and 1 / (n- + 2) rather than 1 and 0,
+    so that well separated scores give confident but finite odds. Classes are weighted evenly: a
+    probability assumes even odds of real and inpainted, not the training set's one real image
+    per five inpaintings.
+    """
+    positive, negative = int((y == 1).sum()), int((y == 0).sum())
+    target = np.where(y == 1, (positive + 1) / (positive + 2), 1 / (negative + 2))
+    balance = np.where(y == 1, len(y) / (2 * positive), len(y) / (2 * negative))
+    X = np.concatenate([scores, scores]).reshape(-1, 1)
+    labels = np.concatenate([np.ones(len(y)), np.zeros(len(y))])
+    weights = np.concatenate([target * balance, (1 - target) * balance])
+    fit = LogisticRegression(C=1e4).fit(X, labels, sample_weight=weights)
+    return {"a": float(fit.coef_[0, 0]), "b": float(fit.intercept_[0])}
+
+
+def probability(scores: np.ndarray, calibration: dict[str, float]) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(calibration["a"] * np.asarray(scores) + calibration["b"])))
 
 
 def output_folder(cfg: SVMConfig, features: StageOutput) -> str:
@@ -117,28 +133,26 @@ def output_folder(cfg: SVMConfig, features: StageOutput) -> str:
 
 
 def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageOutput:
-    """Split, search, refit on the training split; save the model and per-record test scores."""
+    """Search and refit on the training split; save the bundle and per-record scores."""
     folder = output_folder(cfg, features)
     done = finished(storage, STAGE, folder)
     if done:
         log.info("detector: reusing the trained detector in %s", storage.uri(folder))
         return done
     frame = storage.read_parquet(features.manifest)
+    if "split" not in frame:
+        raise ValueError(f"{features.manifest} has no 'split' column: run the split stage first")
     X, y, groups = feature_matrix(frame), frame["label"].to_numpy(), frame["group"].to_numpy()
-    train, test = grouped_split(groups, cfg.test_size, cfg.seed)
-    log.info(
-        "detector: %d training images (%d groups), %d test images (%d groups)",
-        len(train),
-        len(np.unique(groups[train])),
-        len(test),
-        len(np.unique(groups[test])),
-    )
+    train = np.flatnonzero(frame["split"].to_numpy() == "train")
+    log.info("detector: searching on %d training images", len(train))
     search = grid_search(X[train], y[train], groups[train], cfg)
     best = search.best_index_
     cv_scores = [search.cv_results_[f"split{i}_test_score"][best] for i in range(search.n_splits_)]
     log.info("detector: best %s, grouped CV ROC-AUC %.4f", search.best_params_, search.best_score_)
 
-    threshold = validation_threshold(search, X[train], y[train], groups[train], cfg)
+    validation = out_of_fold_scores(search, X[train], y[train], groups[train], cfg)
+    threshold = validation_threshold(y[train], validation)
+    calibration = platt_calibration(y[train], validation)
     log.info("detector: threshold %.4f chosen on out-of-fold training scores", threshold)
     model_bytes = _dump(search.best_estimator_)
     storage.write_bytes(f"{folder}/{MODEL_FILE}", model_bytes)
@@ -154,10 +168,28 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
             "threshold_rule": "max balanced accuracy on out-of-fold (grouped) training scores",
         },
     )
+    info = storage.read_json(f"{features.folder}/{INFO_FILE}")
+    files = [MODEL_FILE, BUNDLE_FILE, "search.json"]
+    if info.get("weights"):
+        weights = storage.read_bytes(f"{features.folder}/{info['weights']}")
+        storage.write_bytes(f"{folder}/{WEIGHTS_FILE}", weights)
+        files.append(WEIGHTS_FILE)
+    storage.write_json(
+        f"{folder}/{BUNDLE_FILE}",
+        {
+            **info,
+            "threshold": threshold,
+            "calibration": {"method": "Platt, even odds, out-of-fold scores", **calibration},
+            "probability_threshold": float(probability(threshold, calibration)),
+            "score": "probability of inpainting (Platt-scaled SVM decision value, even odds); "
+            "label inpainted when the decision value >= threshold",
+            "svm_sha256": sha256(model_bytes),
+            "best_params": search.best_params_,
+        },
+    )
     scores = search.best_estimator_.decision_function(X)
-    split = np.where(np.isin(np.arange(len(frame)), test), "test", "train")
-    out = frame.drop(columns=["features"]).assign(split=split, score=scores)
-    return write_manifest(storage, STAGE, folder, out)
+    out = frame.drop(columns=["features"]).assign(score=scores)
+    return write_manifest(storage, STAGE, folder, out, files=files)
 
 
 def _dump(model: Any) -> bytes:

@@ -164,11 +164,32 @@ class FeaturesConfig(Section):
         "efficientnet_lite0", description="CNN backbone: efficientnet_lite0, resnet50 or vgg16."
     )
     input_size: int | None = Field(
-        224,
+        None,
         ge=32,
-        description="Resize images to this side before the CNN; empty = native resolution.",
+        description="Resize images to this side before the CNN; empty = native resolution "
+        "(forensic traces of inpainting fade when an image is resampled).",
     )
-    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
+    pooling: Literal["multiscale", "last"] = Field(
+        "multiscale",
+        description="multiscale: the mean of every backbone stage's feature map, concatenated "
+        "(fine texture to content); last: the classifier's pooled penultimate vector.",
+    )
+    crop_size: int | None = Field(
+        None,
+        ge=32,
+        description="Multi-crop mode: cut each image into a grid of crops of this side (at the "
+        "resolution above) and aggregate their vectors (mean and max); empty = whole image.",
+    )
+    finetune_epochs: int = Field(
+        3,
+        ge=0,
+        description="Fine-tune the backbone for this many epochs on the training split only "
+        "(JPEG/blur/flip augmentation) before extracting features; 0 = frozen ImageNet weights.",
+    )
+    finetune_lr: float = Field(1e-4, gt=0, description="Fine-tuning learning rate (backbone).")
+    finetune_batch_size: int = Field(32, ge=2, description="Images per fine-tuning step.")
+    seed: int = Field(0, description="Seed of fine-tuning (head init, order, augmentation).")
+    batch_size: int = Field(64, ge=1, description="Images per forward pass.")
     device: str = Field(
         "auto", description="torch device for feature extraction (auto = cuda if any)."
     )
@@ -181,6 +202,17 @@ class FeaturesConfig(Section):
         if value not in BACKBONES:
             raise ValueError(f"unknown backbone {value!r}; choose from {sorted(BACKBONES)}")
         return value
+
+    def frozen(self) -> FeaturesConfig:
+        """The same features without fine-tuning (the baseline a fine-tuned run is compared to)."""
+        return self.model_copy(update={"finetune_epochs": 0})
+
+
+class SplitConfig(Section):
+    test_size: float = Field(
+        0.25, gt=0, lt=1, description="Share of source groups held out for testing."
+    )
+    seed: int = Field(0, description="Seed of the grouped train/test split.")
 
 
 class SVMConfig(Section):
@@ -196,10 +228,7 @@ class SVMConfig(Section):
         description="PCA before the SVM: components (int) or variance kept (0-1); empty = off.",
     )
     cv_folds: int = Field(5, ge=2, description="Grouped cross-validation folds.")
-    test_size: float = Field(
-        0.25, gt=0, lt=1, description="Share of source groups held out for testing."
-    )
-    seed: int = Field(0, description="Seed of the grouped splits.")
+    seed: int = Field(0, description="Seed of the grouped cross-validation folds.")
     n_jobs: int = Field(1, description="Parallel grid-search fits (-1 = all cores).")
 
 
@@ -212,6 +241,11 @@ class EvalConfig(Section):
     )
     shortcut_audit: bool = Field(
         True, description="Check how well metadata alone (size, format, mean) separates classes."
+    )
+    compare_frozen: bool = Field(
+        True,
+        description="With features.finetune_epochs > 0, also train a detector on frozen features "
+        "and compare the two in the report.",
     )
     seed: int = Field(0, description="Seed of the bootstrap.")
 
@@ -231,6 +265,7 @@ class Settings(BaseModel):
     data: DataConfig = DataConfig()
     masks: MaskConfig = MaskConfig()
     inpaint: InpaintConfig = InpaintConfig()
+    split: SplitConfig = SplitConfig()
     features: FeaturesConfig = FeaturesConfig()
     svm: SVMConfig = SVMConfig()
     evaluate: EvalConfig = EvalConfig()

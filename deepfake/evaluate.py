@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -30,6 +31,7 @@ from sklearn.metrics import (  # noqa: E402
     roc_curve,
 )
 
+from deepfake.predict import Detector  # noqa: E402
 from deepfake.storage import Storage  # noqa: E402
 
 log = logging.getLogger("deepfake")
@@ -221,9 +223,16 @@ def summary_plots(metrics: dict[str, Any]) -> dict[str, bytes]:
     if metrics.get("robustness"):
         table = metrics["robustness"]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(list(table), [table[k]["roc_auc"] or 0 for k in table], marker="o")
+        tuned = bool(metrics.get("finetune"))
+        label = "fine-tuned backbone" if tuned else "this detector"
+        ax.plot(list(table), [table[k]["roc_auc"] or 0 for k in table], marker="o", label=label)
+        frozen = metrics.get("comparison", {}).get("frozen", {}).get("robustness_roc_auc")
+        if frozen:
+            ax.plot(list(frozen), [v or 0 for v in frozen.values()], marker="s", ls="--",
+                    label="frozen backbone")  # fmt: skip
         ax.set(ylim=(0.5, 1.0), ylabel="ROC-AUC", title="Robustness (test split)")
         ax.tick_params(axis="x", rotation=30)
+        ax.legend(loc="lower left")
         out["robustness.png"] = _png(fig)
     return out
 
@@ -251,6 +260,7 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
         f"({', '.join(metrics['test_groups'])}); training: {metrics['n_train']} images from "
         f"{metrics['n_train_groups']} groups.",
         f"- Best SVM: `{notes['best_params']}`; positive class = inpainted.",
+        *_features_lines(metrics),
         *(
             [f"- **{notes['backend_note']}**"]
             if "fell back" in notes.get("backend_note", "")
@@ -272,6 +282,13 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
     lines.append(
         f"| threshold (chosen on out-of-fold training scores) | {fmt(metrics['threshold'])} |"
     )
+    if metrics.get("brier") is not None:
+        lines.append(
+            f"| Brier score of the probabilities (Platt scaling on out-of-fold training scores; "
+            f"threshold = probability {metrics['probability_threshold']:.3f}) | "
+            f"{fmt(metrics['brier'])} |"
+        )
+    lines += _comparison_lines(metrics.get("comparison"), fmt)
     lines += [
         "",
         "## Per mask type (test real images vs that mask type)",
@@ -334,6 +351,43 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _features_lines(metrics: dict[str, Any]) -> list[str]:
+    features, tune = metrics.get("features") or {}, metrics.get("finetune")
+    if not features:
+        return []
+    size = features.get("input_size") or "native resolution"
+    crop = features.get("crop_size")
+    crops = f", crops of {crop} px (mean and max)" if crop else ""
+    lines = [f"- Features: {features['backbone']}, {features['pooling']} pooling, {size}{crops}, "
+             f"{features['dim']} dimensions."]  # fmt: skip
+    if tune:
+        losses = ", ".join(f"{v:.3f}" for v in tune["losses"])
+        lines.append(
+            f"- Backbone fine-tuned on the training split only: {tune['epochs']} epochs, "
+            f"{tune['train_images']} images from {tune['train_groups']} groups, lr {tune['lr']}, "
+            f"augmentation {tune['augmentation']}; loss per epoch {losses}. The grouped CV "
+            "figure is optimistic for a fine-tuned backbone: it saw every training fold."
+        )
+    return lines
+
+
+def _comparison_lines(comparison: dict[str, Any] | None, fmt: Callable[[Any], str]) -> list[str]:
+    if not comparison:
+        return []
+    tuned, frozen = comparison["fine_tuned"], comparison["frozen"]
+    rows = [[k, fmt(frozen[k]), fmt(tuned[k])] for k in COMPARED]
+    for name, value in tuned["robustness_roc_auc"].items():
+        if name != "none":
+            rows.append([f"ROC-AUC after {name}", fmt(frozen["robustness_roc_auc"].get(name)),
+                         fmt(value)])  # fmt: skip
+    return [
+        "",
+        "## Frozen vs fine-tuned backbone (same split, same SVM search)",
+        "",
+        *_table(["metric", "frozen ImageNet backbone", "fine-tuned backbone"], rows),
+    ]
+
+
 def write_report(
     storage: Storage, folder: str, metrics: dict[str, Any], images: dict[str, bytes], report: str
 ) -> None:
@@ -346,41 +400,16 @@ def write_report(
 STAGE = "evaluation"
 
 
-def _features_of(storage: Storage, settings: Any, uris: list[str], transform=None) -> np.ndarray:  # noqa: ANN001
-    """Backbone features of the images at ``uris``, optionally degraded first."""
-    from deepfake.features import FeatureExtractor
-    from deepfake.images import decode_read
-    from deepfake.stages import chunks
-
-    extractor = FeatureExtractor(
-        settings.features.backbone, settings.features.input_size, settings.features.device
-    )
-    vectors = []
-    for batch in chunks(uris, settings.features.batch_size):
-        contents = storage.read_many(batch)
-        images = [decode_read(data, u) for u, data in zip(batch, contents, strict=True)]
-        if transform is not None:
-            images = [transform(image) for image in images]
-        vectors.append(extractor.transform(images))
-    return np.concatenate(vectors)
-
-
 def robustness(
-    storage: Storage, settings: Any, scored: pd.DataFrame, detector_folder: str, search: dict
+    storage: Storage, detector: Detector, test: pd.DataFrame, threshold: float
 ) -> dict[str, Any]:
     """The held-out split again after each degradation, applied to real and inpainted alike."""
-    from deepfake.classify import load_model
     from deepfake.perturb import PERTURBATIONS
 
-    test = scored[scored["split"] == "test"]
-    y, threshold = test["label"].to_numpy(), float(search["threshold"])
-    model = load_model(storage, detector_folder, search["model_sha256"])
+    y, uris = test["label"].to_numpy(), list(test["uri"])
     table = {"none": binary_metrics(y, test["score"].to_numpy(), threshold)}
     for name, transform in PERTURBATIONS.items():
-        scores = model.decision_function(
-            _features_of(storage, settings, list(test["uri"]), transform)
-        )
-        table[name] = binary_metrics(y, scores, threshold)
+        table[name] = binary_metrics(y, detector.score_uris(storage, uris, transform), threshold)
         log.info("robustness: %s -> ROC-AUC %.4f", name, table[name]["roc_auc"] or float("nan"))
     return table
 
@@ -422,62 +451,99 @@ def shortcut_audit(storage: Storage, scored: pd.DataFrame, folds: int, seed: int
 
 
 def external_metrics(
-    storage: Storage,
-    settings: Any,
-    external: pd.DataFrame,
-    scored: pd.DataFrame,
-    detector_folder: str,
-    search: dict[str, Any],
+    storage: Storage, detector: Detector, external: pd.DataFrame, test: pd.DataFrame
 ) -> dict[str, Any]:
     """The detector on the dataset authors' own inpaintings of test-split sources.
 
     Real side: the same held-out real images as the main test. Inpainted side: the external
     images whose source is in the test split, so no training image is seen again.
     """
-    from deepfake.classify import load_model
-
-    test = scored[scored["split"] == "test"]
     chosen = external[external["group"].isin(set(test["group"]))]
     description = "DeepfakeArt authors' inpainting.png of held-out sources vs held-out real images"
     if chosen.empty:
         return {"n_external_inpainted": 0, "description": description + " (none in the test split)"}
-    model = load_model(storage, detector_folder, search["model_sha256"])
-    external_scores = model.decision_function(_features_of(storage, settings, list(chosen["uri"])))
+    external_scores = detector.score_uris(storage, list(chosen["uri"]))
     reals = test[test["label"] == 0]
     y = np.concatenate([np.zeros(len(reals), int), np.ones(len(chosen), int)])
     s = np.concatenate([reals["score"].to_numpy(), external_scores])
-    result = binary_metrics(y, s, float(search["threshold"]))
+    result = binary_metrics(y, s, float(detector.meta["threshold"]))
     result["n_external_inpainted"] = result.pop("n_inpainted")
     result["n_test_real"] = result.pop("n_real")
     result["description"] = description
     return result
 
 
+def detector_metrics(
+    storage: Storage, settings: Any, detector_stage: Any
+) -> tuple[dict[str, Any], pd.DataFrame, Detector]:
+    """Held-out metrics of one trained detector stage: headline, CIs, per mask, calibration and
+    (when enabled) robustness. Returns the metrics, the scored records and the loaded detector."""
+    scored = storage.read_parquet(detector_stage.manifest)
+    search = storage.read_json(f"{detector_stage.folder}/search.json")
+    detector = Detector.load(storage, detector_stage.folder, settings.features.device)
+    threshold = float(search["threshold"])
+    metrics = evaluate(scored, threshold, search["cv_roc_auc"])
+    test = scored[scored["split"] == "test"]
+    metrics.update(bootstrap_ci(test, settings.evaluate.bootstrap, settings.evaluate.seed))
+    probabilities = detector.probabilities(test["score"].to_numpy())
+    metrics["brier"] = float(np.mean((probabilities - test["label"].to_numpy()) ** 2))
+    metrics["probability_threshold"] = detector.meta["probability_threshold"]
+    metrics["best_params"] = search["best_params"]
+    metrics["features"] = {
+        k: detector.meta.get(k) for k in ("backbone", "pooling", "input_size", "crop_size", "dim")
+    }
+    metrics["finetune"] = detector.meta.get("finetune")
+    if settings.evaluate.robustness:
+        metrics["robustness"] = robustness(storage, detector, test, threshold)
+    return metrics, scored, detector
+
+
+COMPARED = ("roc_auc", "average_precision", "balanced_accuracy", "eer", "tpr_at_5pct_fpr",
+            "brier", "cv_roc_auc_mean")  # fmt: skip
+
+
+def comparison(fine_tuned: dict[str, Any], frozen: dict[str, Any]) -> dict[str, Any]:
+    """The figures that tell a fine-tuned backbone from the frozen one, side by side."""
+
+    def pick(m: dict[str, Any]) -> dict[str, Any]:
+        out = {k: m.get(k) for k in COMPARED}
+        out["roc_auc_ci95"] = m.get("roc_auc_ci95")
+        out["robustness_roc_auc"] = {k: v["roc_auc"] for k, v in m.get("robustness", {}).items()}
+        return out
+
+    return {"fine_tuned": pick(fine_tuned), "frozen": pick(frozen)}
+
+
 def run_evaluation(
-    storage: Storage, settings: Any, sources: Any, dataset: Any, features: Any, detector: Any
+    storage: Storage,
+    settings: Any,
+    sources: Any,
+    dataset: Any,
+    features: Any,
+    detector: Any,
+    baseline: Any = None,
 ) -> Any:
-    """Metrics, plots and report of a trained detector, in a deterministic folder."""
+    """Metrics, plots and report of a trained detector, in a deterministic folder. ``baseline``
+    (a detector on frozen features) adds the frozen vs fine-tuned comparison."""
     from deepfake.data import external_records, skipped_sources
     from deepfake.inpaint import backend_note
     from deepfake.stages import finished, stage_folder, write_manifest
 
-    folder = stage_folder(STAGE, settings.digest(), sources, dataset, features, detector)
+    inputs = [sources, dataset, features, detector] + ([baseline] if baseline else [])
+    folder = stage_folder(STAGE, settings.digest(), *inputs)
     done = finished(storage, STAGE, folder)
-    if done and storage.exists(f"{folder}/metrics.json"):
+    if done:
         log.info("evaluation: reusing %s", storage.uri(folder))
         return done
-    scored = storage.read_parquet(detector.manifest)
-    search = storage.read_json(f"{detector.folder}/search.json")
-    metrics = evaluate(scored, float(search["threshold"]), search["cv_roc_auc"])
+    metrics, scored, model = detector_metrics(storage, settings, detector)
+    if baseline is not None:
+        frozen, _, _ = detector_metrics(storage, settings, baseline)
+        metrics["comparison"] = comparison(metrics, frozen)
     test = scored[scored["split"] == "test"]
-    metrics.update(bootstrap_ci(test, settings.evaluate.bootstrap, settings.evaluate.seed))
-    if settings.evaluate.robustness:
-        metrics["robustness"] = robustness(storage, settings, scored, detector.folder, search)
     if settings.evaluate.shortcut_audit:
         metrics["shortcut_audit"] = shortcut_audit(
             storage, scored, settings.svm.cv_folds, settings.svm.seed
         )
-    metrics["best_params"] = search["best_params"]
     metrics["config"] = settings.public_dict()
     backends = sorted(b for b in scored["backend"].unique() if b)
     metrics["inpaint_backend"] = ", ".join(backends)
@@ -489,16 +555,14 @@ def run_evaluation(
     metrics["skipped_inputs"] = skipped
     external = external_records(storage, sources)
     if external is not None:
-        metrics["external"] = external_metrics(
-            storage, settings, external, scored, detector.folder, search
-        )
+        metrics["external"] = external_metrics(storage, model, external, test)
     notes = {
         "data": f"{settings.data.source}, {scored['source_id'].nunique()} sources, "
         f"{len(scored)} images",
         "backend": metrics["inpaint_backend"],
         "backend_note": metrics["inpaint_backend_note"],
         "backbone": settings.features.backbone,
-        "best_params": search["best_params"],
+        "best_params": metrics["best_params"],
         "skipped": skipped,
     }
     images = plots(scored, metrics["threshold"]) | summary_plots(metrics)
@@ -511,5 +575,5 @@ def run_evaluation(
         metrics["n_test_real"],
         metrics["n_test_inpainted"],
     )
-    test = scored[scored["split"] == "test"].reset_index(drop=True)
-    return write_manifest(storage, STAGE, folder, test)
+    files = ["metrics.json", "report.md", *images]
+    return write_manifest(storage, STAGE, folder, test.reset_index(drop=True), files=files)

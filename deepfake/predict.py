@@ -1,32 +1,42 @@
-"""The detector bundle: what a trained detector is made of, how it is saved, loaded and used.
+"""The detector bundle: how a trained detector is loaded and used.
 
-A bundle folder holds ``svm.skops`` (the fitted scikit-learn pipeline) and ``detector.json``
-(backbone, preprocessing, threshold, and the SVM file's sha256, checked on load).
+A bundle folder (the detector stage's folder, or ``models/<run id>`` after publishing) holds
+``svm.skops`` (the fitted scikit-learn pipeline), ``detector.json`` (how features are made, the
+threshold, the probability calibration and the files' sha256) and, when the backbone was
+fine-tuned, ``backbone.safetensors``. Loading checks both digests and runs no code from the files:
+skops admits scikit-learn's and numpy's own types only; safetensors holds tensors only.
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from deepfake.classify import MODEL_FILE, load_model
-from deepfake.features import FeatureExtractor
-from deepfake.images import decode, square
+from deepfake.classify import BUNDLE_FILE, MODEL_FILE, load_model, probability
+from deepfake.features import WEIGHTS_FILE, FeatureExtractor
+from deepfake.images import decode, sha256, square
+from deepfake.stages import chunks, prefetch
 from deepfake.storage import Storage
 
-BUNDLE_FILE = "detector.json"
+__all__ = ["BUNDLE_FILE", "Detector", "save_bundle"]
 
 
 def save_bundle(
-    storage: Storage, detector_folder: str, bundle_folder: str, meta: dict[str, Any]
+    storage: Storage, detector_folder: str, bundle_folder: str, extra: dict[str, Any]
 ) -> None:
-    """Copy the trained SVM into ``bundle_folder`` and write its metadata beside it."""
-    storage.write_bytes(
-        f"{bundle_folder}/{MODEL_FILE}", storage.read_bytes(f"{detector_folder}/{MODEL_FILE}")
-    )
-    storage.write_json(f"{bundle_folder}/{BUNDLE_FILE}", meta)
+    """Copy a trained detector into ``bundle_folder``, adding ``extra`` to its metadata."""
+    meta = storage.read_json(f"{detector_folder}/{BUNDLE_FILE}")
+    names = [MODEL_FILE] + ([WEIGHTS_FILE] if meta.get("weights") else [])
+    for name in names:
+        storage.write_bytes(
+            f"{bundle_folder}/{name}", storage.read_bytes(f"{detector_folder}/{name}")
+        )
+    storage.write_json(f"{bundle_folder}/{BUNDLE_FILE}", {**meta, **extra})
 
 
 @dataclass
@@ -39,14 +49,87 @@ class Detector:
     def load(cls, storage: Storage, folder: str, device: str = "auto") -> Detector:
         meta = storage.read_json(f"{folder}/{BUNDLE_FILE}")
         model = load_model(storage, folder, expected_sha256=meta["svm_sha256"])
-        extractor = FeatureExtractor(meta["backbone"], meta.get("input_size"), device)
-        return cls(meta, model, extractor)
+        weights = None
+        if meta.get("weights"):
+            weights = storage.read_bytes(f"{folder}/{meta['weights']}")
+            if sha256(weights) != meta.get("weights_sha256"):
+                raise ValueError(
+                    f"{storage.uri(folder)}/{meta['weights']}: digest does not match its metadata"
+                )
+        return cls(meta, model, FeatureExtractor.from_info(meta, weights, device))
 
-    def score_bytes(self, data: bytes, name: str) -> float:
-        """SVM decision value for one encoded image (higher = more likely inpainted)."""
-        image = square(decode(data, name), int(self.meta["image_size"]))
-        features = self.extractor.transform([np.asarray(image)])
-        return float(self.model.decision_function(features)[0])
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
 
-    def label(self, score: float) -> str:
-        return "inpainted" if score >= float(self.meta["threshold"]) else "real"
+    def normalise(self, data: bytes, name: str) -> np.ndarray:
+        """Decode an image file and bring it to the detector's input: RGB, centre-cropped square,
+        the training images' side (what the sources stage does to every source)."""
+        return np.asarray(square(decode(data, name), self.image_size))
+
+    def decisions(self, images: list[np.ndarray]) -> np.ndarray:
+        """SVM decision values (higher = more likely inpainted) of normalised images."""
+        return self.model.decision_function(self.extractor.transform(images))
+
+    def probabilities(self, decisions: np.ndarray) -> np.ndarray:
+        return probability(decisions, self.meta["calibration"])
+
+    def label(self, decision: float) -> str:
+        return "inpainted" if decision >= float(self.meta["threshold"]) else "real"
+
+    def score_bytes(self, data: bytes, name: str) -> dict[str, Any]:
+        """``{"score": probability of inpainting, "label", "decision"}`` for one image file."""
+        decision = float(self.decisions([self.normalise(data, name)])[0])
+        return {
+            "score": float(self.probabilities(np.array([decision]))[0]),
+            "label": self.label(decision),
+            "decision": decision,
+        }
+
+    def score_uris(
+        self,
+        storage: Storage,
+        uris: list[str],
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """Decision values of stored images (each optionally degraded by ``transform`` after
+        normalising), read and decoded in the background while the previous batch is scored."""
+
+        def load(batch: list[str]) -> list[np.ndarray]:
+            images = []
+            for uri, data in zip(batch, storage.read_many(batch), strict=True):
+                if isinstance(data, Exception):
+                    raise data
+                image = self.normalise(data, uri)
+                images.append(transform(image) if transform else image)
+            return images
+
+        out = [self.decisions(images) for images in prefetch(chunks(uris, batch_size), load)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def crop_probabilities(self, image: np.ndarray) -> tuple[np.ndarray, list[tuple]]:
+        """Probability of every crop of a normalised image scored alone, and the crop boxes
+        (top, left, height, width): the numbers behind a heat map. Needs a multi-crop detector."""
+        if not self.extractor.crop_size:
+            raise ValueError(
+                "heat maps need a multi-crop detector (trained with features.crop_size set)"
+            )
+        vectors = self.extractor.transform_crops(image)
+        boxes = self.extractor.crop_boxes(*image.shape[:2])
+        return self.probabilities(self.model.decision_function(vectors)), boxes
+
+    def heatmap_png(self, image: np.ndarray) -> bytes:
+        """The image with each crop tinted by its probability (red = inpainted), as PNG."""
+        scores, boxes = self.crop_probabilities(image)
+        heat = np.zeros(image.shape[:2], np.float64)
+        count = np.zeros(image.shape[:2], np.float64)
+        for p, (top, left, h, w) in zip(scores, boxes, strict=True):
+            heat[top : top + h, left : left + w] += p
+            count[top : top + h, left : left + w] += 1
+        heat /= np.maximum(count, 1)
+        tint = np.stack([heat, np.zeros_like(heat), 1 - heat], -1) * 255
+        blended = (0.55 * image.astype(np.float64) + 0.45 * tint).clip(0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(blended).save(buffer, format="PNG")
+        return buffer.getvalue()

@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 from typing import Any, Literal
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from deepfake.config import Settings
@@ -42,15 +41,12 @@ def promotion_decision(
     except Exception as exc:  # a broken current bundle must not block a sound new one
         return {"promote": True, "policy": promote, "reason": f"current detector unusable: {exc}"}
     test = storage.read_parquet(detector.manifest).query("split == 'test'")
-    contents = storage.read_many(list(test["uri"]))
-    scores = [
-        current.score_bytes(data, uri)
-        for uri, data in zip(test["uri"], contents, strict=True)
-        if not isinstance(data, Exception)
-    ]
-    if len(scores) != len(test):
-        return {"promote": True, "policy": promote, "reason": "test images missing for comparison"}
-    current_auc = float(roc_auc_score(test["label"], np.asarray(scores)))
+    try:
+        scores = current.score_uris(storage, list(test["uri"]))
+    except (OSError, ValueError) as exc:
+        reason = f"test images unreadable for the comparison: {exc}"
+        return {"promote": True, "policy": promote, "reason": reason}
+    current_auc = float(roc_auc_score(test["label"], scores))
     better = new_auc >= current_auc
     return {
         "promote": better,
@@ -77,21 +73,10 @@ def publish_run(
     """Copy report and bundle to ``reports/<run id>``, ``models/<run id>`` and, when promoted,
     ``reports/latest`` and ``models/latest``."""
     metrics = storage.read_json(f"{evaluation.folder}/metrics.json")
-    search = storage.read_json(f"{detector.folder}/search.json")
     decision = promotion_decision(storage, settings, detector, metrics["roc_auc"], promote)
     log.info("promotion of run %s: %s (%s)", run_id, decision["promote"], decision["reason"])
     run = {"run_id": run_id, "evaluation": evaluation.folder, "detector": detector.folder}
-    bundle = {
-        "run_id": run_id,
-        "backbone": settings.features.backbone,
-        "input_size": settings.features.input_size,
-        "image_size": settings.data.image_size,
-        "threshold": search["threshold"],
-        "score": "SVM decision value; >= threshold means inpainted",
-        "svm_sha256": search["model_sha256"],
-        "best_params": search["best_params"],
-        "roc_auc": metrics["roc_auc"],
-    }
+    bundle = {"run_id": run_id, "roc_auc": metrics["roc_auc"]}
     report = storage.read_bytes(f"{evaluation.folder}/report.md").decode()
     report += f"\n## Promotion\n\n{'Promoted' if decision['promote'] else 'Not promoted'} to "
     report += f"`models/latest`: {decision['reason']}.\n"

@@ -2,16 +2,22 @@
 
 A stage writes its files under ``<stage>/<digest>/`` where the digest covers the stage's settings
 and the digests of its inputs, then writes ``manifest.parquet`` last. A folder whose manifest
-exists and whose listed files are all present is finished work; anything else is redone.
+exists and whose listed files are all present (the images its rows point to, and the stage's own
+files named in the manifest's metadata) is finished work; anything else is redone.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
+import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +29,7 @@ log = logging.getLogger("deepfake")
 
 MANIFEST = "manifest.parquet"
 MANIFEST_COLUMNS = ["record_id", "source_id", "group", "variant", "label", "uri", "sha256"]
+_FILES_KEY = "deepfake.files"
 
 
 def _library_digest() -> str:
@@ -71,6 +78,7 @@ def finished(storage: Storage, stage: str, folder: str) -> StageOutput | None:
     frame = storage.read_parquet(f"{folder}/{MANIFEST}")
     present = storage.list_files(folder)
     own = [u[len(folder) + 1 :] for u in frame.get("uri", []) if u.startswith(folder + "/")]
+    own += json.loads(Storage.parquet_metadata(data).get(_FILES_KEY, "[]"))
     if any(rel not in present for rel in own):
         log.warning("%s: outputs listed in %s are missing; redoing the stage", stage, folder)
         return None
@@ -79,13 +87,18 @@ def finished(storage: Storage, stage: str, folder: str) -> StageOutput | None:
     )
 
 
-def write_manifest(storage: Storage, stage: str, folder: str, frame: pd.DataFrame) -> StageOutput:
-    """Write the manifest last, making the folder finished work."""
+def write_manifest(
+    storage: Storage, stage: str, folder: str, frame: pd.DataFrame, files: Iterable[str] = ()
+) -> StageOutput:
+    """Write the manifest last, making the folder finished work. ``files`` (relative to the
+    folder) are the stage's own outputs besides the images its rows point to: the folder counts
+    as finished only while they exist too."""
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{stage} manifest lacks columns {missing}")
     frame = frame.sort_values("record_id", kind="stable").reset_index(drop=True)
-    data = storage.write_parquet(f"{folder}/{MANIFEST}", frame)
+    metadata = {_FILES_KEY: json.dumps(sorted(files))}
+    data = storage.write_parquet(f"{folder}/{MANIFEST}", frame, metadata)
     return StageOutput(
         stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame)
     )
@@ -120,3 +133,22 @@ class Progress:
 def chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def prefetch(items: Iterable[T], load: Callable[[T], R], depth: int = 2) -> Iterator[R]:
+    """``load(item)`` for each item in order, the next ``depth`` loaded in a background thread
+    while the caller works on the current one (reading and decoding overlap the compute)."""
+    source = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = itertools.islice(source, depth)
+        pending = collections.deque(pool.submit(load, item) for item in first)
+        while pending:
+            result = pending.popleft().result()
+            for item in source:
+                pending.append(pool.submit(load, item))
+                break
+            yield result

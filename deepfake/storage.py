@@ -19,6 +19,8 @@ from typing import Any
 
 import fsspec
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -209,16 +211,29 @@ class Storage:
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri))
 
-    def write_parquet(self, uri: str, frame: pd.DataFrame) -> bytes:
-        """Write ``frame`` as Parquet; returns the bytes written (for digests)."""
+    def write_parquet(
+        self, uri: str, frame: pd.DataFrame, metadata: dict[str, str] | None = None
+    ) -> bytes:
+        """Write ``frame`` as Parquet, with optional key-value ``metadata`` in its schema; returns
+        the bytes written (for digests)."""
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if metadata:
+            extra = {k.encode(): v.encode() for k, v in metadata.items()}
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
         buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False, engine="pyarrow")
+        pq.write_table(table, buffer)
         data = buffer.getvalue()
         self.write_bytes(uri, data)
         return data
 
     def read_parquet(self, uri: str) -> pd.DataFrame:
         return pd.read_parquet(io.BytesIO(self.read_bytes(uri)), engine="pyarrow")
+
+    @staticmethod
+    def parquet_metadata(data: bytes) -> dict[str, str]:
+        """The key-value metadata that ``write_parquet`` stored in a file's schema."""
+        meta = pq.read_schema(io.BytesIO(data)).metadata or {}
+        return {k.decode(): v.decode() for k, v in meta.items() if k != b"pandas"}
 
     def copy_tree(self, src: str, dst: str) -> None:
         """Copy every file below ``src`` to ``dst`` (each file written atomically)."""

@@ -1,4 +1,5 @@
-"""End-to-end pipeline: sources -> masks -> inpainting -> features -> SVM -> evaluation -> publish.
+"""End-to-end pipeline: sources -> masks -> inpainting -> split -> features -> SVM -> evaluation
+-> publish.
 
 python flows/main.py                          # the offline default
 python flows/main.py --set data.limit=40 --set svm.cv_folds=3
@@ -31,6 +32,12 @@ from tasks.data import prepare_sources
 from tasks.evaluate import evaluate_detector, publish
 from tasks.features import extract_features
 from tasks.masks import make_masks
+from tasks.split import split_dataset
+
+# The frozen-backbone baseline that a fine-tuned detector is compared with: the same tasks,
+# named apart in the UI.
+extract_frozen_features = extract_features.with_options(name="extract-frozen-features")
+train_frozen_detector = train_detector.with_options(name="train-frozen-detector")
 
 
 @flow(name="deepfake-pipeline", result_serializer="json")
@@ -51,9 +58,14 @@ def pipeline(
     sources = prepare_sources(storage, cfg.data)
     masks = make_masks(storage, cfg.masks, sources)
     dataset = inpaint_stage(storage, cfg.inpaint, sources, masks)
-    features = extract_features(storage, cfg.features, dataset)
+    split = split_dataset(storage, cfg.split, dataset)
+    features = extract_features(storage, cfg.features, split)
     detector = train_detector(storage, cfg.svm, features)
-    evaluation = evaluate_detector(storage, cfg, sources, dataset, features, detector)
+    baseline = None
+    if cfg.features.finetune_epochs and cfg.evaluate.compare_frozen:
+        frozen = extract_frozen_features(storage, cfg.features.frozen(), split)
+        baseline = train_frozen_detector(storage, cfg.svm, frozen)
+    evaluation = evaluate_detector(storage, cfg, sources, dataset, features, detector, baseline)
     return publish(storage, cfg, run_id, evaluation, detector, promote)
 
 

@@ -1,13 +1,14 @@
 """Score images with a trained detector: files or folders, local or S3.
 
-    python flows/predict.py PATH... [--model URL] [--json] [--storage URL]
+    python flows/predict.py PATH... [--model URL] [--json] [--heatmaps DIR] [--storage URL]
 
-One line per image: path, score (the SVM decision value; higher = more likely inpainted), and the
-label at the detector's threshold. With
-``--json``: JSON lines with ``path``, ``score``, ``label`` (``inpainted`` or ``real``), or ``path``
-and ``error`` for a file that could not be read. Unreadable files make the exit status 1 at the
-end; every other image is still scored. As a Prefect flow (``batch_predict``) the same scoring
-writes ``predictions.jsonl`` to storage, for the batch-prediction deployment.
+One line per image: path, the probability that it was inpainted, and the label at the detector's
+validated threshold. With ``--json``: JSON lines with ``path``, ``score`` (that probability),
+``label`` (``inpainted`` or ``real``), or ``path`` and ``error`` for a file that could not be
+read. Unreadable files make the exit status 1 at the end; every other image is still scored.
+``--heatmaps DIR`` writes a heat map of crop probabilities per image (multi-crop detectors).
+As a Prefect flow (``batch_predict``) the same scoring writes ``predictions.jsonl`` to storage,
+for the batch-prediction deployment.
 """
 
 from __future__ import annotations
@@ -48,16 +49,25 @@ def expand(paths: list[str]) -> Iterator[tuple[str, Storage, str]]:
             yield path, store, name
 
 
-def score_paths(detector: Detector, paths: list[str]) -> Iterator[dict[str, Any]]:
-    """One result per image; read or decode failures become ``{"path", "error"}``."""
+def score_paths(
+    detector: Detector, paths: list[str], heatmaps: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """One result per image; read or decode failures become ``{"path", "error"}``. With
+    ``heatmaps`` (a folder or s3:// prefix), each image's heat map is written there as
+    ``<name>.heatmap.png``."""
+    out = Storage(heatmaps) if heatmaps else None
     for shown, store, rel in expand(paths):
         try:
-            score = detector.score_bytes(store.read_bytes(rel), shown)
+            data = store.read_bytes(rel)
+            result = detector.score_bytes(data, shown)
+            if out is not None:
+                name = posixpath.basename(rel) + ".heatmap.png"
+                out.write_bytes(name, detector.heatmap_png(detector.normalise(data, shown)))
         except (ImageError, StorageError, OSError) as exc:
             message = str(exc) if shown in str(exc) else f"{shown}: {exc}"
             yield {"path": shown, "error": message}
             continue
-        yield {"path": shown, "score": round(score, 6), "label": detector.label(score)}
+        yield {"path": shown, "score": round(result["score"], 6), "label": result["label"]}
 
 
 @flow(name="batch-predict", result_serializer="json")
@@ -89,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="detector bundle [<storage>/models/latest]")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     parser.add_argument("--device", default="auto", help="torch device [auto]")
+    parser.add_argument(
+        "--heatmaps",
+        metavar="DIR",
+        help="write a heat map of crop probabilities per image to DIR (multi-crop detectors)",
+    )
     args = parser.parse_args(argv)
     logging.getLogger("deepfake").setLevel(logging.WARNING)
     model = args.model or posixpath.join(Storage(args.storage).root, "models", "latest")
@@ -97,8 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     except (StorageError, OSError, ValueError, KeyError) as exc:
         print(f"error: cannot load the detector at {model}: {exc}", file=sys.stderr)
         return 2
+    if args.heatmaps and not detector.extractor.crop_size:
+        print(
+            f"error: --heatmaps needs a multi-crop detector; {model} was trained on whole "
+            "images (train one with --set features.crop_size=N)",
+            file=sys.stderr,
+        )
+        return 2
     failed = 0
-    for result in score_paths(detector, args.paths):
+    for result in score_paths(detector, args.paths, args.heatmaps):
         failed += "error" in result
         if args.json:
             print(json.dumps(result), flush=True)

@@ -16,6 +16,9 @@ from deepfake.storage import Storage
 
 # Library progress lines go to the Prefect run logs as well as the console.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "deepfake")
+# The temporary local server otherwise logs an ERROR on every offline run when its usage
+# telemetry cannot be sent; set it to true to send it.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 _KEYED = INPUTS + TASK_SOURCE
 

@@ -30,9 +30,12 @@ def evaluate_detector(
     dataset: StageOutput,
     features: StageOutput,
     detector: StageOutput,
+    baseline: StageOutput | None = None,
 ) -> StageOutput:
-    """Held-out metrics, plots and report."""
-    return run_evaluation(Storage.open(storage), settings, sources, dataset, features, detector)
+    """Held-out metrics, plots and report (with the frozen-backbone ``baseline``, if given)."""
+    return run_evaluation(
+        Storage.open(storage), settings, sources, dataset, features, detector, baseline
+    )
 
 
 @task(name="publish-run", **{**TASK_DEFAULTS, "cache_policy": NO_CACHE, "persist_result": False})
@@ -53,6 +56,9 @@ def publish(
         {"metric": f"roc_auc[{t}]", "value": m["roc_auc"]}
         for t, m in metrics["per_mask_type"].items()
     ]
+    if metrics.get("comparison"):
+        frozen = metrics["comparison"]["frozen"]
+        rows.append({"metric": "roc_auc[frozen backbone]", "value": frozen["roc_auc"]})
     if metrics.get("external", {}).get("n_external_inpainted"):
         rows.append({"metric": "roc_auc[external]", "value": metrics["external"]["roc_auc"]})
     create_table_artifact(

@@ -8,15 +8,19 @@ import pytest
 from sklearn.model_selection import GroupKFold
 
 from deepfake.classify import (
+    BUNDLE_FILE,
     MODEL_FILE,
     build_pipeline,
     grid_search,
-    grouped_split,
     load_model,
+    platt_calibration,
+    probability,
     run_train,
 )
 from deepfake.config import SVMConfig
-from deepfake.stages import write_manifest
+from deepfake.features import INFO_FILE
+from deepfake.split import grouped_split
+from deepfake.stages import StageOutput, write_manifest
 from deepfake.storage import Storage
 
 
@@ -40,9 +44,18 @@ def synthetic(groups: int = 12, per_group: int = 6, dims: int = 16, seed: int = 
                     "uri": f"x/g{g}_{i}.png",
                     "sha256": "0" * 64,
                     "features": x.astype(np.float32),
+                    "split": "test" if g >= groups - 3 else "train",
                 }
             )
     return pd.DataFrame(rows)
+
+
+def features_stage(store: Storage, frame: pd.DataFrame) -> StageOutput:
+    """A finished features stage holding ``frame``, as the features stage writes one."""
+    info = {"backbone": "efficientnet_lite0", "pooling": "multiscale", "input_size": None,
+            "crop_size": None, "dim": 16, "image_size": 32, "weights": None}  # fmt: skip
+    store.write_json(f"features/x/{INFO_FILE}", info)
+    return write_manifest(store, "features", "features/x", frame, files=[INFO_FILE])
 
 
 def test_grouped_split_never_shares_a_group() -> None:
@@ -77,13 +90,11 @@ def test_pca_option_reduces_dimensions() -> None:
 
 def test_train_stage_saves_model_and_refuses_tampered_file(tmp_path: Path) -> None:
     store = Storage(tmp_path)
-    features = write_manifest(store, "features", "features/x", synthetic())
+    features = features_stage(store, synthetic())
     out = run_train(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features)
     scored = store.read_parquet(out.manifest)
-    assert set(scored["split"]) == {"train", "test"}
-    assert not set(scored.loc[scored.split == "train", "group"]) & set(
-        scored.loc[scored.split == "test", "group"]
-    )
+    # The split comes from the split stage's column, untouched.
+    assert scored["split"].tolist() == synthetic().sort_values("record_id")["split"].tolist()
     search = store.read_json(f"{out.folder}/search.json")
     assert np.isfinite(search["threshold"]) and "out-of-fold" in search["threshold_rule"]
     model = load_model(store, out.folder, search["model_sha256"])
@@ -94,6 +105,33 @@ def test_train_stage_saves_model_and_refuses_tampered_file(tmp_path: Path) -> No
     )
     with pytest.raises(ValueError, match="digest"):
         load_model(store, out.folder, search["model_sha256"])
+
+
+def test_bundle_probabilities_are_calibrated_and_agree_with_the_threshold(tmp_path: Path) -> None:
+    store = Storage(tmp_path)
+    out = run_train(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features_stage(
+        store, synthetic(groups=16))
+    )  # fmt: skip
+    meta = store.read_json(f"{out.folder}/{BUNDLE_FILE}")
+    assert meta["backbone"] == "efficientnet_lite0" and meta["calibration"]["a"] > 0
+    scored = store.read_parquet(out.manifest)
+    p = probability(scored["score"].to_numpy(), meta["calibration"])
+    assert ((p > 0) & (p < 1)).all()
+    # The label rule in probability terms is the same as in decision values.
+    inpainted = scored["score"].to_numpy() >= meta["threshold"]
+    assert (inpainted == (p >= meta["probability_threshold"] - 1e-12)).all()
+    test = scored[scored["split"] == "test"]
+    brier = np.mean((probability(test["score"], meta["calibration"]) - test["label"]) ** 2)
+    assert brier < 0.1  # well separated synthetic data: confident and mostly right
+
+
+def test_platt_calibration_by_hand() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 2000)
+    # Decision values drawn so that the true P(y=1 | s) under even odds is sigmoid(2 s).
+    s = np.where(y == 1, rng.normal(1, 1, y.size), rng.normal(-1, 1, y.size))
+    fit = platt_calibration(y, s)
+    assert fit["a"] == pytest.approx(2.0, abs=0.2) and fit["b"] == pytest.approx(0.0, abs=0.15)
 
 
 def test_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:

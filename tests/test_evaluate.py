@@ -144,3 +144,25 @@ def test_shortcut_audit_flags_metadata_that_separates_classes(tmp_path) -> None:
             rows.append({"uri": uri, "label": label, "group": f"g{g}"})
     audit = shortcut_audit(store, pd.DataFrame(rows), folds=3, seed=0)
     assert audit["roc_auc"] > 0.9 and audit["warning"]
+
+
+def test_report_compares_frozen_and_fine_tuned() -> None:
+    from deepfake.evaluate import comparison
+
+    tuned = evaluate(scored_frame(), 0.0, [0.9, 1.0])
+    frozen = evaluate(scored_frame().assign(score=lambda f: f["score"] * -1), 0.0, [0.5, 0.6])
+    for m, jpeg in ((tuned, 0.9), (frozen, 0.4)):
+        rest = {"balanced_accuracy": None, "recall": None}
+        m["robustness"] = {"none": {"roc_auc": m["roc_auc"], **rest},
+                           "jpeg_80": {"roc_auc": jpeg, **rest}}  # fmt: skip
+    tuned["comparison"] = comparison(tuned, frozen)
+    assert tuned["comparison"]["frozen"]["cv_roc_auc_mean"] == pytest.approx(0.55)
+    assert tuned["comparison"]["fine_tuned"]["robustness_roc_auc"] == {
+        "none": tuned["roc_auc"],
+        "jpeg_80": 0.9,
+    }
+    notes = {"data": "sample", "backend": "classical", "backbone": "b", "best_params": {}}
+    text = report_markdown(tuned, notes)
+    assert "## Frozen vs fine-tuned backbone" in text
+    assert "| ROC-AUC after jpeg_80 | 0.4000 | 0.9000 |" in text
+    assert f"| roc_auc | {frozen['roc_auc']:.4f} | {tuned['roc_auc']:.4f} |" in text

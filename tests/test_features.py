@@ -11,7 +11,7 @@ from PIL import Image
 from deepfake.config import DataConfig, FeaturesConfig, InpaintConfig, MaskConfig
 from deepfake.data import run_sources
 from deepfake.data.sample import photo_path
-from deepfake.features import FeatureExtractor, feature_matrix, run_features
+from deepfake.features import FeatureExtractor, crop_starts, feature_matrix, run_features
 from deepfake.features.backbones import BACKBONES, WeightsUnavailable, efficientnet_lite0
 from deepfake.inpaint import run_inpaint
 from deepfake.masks import run_masks
@@ -27,12 +27,47 @@ def test_default_backbone_has_real_imagenet_weights() -> None:
     assert top == 285  # ImageNet "Egyptian cat"
 
 
-def test_extractor_gives_one_vector_per_image(textured: np.ndarray) -> None:
-    extractor = FeatureExtractor("efficientnet_lite0", input_size=96, device="cpu")
+@pytest.mark.parametrize(("pooling", "dim"), [("multiscale", 16 + 24 + 40 + 112 + 320),
+                                              ("last", 1280)])  # fmt: skip
+def test_extractor_gives_one_vector_per_image(textured: np.ndarray, pooling: str, dim: int) -> None:
+    extractor = FeatureExtractor("efficientnet_lite0", input_size=96, device="cpu", pooling=pooling)
     out = extractor.transform([textured, textured[::-1].copy(), textured])
-    assert out.shape == (3, 1280) and out.dtype == np.float32
+    assert out.shape == (3, dim) == (3, extractor.dim) and out.dtype == np.float32
     assert np.allclose(out[0], out[2], atol=1e-5)
     assert not np.allclose(out[0], out[1], atol=1e-3)
+
+
+def test_multiscale_vector_is_the_mean_of_each_stage_map(textured: np.ndarray) -> None:
+    extractor = FeatureExtractor("efficientnet_lite0", device="cpu")
+    x = extractor.preprocess([textured])
+    with torch.inference_mode():
+        maps = extractor.model.forward_intermediates(x, intermediates_only=True)
+    expected = torch.cat([m.mean(dim=(2, 3)) for m in maps], 1).numpy()
+    assert [m.shape[1] for m in maps] == list(extractor.spec.stage_channels)
+    assert np.allclose(extractor.transform([textured]), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_crop_grid_covers_the_image() -> None:
+    assert crop_starts(128, 64) == [0, 64]
+    assert crop_starts(100, 64) == [0, 36]  # overlapping, nothing left out
+    assert crop_starts(48, 64) == [0]
+    assert crop_starts(512, 128) == [0, 128, 256, 384]
+
+
+def test_multi_crop_vector_is_mean_and_max_of_crop_vectors(textured: np.ndarray) -> None:
+    extractor = FeatureExtractor("efficientnet_lite0", device="cpu", crop_size=32)
+    whole = FeatureExtractor("efficientnet_lite0", device="cpu")
+    assert extractor.dim == 2 * whole.dim
+    assert extractor.crop_boxes(64, 64) == [(0, 0, 32, 32), (0, 32, 32, 32), (32, 0, 32, 32),
+                                            (32, 32, 32, 32)]  # fmt: skip
+    crops = [textured[t : t + 32, s : s + 32].copy() for t, s, _, _ in extractor.crop_boxes(64, 64)]
+    per_crop = whole.transform(crops)  # each crop alone, at native resolution
+    vector = extractor.transform([textured])[0]
+    assert np.allclose(vector, np.concatenate([per_crop.mean(0), per_crop.max(0)]), atol=1e-4)
+    # A heat map scores each crop as an image of one crop: its vector twice.
+    alone = extractor.transform_crops(textured)
+    assert alone.shape == (4, extractor.dim)
+    assert np.allclose(alone, np.concatenate([per_crop, per_crop], 1), atol=1e-4)
 
 
 def test_torchvision_backbone_without_weights_names_the_file(tmp_path: Path, monkeypatch) -> None:
@@ -60,8 +95,10 @@ def test_torchvision_backbone_loads_weights_from_torch_home(tmp_path: Path, monk
     model = BACKBONES["resnet50"].build().eval()
     with torch.inference_mode():
         out = model(torch.zeros(1, 3, 64, 64))
+        stages = BACKBONES["resnet50"].stages(model, torch.zeros(1, 3, 64, 64))
     assert out.shape == (1, 2048)
     assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert tuple(s.shape[1] for s in stages) == BACKBONES["resnet50"].stage_channels
 
 
 def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
@@ -69,10 +106,95 @@ def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
     sources = run_sources(store, DataConfig(limit=2, image_size=48))
     masks = run_masks(store, MaskConfig(), sources)
     dataset = run_inpaint(store, InpaintConfig(), sources, masks)
-    out = run_features(store, FeaturesConfig(input_size=64, batch_size=5), dataset)
+    frozen = FeaturesConfig(input_size=64, batch_size=5, finetune_epochs=0, pooling="last")
+    out = run_features(store, frozen, dataset)
     frame = store.read_parquet(out.manifest)
     assert len(frame) == 12
     assert feature_matrix(frame).shape == (12, 1280)
     assert {"record_id", "group", "variant", "label", "uri", "sha256"} <= set(frame.columns)
+    info = store.read_json(f"{out.folder}/features.json")
+    assert (info["dim"], info["image_size"], info["weights"]) == (1280, 48, None)
     # Batch size is how fast, not what: another batch size reuses the same finished output.
-    assert run_features(store, FeaturesConfig(input_size=64, batch_size=3), dataset) == out
+    assert run_features(store, frozen.model_copy(update={"batch_size": 3}), dataset) == out
+
+
+class ReadLog(Storage):
+    """Local storage that remembers every path it was asked to read."""
+
+    reads: list[str]
+
+    def read_many(self, uris: list[str]) -> list:
+        self.reads = [*getattr(self, "reads", []), *uris]
+        return super().read_many(uris)
+
+
+@pytest.fixture(scope="module")
+def split_dataset(tmp_path_factory):
+    from deepfake.config import SplitConfig
+    from deepfake.split import run_split
+
+    store = ReadLog(tmp_path_factory.mktemp("finetune"))
+    sources = run_sources(store, DataConfig(limit=12, image_size=48))
+    masks = run_masks(store, MaskConfig(), sources)
+    dataset = run_inpaint(store, InpaintConfig(backend="classical"), sources, masks)
+    return store, run_split(store, SplitConfig(test_size=0.3), dataset)
+
+
+TUNED = FeaturesConfig(finetune_epochs=2, finetune_batch_size=8, batch_size=16)
+
+
+def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
+    from deepfake.features import WEIGHTS_FILE, FeatureExtractor
+    from deepfake.images import sha256
+
+    store, split = split_dataset
+    frame = store.read_parquet(split.manifest)
+    test_uris = set(frame.loc[frame["split"] == "test", "uri"])
+    assert test_uris
+    store.reads = []
+    out = run_features(store, TUNED, split)
+    info = store.read_json(f"{out.folder}/features.json")
+    extraction = len(frame)  # after fine-tuning, every image is read once for its vector
+    tuning_reads = store.reads[:-extraction]
+    assert len(tuning_reads) == 2 * (frame["split"] == "train").sum()  # two epochs
+    assert not test_uris & set(tuning_reads)
+    assert sorted(store.reads[-extraction:]) == sorted(frame["uri"])
+    weights = store.read_bytes(f"{out.folder}/{WEIGHTS_FILE}")
+    assert info["weights_sha256"] == sha256(weights) and len(info["finetune"]["losses"]) == 2
+    tuned = FeatureExtractor.from_info(info, weights, device="cpu")
+    imagenet = FeatureExtractor("efficientnet_lite0", device="cpu")
+    first = next(iter(imagenet.model.state_dict()))
+    assert not torch.equal(tuned.model.state_dict()[first], imagenet.model.state_dict()[first])
+    # The saved vectors are what the saved backbone computes.
+    image = np.asarray(Image.open(store.uri(frame["uri"].iloc[0])))
+    stored = feature_matrix(store.read_parquet(out.manifest))[0]
+    assert np.allclose(tuned.transform([image])[0], stored, atol=1e-4)
+
+
+def test_fine_tuning_is_reproducible(split_dataset) -> None:
+    store, split = split_dataset
+    out = run_features(store, TUNED, split)
+    first = store.read_json(f"{out.folder}/features.json")["weights_sha256"]
+    store.delete(out.folder)
+    again = run_features(store, TUNED, split)
+    assert store.read_json(f"{again.folder}/features.json")["weights_sha256"] == first
+
+
+def test_fine_tuning_without_a_split_is_refused(tmp_path: Path) -> None:
+    store = Storage(tmp_path)
+    sources = run_sources(store, DataConfig(limit=2, image_size=48))
+    dataset = run_inpaint(store, InpaintConfig(), sources, run_masks(store, MaskConfig(), sources))
+    with pytest.raises(ValueError, match="split"):
+        run_features(store, TUNED, dataset)
+
+
+def test_a_stage_whose_weights_file_is_gone_is_not_finished(split_dataset) -> None:
+    from deepfake.features import WEIGHTS_FILE
+    from deepfake.stages import finished
+
+    store, split = split_dataset
+    out = run_features(store, TUNED, split)
+    assert finished(store, "features", out.folder) == out
+    store.delete(f"{out.folder}/{WEIGHTS_FILE}")
+    assert finished(store, "features", out.folder) is None
+    assert run_features(store, TUNED, split) == out  # redone, byte for byte

@@ -22,7 +22,6 @@ from flows.main import main, pipeline
 TINY = [
     "data.limit=40",
     "data.image_size=64",
-    "features.input_size=128",
     "svm.kernels=[rbf]",
     "svm.C=[10.0]",
     "svm.gamma=[0.0001]",
@@ -94,8 +93,19 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
     # The default backend is auto; without CUDA it falls back, and the report says so.
     assert "auto fell back" in metrics["inpaint_backend_note"]
     assert "auto fell back" in store.read_bytes("reports/latest/report.md").decode()
-    assert store.list_files("models/latest") == {"detector.json", "svm.skops"}
-    assert store.list_files(f"models/{summary['run_id']}") == {"detector.json", "svm.skops"}
+    bundle = {"detector.json", "svm.skops", "backbone.safetensors"}  # fine-tuned by default
+    assert store.list_files("models/latest") == bundle
+    assert store.list_files(f"models/{summary['run_id']}") == bundle
+    # The default fine-tunes the backbone and compares it with the frozen one.
+    comparison = metrics["comparison"]
+    assert set(comparison) == {"frozen", "fine_tuned"}
+    assert comparison["fine_tuned"]["roc_auc"] == metrics["roc_auc"]
+    assert 0.5 < comparison["frozen"]["roc_auc"] <= 1.0
+    assert set(comparison["frozen"]["robustness_roc_auc"]) == set(metrics["robustness"])
+    assert metrics["finetune"]["epochs"] == 3 and 0 <= metrics["brier"] <= 1
+    assert (
+        "## Frozen vs fine-tuned backbone" in store.read_bytes("reports/latest/report.md").decode()
+    )
 
 
 def test_published_detector_scores_images(first_run) -> None:
@@ -103,8 +113,9 @@ def test_published_detector_scores_images(first_run) -> None:
     store = Storage(storage)
     detector = Detector.load(store, "models/latest", device="cpu")
     sources = [f for f in store.list_files("sources") if f.endswith(".png")]
-    score = detector.score_bytes(store.read_bytes(f"sources/{sources[0]}"), sources[0])
-    assert isinstance(score, float) and detector.label(score) in {"real", "inpainted"}
+    result = detector.score_bytes(store.read_bytes(f"sources/{sources[0]}"), sources[0])
+    assert 0.0 <= result["score"] <= 1.0 and result["label"] in {"real", "inpainted"}
+    assert result["label"] == detector.label(result["decision"])
 
 
 def test_artifacts_are_in_the_prefect_ui(first_run) -> None:
@@ -127,8 +138,11 @@ def test_second_run_recomputes_nothing(first_run) -> None:
         "prepare-sources",
         "make-masks",
         "collect-inpainting",
+        "split-dataset",
         "extract-features",
+        "extract-frozen-features",
         "train-detector",
+        "train-frozen-detector",
         "evaluate-detector",
     }
     assert states["plan-inpainting"] == "Completed"  # a check that always runs: no batches left
@@ -143,9 +157,11 @@ def test_changing_one_setting_recomputes_only_downstream(first_run) -> None:
         "prepare-sources",
         "make-masks",
         "collect-inpainting",
+        "split-dataset",
         "extract-features",
+        "extract-frozen-features",
     }
-    assert states["train-detector"] == "Completed"
+    assert states["train-detector"] == states["train-frozen-detector"] == "Completed"
 
 
 def test_cache_whose_files_are_gone_is_not_trusted(first_run) -> None:
@@ -271,6 +287,7 @@ def test_predict_cli_scores_a_folder_with_a_corrupt_file(first_run, tmp_path, ca
     for name in ("real.png", "fake.png"):
         assert set(by_name[name]) == {"path", "score", "label"}
         assert by_name[name]["label"] in {"real", "inpainted"}
+        assert 0.0 <= by_name[name]["score"] <= 1.0  # a probability of inpainting
 
     assert predict(["--storage", str(storage), str(folder / "real.png")]) == 0
     path, score, label = capsys.readouterr().out.strip().split("\t")

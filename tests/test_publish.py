@@ -14,6 +14,7 @@ from deepfake.features import run_features
 from deepfake.inpaint import run_inpaint
 from deepfake.masks import run_masks
 from deepfake.publish import publish_run
+from deepfake.split import run_split
 from deepfake.storage import Storage
 
 BASE = [
@@ -37,7 +38,7 @@ def train(store: Storage, svm: list[str]):
     cfg = load_settings(overrides=[*BASE, *svm], storage=store.root)
     sources = run_sources(store, cfg.data)
     dataset = run_inpaint(store, cfg.inpaint, sources, run_masks(store, cfg.masks, sources))
-    features = run_features(store, cfg.features, dataset)
+    features = run_features(store, cfg.features, run_split(store, cfg.split, dataset))
     detector = run_train(store, cfg.svm, features)
     evaluation = run_evaluation(store, cfg, sources, dataset, features, detector)
     return cfg, evaluation, detector

@@ -128,13 +128,14 @@ def test_whole_flow_runs_on_s3_and_writes_nothing_locally(s3, clean_run) -> None
     summary, workdir = clean_run
     assert summary["report"] == f"s3://{BUCKET}/clean/reports/{summary['run_id']}"
     stored = keys(s3, "clean")
-    for stage in ("sources/", "masks/", "inpainted/", "features/", "detector/", "evaluation/",
-                  "prefect-results/"):  # fmt: skip
+    for stage in ("sources/", "masks/", "inpainted/", "split/", "features/", "detector/",
+                  "evaluation/", "prefect-results/"):  # fmt: skip
         assert any(k.startswith(stage) for k in stored), stage
     for name in ("metrics.json", "report.md", "roc.png", "pr.png", "confusion_matrix.png"):
         assert f"reports/latest/{name}" in stored
         assert f"reports/{summary['run_id']}/{name}" in stored
-    assert {"models/latest/detector.json", "models/latest/svm.skops"} <= stored
+    bundle = {"detector.json", "svm.skops", "backbone.safetensors"}
+    assert {f"models/latest/{name}" for name in bundle} <= stored
     assert list(workdir.iterdir()) == []  # nothing written to the working directory
 
 
@@ -142,8 +143,9 @@ def test_cached_results_live_in_s3(s3, clean_run, tmp_path, monkeypatch) -> None
     summary, _ = clean_run
     monkeypatch.chdir(tmp_path)
     again, cached = run_flow(f"s3://{BUCKET}/clean", s3)
-    assert cached == {"prepare-sources", "make-masks", "collect-inpainting", "extract-features",
-                      "train-detector", "evaluate-detector"}  # fmt: skip
+    assert cached == {"prepare-sources", "make-masks", "collect-inpainting", "split-dataset",
+                      "extract-features", "extract-frozen-features", "train-detector",
+                      "train-frozen-detector", "evaluate-detector"}  # fmt: skip
     assert again["roc_auc"] == summary["roc_auc"]
 
 

@@ -12,6 +12,7 @@ from deepfake.config import (
     FeaturesConfig,
     InpaintConfig,
     MaskConfig,
+    SplitConfig,
     StorageConfig,
     SVMConfig,
 )
@@ -23,6 +24,7 @@ from tasks.data import prepare_sources
 from tasks.features import extract_features
 from tasks.inpaint import collect_inpainting, plan_inpainting
 from tasks.masks import make_masks
+from tasks.split import split_dataset
 
 
 def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
@@ -40,20 +42,23 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
         run_planned_batch(Storage(str(tmp_path)), inpaint_plan, index)
     Storage(str(tmp_path)).delete(dataset.manifest)
     dataset = collect_inpainting.fn(root, inpaint_plan.cfg, inpaint_plan.folder, sources)
-    features = extract_features.fn(root, FeaturesConfig(input_size=64), dataset)
+    split = split_dataset.fn(root, SplitConfig(), dataset)
+    features = extract_features.fn(root, FeaturesConfig(finetune_epochs=1), split)
     detector = train_detector.fn(
         root, SVMConfig(kernels=("linear",), C=(1.0,), cv_folds=2), features
     )
-    outputs = [sources, masks, dataset, features, detector]
+    outputs = [sources, masks, dataset, split, features, detector]
     assert all(isinstance(o, StageOutput) for o in outputs)
-    assert [o.records for o in outputs] == [12, 60, 72, 72, 72]
+    assert [o.records for o in outputs] == [12, 60, 72, 72, 72, 72]
     # Tasks pass small things only: a stage name, a folder and a digest.
     assert all(len(o.model_dump_json()) < 300 for o in outputs)
     assert Storage(str(tmp_path)).exists(detector.manifest)
 
 
 def test_tasks_have_retries_and_a_cache_policy() -> None:
-    for t in (prepare_sources, make_masks, collect_inpainting, extract_features, train_detector):
+    stages = (prepare_sources, make_masks, collect_inpainting, split_dataset, extract_features,
+              train_detector)  # fmt: skip
+    for t in stages:
         assert t.retries >= 1
         assert t.cache_policy is not None and t.persist_result
 

