@@ -189,6 +189,12 @@ class FeaturesConfig(Section):
     finetune_lr: float = Field(1e-4, gt=0, description="Fine-tuning learning rate (backbone).")
     finetune_batch_size: int = Field(32, ge=2, description="Images per fine-tuning step.")
     seed: int = Field(0, description="Seed of fine-tuning (head init, order, augmentation).")
+    precision: Literal["float32", "auto", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Compute precision of the backbone (autocast); auto = bfloat16 where the "
+        "device computes it natively (recent GPUs, CPUs with AVX512-BF16/AMX), else float32. "
+        "Faster, but the vectors differ slightly from float32 ones.",
+    )
     batch_size: int = Field(64, ge=1, description="Images per forward pass.")
     device: str = Field(
         "auto", description="torch device for feature extraction (auto = cuda if any)."
@@ -224,12 +230,21 @@ class SVMConfig(Section):
         ("scale", 1e-3, 1e-4, 1e-5), description="gamma values searched (non-linear kernels)."
     )
     pca_components: int | float | None = Field(
-        None,
-        description="PCA before the SVM: components (int) or variance kept (0-1); empty = off.",
+        256,
+        description="PCA before the SVM: components (int; fewer when the data has fewer "
+        "features or rows) or variance kept (0-1); empty = off.",
+    )
+    search: Literal["halving", "grid"] = Field(
+        "halving",
+        description="halving: successive halving (every candidate on a subset, the best on "
+        "more data); grid: every candidate on all the training data.",
+    )
+    halving_factor: int = Field(
+        3, ge=2, description="Successive halving: keep 1/factor of the candidates per round."
     )
     cv_folds: int = Field(5, ge=2, description="Grouped cross-validation folds.")
     seed: int = Field(0, description="Seed of the grouped cross-validation folds.")
-    n_jobs: int = Field(1, description="Parallel grid-search fits (-1 = all cores).")
+    n_jobs: int = Field(-1, description="Parallel fits (-1 = all cores).")
 
 
 class EvalConfig(Section):

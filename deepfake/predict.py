@@ -10,6 +10,7 @@ skops admits scikit-learn's and numpy's own types only; safetensors holds tensor
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,25 +19,22 @@ import numpy as np
 from PIL import Image
 
 from deepfake.classify import BUNDLE_FILE, MODEL_FILE, load_model, probability
-from deepfake.features import WEIGHTS_FILE, FeatureExtractor
+from deepfake.features import WEIGHTS_FILE, FeatureExtractor, read_weights
 from deepfake.images import decode, sha256, square
 from deepfake.stages import chunks, prefetch
 from deepfake.storage import Storage
 
-__all__ = ["BUNDLE_FILE", "Detector", "save_bundle"]
+__all__ = ["BUNDLE_FILE", "Detector", "bundle_files"]
 
 
-def save_bundle(
-    storage: Storage, detector_folder: str, bundle_folder: str, extra: dict[str, Any]
-) -> None:
-    """Copy a trained detector into ``bundle_folder``, adding ``extra`` to its metadata."""
+def bundle_files(storage: Storage, detector_folder: str, extra: dict[str, Any]) -> dict[str, bytes]:
+    """The files of a trained detector's bundle (name -> bytes), ``extra`` added to its
+    metadata."""
     meta = storage.read_json(f"{detector_folder}/{BUNDLE_FILE}")
     names = [MODEL_FILE] + ([WEIGHTS_FILE] if meta.get("weights") else [])
-    for name in names:
-        storage.write_bytes(
-            f"{bundle_folder}/{name}", storage.read_bytes(f"{detector_folder}/{name}")
-        )
-    storage.write_json(f"{bundle_folder}/{BUNDLE_FILE}", {**meta, **extra})
+    files = {name: storage.read_bytes(f"{detector_folder}/{name}") for name in names}
+    files[BUNDLE_FILE] = json.dumps({**meta, **extra}, indent=2, sort_keys=True).encode()
+    return files
 
 
 @dataclass
@@ -56,6 +54,8 @@ class Detector:
                 raise ValueError(
                     f"{storage.uri(folder)}/{meta['weights']}: digest does not match its metadata"
                 )
+        if weights is not None:
+            read_weights(weights, f"{storage.uri(folder)}/{meta['weights']}")  # refuse early
         return cls(meta, model, FeatureExtractor.from_info(meta, weights, device))
 
     @property

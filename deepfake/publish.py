@@ -8,14 +8,15 @@ figures and the decision go into ``promotion.json`` and the report.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any, Literal
 
 from sklearn.metrics import roc_auc_score
 
 from deepfake.config import Settings
-from deepfake.predict import BUNDLE_FILE, Detector, save_bundle
-from deepfake.stages import StageOutput
+from deepfake.predict import BUNDLE_FILE, Detector, bundle_files
+from deepfake.stages import MANIFEST, StageOutput
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -62,6 +63,25 @@ def promotion_decision(
     }
 
 
+def replace_folder(
+    storage: Storage, folder: str, files: dict[str, bytes], attempts: int = 5
+) -> bool:
+    """Make ``folder`` hold exactly ``files`` (name -> bytes), each written atomically, and check
+    that it does. A run publishing at the same time can interleave its files with ours; then we
+    write ours again. Whoever checks last has left one run's complete set."""
+    for attempt in range(1, attempts + 1):
+        storage.write_many({f"{folder}/{name}": data for name, data in files.items()})
+        for extra in storage.list_files(folder) - set(files):
+            storage.delete(f"{folder}/{extra}")
+        found = storage.read_many([f"{folder}/{name}" for name in files])
+        if all(got == want for got, want in zip(found, files.values(), strict=True)):
+            return True
+        log.warning("publish: %s changed under us (another run publishing?); rewriting (%d/%d)",
+                    storage.uri(folder), attempt, attempts)  # fmt: skip
+    log.error("publish: %s is still being rewritten by another run", storage.uri(folder))
+    return False
+
+
 def publish_run(
     storage: Storage,
     settings: Settings,
@@ -71,21 +91,27 @@ def publish_run(
     promote: Promote = "always",
 ) -> dict[str, Any]:
     """Copy report and bundle to ``reports/<run id>``, ``models/<run id>`` and, when promoted,
-    ``reports/latest`` and ``models/latest``."""
+    ``reports/latest`` and ``models/latest`` (each replaced as a whole)."""
     metrics = storage.read_json(f"{evaluation.folder}/metrics.json")
     decision = promotion_decision(storage, settings, detector, metrics["roc_auc"], promote)
     log.info("promotion of run %s: %s (%s)", run_id, decision["promote"], decision["reason"])
     run = {"run_id": run_id, "evaluation": evaluation.folder, "detector": detector.folder}
-    bundle = {"run_id": run_id, "roc_auc": metrics["roc_auc"]}
     report = storage.read_bytes(f"{evaluation.folder}/report.md").decode()
     report += f"\n## Promotion\n\n{'Promoted' if decision['promote'] else 'Not promoted'} to "
     report += f"`models/latest`: {decision['reason']}.\n"
+    evaluation_files = storage.list_files(evaluation.folder) - {MANIFEST}
+    reports = {name: storage.read_bytes(f"{evaluation.folder}/{name}") for name in evaluation_files}
+    reports |= {
+        "run.json": _json(run),
+        "promotion.json": _json(decision),
+        "report.md": report.encode(),
+    }
+    bundle = bundle_files(
+        storage, detector.folder, {"run_id": run_id, "roc_auc": metrics["roc_auc"]}
+    )
     for name in [run_id, "latest"] if decision["promote"] else [run_id]:
-        storage.copy_tree(evaluation.folder, f"reports/{name}")
-        storage.write_json(f"reports/{name}/run.json", run)
-        storage.write_json(f"reports/{name}/promotion.json", decision)
-        storage.write_bytes(f"reports/{name}/report.md", report.encode())
-        save_bundle(storage, detector.folder, f"models/{name}", bundle)
+        replace_folder(storage, f"reports/{name}", reports)
+        replace_folder(storage, f"models/{name}", bundle)
     return {
         "run_id": run_id,
         "report": storage.uri(f"reports/{run_id}"),
@@ -93,3 +119,7 @@ def publish_run(
         "promoted": decision["promote"],
         "metrics": metrics,
     }
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()

@@ -78,7 +78,28 @@ def test_search_folds_never_straddle_groups() -> None:
     for train, test in search.cv.split(X, y, groups):
         assert not set(groups[train]) & set(groups[test])
     assert search.best_score_ > 0.9
-    assert {p["svm__kernel"] for p in search.cv_results_["params"]} == {"linear", "rbf"}
+    kinds = {type(p["svm"]).__name__ if "svm" in p else p["svm__kernel"]
+             for p in search.cv_results_["params"]}  # fmt: skip
+    assert kinds == {"LinearSVC", "rbf"}  # the linear kernel goes through liblinear
+
+
+def test_large_training_sets_use_successive_halving() -> None:
+    from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV
+
+    frame = synthetic(groups=200)  # 1,200 images: 5 folds of 60 fit four times over
+    X, y, groups = np.stack(frame["features"]), frame["label"].to_numpy(), frame["group"].to_numpy()
+    cfg = SVMConfig(C=(0.1, 1.0, 10.0), gamma=("scale", 1e-2, 1e-3), cv_folds=5)
+    search = grid_search(X, y, groups, cfg)
+    assert isinstance(search, HalvingGridSearchCV)
+    assert search.n_resources_ == [400, 1200]  # a third of the images, then all of them
+    assert search.n_candidates_[0] == 12 and search.n_candidates_[-1] == 4
+    assert search.best_score_ > 0.9
+    for train, test in search.cv.split(X, y, groups):
+        assert not set(groups[train]) & set(groups[test])
+    small = grid_search(X[:300], y[:300], groups[:300], cfg)
+    assert type(small) is GridSearchCV  # too few images for halving to pay off
+    exhaustive = grid_search(X, y, groups, cfg.model_copy(update={"search": "grid"}))
+    assert type(exhaustive) is GridSearchCV
 
 
 def test_pca_option_reduces_dimensions() -> None:

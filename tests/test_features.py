@@ -198,3 +198,55 @@ def test_a_stage_whose_weights_file_is_gone_is_not_finished(split_dataset) -> No
     store.delete(f"{out.folder}/{WEIGHTS_FILE}")
     assert finished(store, "features", out.folder) is None
     assert run_features(store, TUNED, split) == out  # redone, byte for byte
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
+def test_folding_batch_norms_keeps_the_function(name: str) -> None:
+    import copy
+
+    import torchvision
+
+    from deepfake.features.backbones import fold_batchnorm
+
+    torch.manual_seed(0)
+    if name == "resnet50":  # random weights: the ImageNet file is not needed for this check
+        model = torchvision.models.resnet50().eval()
+        for m in model.modules():  # non-trivial statistics, as trained ones are
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    else:
+        model = efficientnet_lite0().eval()
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    stages = BACKBONES[name].stages
+    x = torch.rand(2, 3, 96, 96)
+    with torch.inference_mode():
+        for want, got in zip(stages(model, x), stages(folded, x), strict=True):
+            assert torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
+
+
+def test_an_interrupted_stage_redoes_only_unfinished_batches(split_dataset) -> None:
+    from deepfake.features import FINETUNE_FILE
+
+    store, split = split_dataset
+    cfg = TUNED.model_copy(update={"batch_size": 7})
+    store.delete(run_features(store, cfg, split).folder)  # no parts left from other tests
+    out = run_features(store, cfg, split)
+    parts = sorted(store.list_files(f"{out.folder}/parts"))
+    assert len(parts) == -(-split.records // 7)
+    # As a kill leaves it: no manifest, the last batches never written.
+    store.delete(out.manifest)
+    for name in parts[-2:]:
+        store.delete(f"{out.folder}/parts/{name}")
+    before = {n: Path(store.uri(f"{out.folder}/parts/{n}")).stat().st_mtime_ns for n in parts[:-2]}
+    tuning = Path(store.uri(f"{out.folder}/{FINETUNE_FILE}")).stat().st_mtime_ns
+    store.reads = []
+    again = run_features(store, cfg, split)
+    assert again == out  # the same manifest, byte for byte
+    after = {n: Path(store.uri(f"{out.folder}/parts/{n}")).stat().st_mtime_ns for n in parts[:-2]}
+    assert after == before  # finished batches untouched
+    assert Path(store.uri(f"{out.folder}/{FINETUNE_FILE}")).stat().st_mtime_ns == tuning
+    frame = store.read_parquet(split.manifest)
+    train = set(frame.loc[frame["split"] == "train", "uri"])
+    assert not train & set(store.reads[: -(7 + 7)])  # no fine-tuning pass: only the redone reads

@@ -95,6 +95,36 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every inference-mode batch norm that directly follows a convolution into that
+    convolution's weights and bias (in place), leaving only its activation: the same function
+    with one layer less to run. Relies on a module listing each norm right after its
+    convolution, as timm's and torchvision's blocks do; callers check the outputs agree."""
+    for module in list(model.modules()):
+        children = list(module.named_children())
+        for (_, conv), (name, norm) in zip(children, children[1:], strict=False):
+            foldable = (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(norm, nn.BatchNorm2d)
+                and not norm.training
+                and norm.track_running_stats
+                and norm.num_features == conv.out_channels
+            )
+            if not foldable:
+                continue
+            with torch.no_grad():
+                gamma = norm.weight if norm.affine else torch.ones_like(norm.running_var)
+                beta = norm.bias if norm.affine else torch.zeros_like(norm.running_mean)
+                scale = gamma / torch.sqrt(norm.running_var + norm.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter((bias - norm.running_mean) * scale + beta)
+            # timm's BatchNormAct2d applies dropout and an activation after normalising.
+            after = [getattr(norm, a) for a in ("drop", "act") if hasattr(norm, a)]
+            setattr(module, name, nn.Sequential(*after) if after else nn.Identity())
+    return model
+
+
 def _timm_stages(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return model.forward_intermediates(x, intermediates_only=True)
 

@@ -76,6 +76,8 @@ def finetune(
     )
     # Each source has one real image and several inpaintings: weigh the classes evenly.
     pos_weight = torch.tensor(n_real / n_fake, device=device)
+    # float16 gradients underflow without loss scaling; bfloat16 and float32 need none.
+    scaler = torch.amp.GradScaler(device.type, enabled=extractor.precision == "float16")
     losses = []
     for epoch in range(epochs):
         start = time.monotonic()
@@ -92,8 +94,9 @@ def finetune(
             logits = head(extractor.embed(x)).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
             total += loss.item() * len(kept)
             seen += len(kept)
         losses.append(total / max(seen, 1))
@@ -103,4 +106,5 @@ def finetune(
             epoch + 1, epochs, losses[-1], seen, seconds, seen / max(seconds, 1e-9),
         )  # fmt: skip
     model.eval()
+    extractor.trained()
     return losses

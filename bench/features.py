@@ -1,0 +1,177 @@
+"""Feature-extraction throughput: the pipeline's features stage against a naive loop.
+
+On the offline default's images (the sample tiles, their classical inpaintings; made once under
+``--storage``), at the pipeline's resolution (native), frozen backbone, for each backbone:
+
+- naive: one image at a time: open the PNG with PIL, ToTensor + Normalize, forward;
+- ours: ``deepfake.features.run_features`` itself (storage reads and PNG decoding in a background
+  thread, batches, ``inference_mode``, channels-last, batch norms folded into the convolutions),
+  writing its manifest as the stage does;
+- forward only: the backbone on batches already in memory (on the device): the ceiling.
+
+Ours runs in float32 (the default) and in ``auto`` precision (bfloat16 where the device computes
+it natively); the naive loop always in float32. The largest difference between the two paths'
+vectors is reported. resnet50 runs with random weights when its
+ImageNet file is not on this machine: speed does not depend on the weight values. Median of
+``--repeats``. Prints a table and writes bench/results/features.json.
+
+    python bench/features.py [--backbones efficientnet_lite0 resnet50] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from deepfake.config import load_settings
+from deepfake.data import run_sources
+from deepfake.features import BACKBONES, FeatureExtractor, WeightsUnavailable, run_features
+from deepfake.features import feature_matrix as features_of
+from deepfake.inpaint import run_inpaint
+from deepfake.masks import run_masks
+from deepfake.storage import Storage
+
+
+def with_weights_or_random(name: str) -> tuple[str, str]:
+    """A registered backbone name to benchmark, and where its weights came from."""
+    try:
+        BACKBONES[name].build()
+        return name, "ImageNet"
+    except WeightsUnavailable:
+        import torchvision
+
+        def build() -> torch.nn.Module:
+            torch.manual_seed(0)  # every build the same random weights
+            model = torchvision.models.get_model(name)
+            model.fc = torch.nn.Identity()  # as the registry's resnet builder does
+            return model
+
+        random = f"{name}-random"
+        BACKBONES[random] = dataclasses.replace(BACKBONES[name], name=random, build=build)
+        return random, "random (ImageNet file not on this machine; speed is the same)"
+
+
+def naive(name: str, paths: list[str], device: torch.device) -> np.ndarray:
+    """The textbook loop: the backbone as built, one image at a time."""
+    spec = BACKBONES[name]
+    model = spec.build().eval().to(device)
+    out = []
+    with torch.no_grad():
+        for path in paths:
+            image = Image.open(path).convert("RGB")
+            x = TF.normalize(TF.to_tensor(image), spec.mean, spec.std)[None].to(device)
+            maps = spec.stages(model, x)  # the same multi-scale vector the pipeline computes
+            out.append(torch.cat([m.mean(dim=(2, 3)) for m in maps], 1).cpu().numpy()[0])
+    return np.stack(out)
+
+
+def forward_only(extractor: FeatureExtractor, images: list[np.ndarray], batch: int) -> float:
+    """Seconds for the (inference) backbone alone on preprocessed batches already on the
+    device."""
+    batches = [extractor.preprocess(images[i : i + batch]) for i in range(0, len(images), batch)]
+    model = extractor.inference_model(batches[0])
+    with torch.inference_mode():
+        extractor.embed_crops(batches[0], model)  # warm-up
+        if extractor.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for x in batches:
+            extractor.embed_crops(x, model)
+        if extractor.device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "resnet50"])
+    parser.add_argument("--storage", default="bench/.data", help="where the images are made")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "auto"])
+    args = parser.parse_args()
+    cfg = load_settings(overrides=["inpaint.backend=classical", "features.finetune_epochs=0"])
+    store = Storage(args.storage)
+    sources = run_sources(store, cfg.data)
+    dataset = run_inpaint(store, cfg.inpaint, sources, run_masks(store, cfg.masks, sources))
+    frame = store.read_parquet(dataset.manifest)
+    paths = [store.uri(u) for u in frame["uri"]]
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    rows = []
+    for requested in args.backbones:
+        name, weights = with_weights_or_random(requested)
+        device = FeatureExtractor(name, device=args.device).device
+        naive(name, paths[:8], device)  # warm-up
+        naive_s = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            reference = naive(name, paths, device)
+            naive_s.append(time.perf_counter() - start)
+        for precision in args.precisions:
+            update = {"backbone": name, "device": args.device, "precision": precision}
+            features = cfg.features.model_copy(update=update)
+            extractor = FeatureExtractor(name, device=args.device, precision=precision)
+            ours_s = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                stage = run_features(store, features, dataset)
+                ours_s.append(time.perf_counter() - start)
+                vectors = features_of(store.read_parquet(stage.manifest))
+                store.delete(stage.folder)  # the next repeat starts cold again
+            gap = float(np.abs(vectors - reference).max() / np.abs(reference).max())
+            forward_s = statistics.median(
+                forward_only(extractor, images, features.batch_size) for _ in range(args.repeats)
+            )
+            n = len(paths)
+            row = {
+                "backbone": requested,
+                "weights": weights,
+                "device": str(extractor.device),
+                "precision": extractor.precision,
+                "images": n,
+                "resolution": int(images[0].shape[0]),
+                "batch_size": features.batch_size,
+                "naive_images_per_s": n / statistics.median(naive_s),
+                "ours_images_per_s": n / statistics.median(ours_s),
+                "forward_only_images_per_s": n / forward_s,
+                "max_relative_difference_from_naive": gap,
+            }
+            row["speedup"] = row["ours_images_per_s"] / row["naive_images_per_s"]
+            row["share_of_forward_only"] = (
+                row["ours_images_per_s"] / row["forward_only_images_per_s"]
+            )
+            rows.append(row)
+            print(
+                f"{requested:18s} {row['device']:4s} {row['precision']:8s} naive "
+                f"{row['naive_images_per_s']:6.1f}  ours {row['ours_images_per_s']:6.1f}  "
+                f"forward-only {row['forward_only_images_per_s']:6.1f} images/s  -> "
+                f"{row['speedup']:.1f}x naive, {row['share_of_forward_only']:.0%} of forward-only; "
+                f"max relative difference from naive {gap:.1e}",
+                flush=True,
+            )
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}",
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    out = Path(__file__).parent / "results" / "features.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
