@@ -68,6 +68,12 @@ class Storage:
         """Storage for a ``StorageConfig`` (root and endpoint)."""
         return cls(cfg.root, cfg.endpoint_url)
 
+    def sibling(self, url: str) -> Storage:
+        """Storage for another location, reached like this one: an ``s3://`` input next to S3
+        storage uses the same endpoint and options (MinIO, say)."""
+        same_kind = "://" in url and not self.is_local
+        return Storage(url, **(self.options if same_kind else {}))
+
     def check(self) -> None:
         """Fail fast, with one clear message, when the root cannot be used (S3: bucket, access)."""
         if self.is_local:

@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger
 from deepfake.data.folder import IMAGE_SUFFIXES
 from deepfake.images import ImageError
 from deepfake.predict import Detector
+from deepfake.secrets import redact_logs
 from deepfake.storage import Storage, StorageError
 
 
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         help="write a heat map of crop probabilities per image to DIR (multi-crop detectors)",
     )
     args = parser.parse_args(argv)
+    redact_logs()
     logging.getLogger("deepfake").setLevel(logging.WARNING)
     model = args.model or posixpath.join(Storage(args.storage).root, "models", "latest")
     try:

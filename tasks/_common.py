@@ -11,6 +11,7 @@ from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 
 from deepfake.config import StorageConfig, digest_of
+from deepfake.secrets import redact_logs
 from deepfake.stages import CODE_VERSION, StageOutput, finished
 from deepfake.storage import Storage
 
@@ -19,6 +20,8 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "deepfake")
 # The temporary local server otherwise logs an ERROR on every offline run when its usage
 # telemetry cannot be sent; set it to true to send it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# No credential reaches a log line, whichever library writes it (botocore's debug log would).
+redact_logs()
 
 _KEYED = INPUTS + TASK_SOURCE
 

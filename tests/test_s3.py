@@ -188,3 +188,47 @@ def test_predict_reads_images_and_detector_from_s3(s3, clean_run, capsys, monkey
     assert code == 0 and len(lines) == 16
     assert all(line["path"].startswith("s3://") and line["label"] in {"real", "inpainted"}
                for line in lines)  # fmt: skip
+
+
+def test_secrets_stay_out_of_logs_artifacts_and_files(
+    s3, prefect_server, tmp_path, monkeypatch, capsys, caplog
+) -> None:
+    """A whole run, S3 storage and a Kaggle archive in S3, with fake AWS and Kaggle credentials
+    in the environment: no log line, Prefect artifact or stored byte may contain them."""
+    import json
+    import logging
+
+    from prefect.client.orchestration import get_client
+
+    from tests.kaggle_archive import build_archive
+
+    kaggle = {"KAGGLE_USERNAME": "fake-kaggle-user-93", "KAGGLE_KEY": "fake-kaggle-key-5d2e",
+              "KAGGLE_API_TOKEN": "KGAT_fake_token_77a1"}  # fmt: skip
+    for name, value in kaggle.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    build_archive(tmp_path / "deepfakeart.zip", folders=20, size=48)
+    raw = Storage(f"s3://{BUCKET}/raw", endpoint_url=s3)
+    raw.put_file(tmp_path / "deepfakeart.zip", "deepfakeart.zip")
+    caplog.set_level(logging.DEBUG)
+    settings = [*TINY, f"storage.endpoint_url={s3}", "data.source=kaggle",
+                f"data.kaggle_archive=s3://{BUCKET}/raw/deepfakeart.zip"]  # fmt: skip
+    code = main(["--storage", f"s3://{BUCKET}/secrets", *sum((["--set", s] for s in settings), [])])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    texts = {"stdout": printed.out, "stderr": printed.err, "log records": caplog.text}
+    with get_client(sync_client=True) as client:
+        texts["prefect logs"] = "\n".join(log.message for log in client.read_logs())
+        texts["prefect artifacts"] = "\n".join(
+            json.dumps(a.data, default=str) + (a.description or "") for a in client.read_artifacts()
+        )
+    store = Storage(f"s3://{BUCKET}/secrets", endpoint_url=s3)
+    keys = sorted(store.list_files(""))
+    assert any(k.startswith("reports/latest/") for k in keys)
+    assert any(k.endswith("manifest.parquet") for k in keys)
+    for key in keys:
+        texts[key] = store.read_bytes(key).decode("latin-1")
+    assert "external" in texts["reports/latest/metrics.json"]  # the Kaggle path really ran
+    for secret in [*CREDENTIALS.values(), *kaggle.values()]:
+        leaks = [where for where, text in texts.items() if secret in text]
+        assert not leaks, (secret, leaks)

@@ -28,7 +28,7 @@ SKIPPED = "skipped.json"
 EXTERNAL = "external.parquet"
 
 
-def _candidates(cfg: DataConfig) -> list[tuple[str, str, object]]:
+def _candidates(cfg: DataConfig, storage: Storage) -> list[tuple[str, str, object]]:
     """(source id, group, loader) where loader() returns a PIL image or raises ImageError."""
     if cfg.source == "sample":
         return [
@@ -38,7 +38,10 @@ def _candidates(cfg: DataConfig) -> list[tuple[str, str, object]]:
     if cfg.source == "folder":
         if not cfg.path:
             raise ValueError("data.source=folder needs data.path=DIR")
-        return [(sid, group, (store, rel)) for sid, group, rel, store in folder_images(cfg.path)]
+        return [
+            (sid, group, (store, rel))
+            for sid, group, rel, store in folder_images(cfg.path, storage)
+        ]
     raise ValueError(f"unknown data.source {cfg.source!r}")
 
 
@@ -157,7 +160,7 @@ def run_sources(storage: Storage, cfg: DataConfig) -> StageOutput:
         storage.write_json(f"{folder}/{SKIPPED}", skipped)
         return write_manifest(storage, STAGE, folder, pd.DataFrame(rows))
 
-    candidates = _candidates(cfg)
+    candidates = _candidates(cfg, storage)
     if not candidates:
         raise ValueError(f"no images found for data.source={cfg.source} (data.path={cfg.path})")
     chosen = [candidates[i] for i in choose_subset([c[0] for c in candidates], cfg.limit, cfg.seed)]

@@ -11,9 +11,12 @@ from deepfake.storage import Storage
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-def folder_images(root: str) -> Iterator[tuple[str, str, str, Storage]]:
-    """Yield (source id, group, relative path, storage) for every image file below ``root``."""
-    storage = Storage(root)
+def folder_images(
+    root: str, near: Storage | None = None
+) -> Iterator[tuple[str, str, str, Storage]]:
+    """Yield (source id, group, relative path, storage) for every image file below ``root``
+    (an ``s3://`` root is reached like the ``near`` storage, when given)."""
+    storage = near.sibling(root) if near is not None else Storage(root)
     if not storage.exists(""):
         raise FileNotFoundError(f"data.path {root}: no such folder")
     for rel in sorted(storage.list_files("")):

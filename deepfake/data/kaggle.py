@@ -135,7 +135,7 @@ def local_archive(
     if given and "://" in given:  # an archive in an object store: fetch it to a temporary file
         with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
             local = Path(tmp) / given.rstrip("/").rsplit("/", 1)[-1]
-            remote = Storage(given.rsplit("/", 1)[0])
+            remote = storage.sibling(given.rsplit("/", 1)[0])
             remote.get_file(given.rsplit("/", 1)[-1], local)
             yield local
         return
