@@ -66,20 +66,23 @@ def start_server(home: Path, env: dict[str, str]) -> subprocess.Popen:
 def run_pipeline(storage: Path, overrides: list[str], env: dict[str, str]) -> dict:
     command = [sys.executable, "flows/main.py", "--storage", str(storage)]
     command += [arg for o in overrides for arg in ("--set", o)]
-    peak_tree = 0
+    peak_tree, breakdown = 0, {}
     start = time.perf_counter()
     process = psutil.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL)  # fmt: skip
     done = threading.Event()
 
     def watch() -> None:
-        nonlocal peak_tree
+        nonlocal peak_tree, breakdown
         while not done.is_set():
             try:
-                tree = [process, *process.children(recursive=True)]
-                peak_tree = max(peak_tree, sum(p.memory_info().rss for p in tree))
+                tree = {p: p.memory_info().rss for p in [process, *process.children(True)]}
             except psutil.Error:
-                pass
+                continue
+            if sum(tree.values()) > peak_tree:
+                peak_tree = sum(tree.values())
+                breakdown = {f"{p.pid} {' '.join(p.cmdline()[1:3])[:60]}": round(rss / 2**30, 2)
+                             for p, rss in tree.items()}  # fmt: skip
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -96,6 +99,7 @@ def run_pipeline(storage: Path, overrides: list[str], env: dict[str, str]) -> di
         "wall_s": wall,
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # kilobytes on Linux
         "peak_tree_rss_gib": peak_tree / 2**30,
+        "peak_tree_processes_gib": breakdown,
         "roc_auc": summary["roc_auc"],
         "run_id": summary["run_id"],
     }

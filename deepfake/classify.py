@@ -9,11 +9,14 @@ a fine-tuned backbone, ``backbone.safetensors``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import re
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -91,6 +94,24 @@ def _grid_size(grid: list[dict[str, list[Any]]]) -> int:
     return sum(int(np.prod([len(values) for values in entry.values()])) for entry in grid)
 
 
+@contextlib.contextmanager
+def _portable_warning_filters() -> Iterator[None]:
+    """scikit-learn hands the parent's warning filters to its parallel workers; one filter whose
+    category is a torch class (torch adds some) makes every worker import torch, about 0.6 GB
+    each. While the workers run, keep only the filters of built-in, numpy, scipy and
+    scikit-learn categories."""
+    light = ("builtins", "numpy", "scipy", "sklearn")
+    with warnings.catch_warnings():
+        kept = [f for f in warnings.filters if f[2].__module__.split(".")[0] in light]
+        warnings.resetwarnings()
+        for action, message, category, module, lineno in reversed(kept):
+            # A filter holds compiled patterns, or plain strings when a library added it raw.
+            text = getattr(message, "pattern", message) or ""
+            where = getattr(module, "pattern", module) or ""
+            warnings.filterwarnings(action, text, category, where, lineno)
+        yield
+
+
 def _halving_rounds(n: int, folds: int, factor: int) -> int:
     """Rounds of successive halving such that the first round still gives every fold about 60
     images (both classes, a usable ROC-AUC) and the last one uses all ``n``; 0 = too few images
@@ -141,7 +162,8 @@ def grid_search(
             )
         else:
             search = GridSearchCV(pipeline, grid, error_score="raise", **common)
-        search.fit(X, y, groups=groups)
+        with _portable_warning_filters():
+            search.fit(X, y, groups=groups)
     search.best_estimator_.set_params(memory=None)  # the cache folder is gone
     return search
 
@@ -156,15 +178,16 @@ def out_of_fold_scores(
     """Decision values of the best pipeline on the training split, each from a fit that did not
     see its group (same grouped folds as the search): validation scores, never test ones."""
     cv = GroupKFold(n_splits=search.n_splits_, shuffle=True, random_state=cfg.seed)
-    return cross_val_predict(
-        clone(search.best_estimator_),
-        X,
-        y,
-        groups=groups,
-        cv=cv,
-        method="decision_function",
-        n_jobs=cfg.n_jobs,
-    )
+    with _portable_warning_filters():
+        return cross_val_predict(
+            clone(search.best_estimator_),
+            X,
+            y,
+            groups=groups,
+            cv=cv,
+            method="decision_function",
+            n_jobs=cfg.n_jobs,
+        )
 
 
 def validation_threshold(y: np.ndarray, scores: np.ndarray) -> float:

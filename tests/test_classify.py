@@ -179,3 +179,21 @@ def test_model_file_bytes_are_the_same_in_every_process() -> None:
         for _ in range(2)
     }
     assert len(digests) == 1 and len(digests.pop().strip()) == 64
+
+
+def test_parallel_workers_get_only_portable_warning_filters() -> None:
+    import warnings
+
+    import torch.jit._trace
+
+    from deepfake.classify import _portable_warning_filters
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit._trace.TracerWarning)
+        warnings.filterwarnings("ignore", message="keep me", category=UserWarning)
+        before = list(warnings.filters)
+        with _portable_warning_filters():  # torch categories would make each worker import torch
+            modules = {f[2].__module__.split(".")[0] for f in warnings.filters}
+            assert "torch" not in modules and "builtins" in modules
+            assert any(f[1] is not None and f[1].pattern == "keep me" for f in warnings.filters)
+        assert warnings.filters == before
