@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from results_file import save
 from torchvision.transforms import functional as TF
 
 from deepfake.config import load_settings
@@ -160,17 +157,15 @@ def main() -> None:
                 f"max relative difference from naive {gap:.1e}",
                 flush=True,
             )
-    result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads "
-        f"{torch.get_num_threads()}",
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "repeats": args.repeats,
-        "rows": rows,
-    }
-    out = Path(__file__).parent / "results" / "features.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    save(
+        "features",
+        {
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__,
+            "repeats": args.repeats,
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

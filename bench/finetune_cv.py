@@ -11,13 +11,11 @@ and after JPEG quality 80. Prints a table and writes bench/results/finetune_cv.j
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from results_file import save
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
@@ -83,17 +81,17 @@ def main() -> None:
             f"JPEG 80 {np.mean(jpeg):.4f} (min {min(jpeg):.4f})",
             flush=True,
         )
-    out = Path(__file__).parent / "results" / "finetune_cv.json"
-    summary = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "torch": torch.__version__,
-        "folds": args.folds,
-        "training_images": len(train),
-        "training_groups": int(len(np.unique(groups))),
-        "results": results,
-    }
-    out.write_text(json.dumps(summary, indent=2))
-    print(f"wrote {out}")
+    save(
+        "finetune_cv",
+        {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "folds": args.folds,
+            "training_images": len(train),
+            "training_groups": int(len(np.unique(groups))),
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 
 import psutil
+from results_file import save
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -173,18 +173,15 @@ def main() -> None:
         server.wait(timeout=30)
         if not args.keep:
             shutil.rmtree(home, ignore_errors=True)
-    result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "python": platform.python_version(),
-        "overrides": args.overrides,
-        "note": "the Prefect server runs beside the pipeline (not counted in its RSS); without "
-        "PREFECT_API_URL the command starts a temporary one itself (about 7-10 s more wall)",
-        "runs": rows,
-    }
-    out = Path(__file__).parent / "results" / "pipeline.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    save(
+        "pipeline",
+        {
+            "overrides": args.overrides,
+            "note": "the Prefect server runs beside the pipeline (not counted in its RSS); without "
+            "PREFECT_API_URL the command starts a temporary one itself (about 7-10 s more wall)",
+            "runs": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -20,14 +20,11 @@ bench/results/svm.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import sklearn
+from results_file import save
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import make_pipeline
@@ -114,16 +111,14 @@ def main() -> None:
     rows = [run(n, True, cfg) for n in args.sizes]
     if args.large:
         rows.append(run(args.large, False, cfg))
-    result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "python": platform.python_version(),
-        "scikit-learn": sklearn.__version__,
-        "settings": cfg.model_dump(mode="json"),
-        "rows": rows,
-    }
-    out = Path(__file__).parent / "results" / "svm.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    save(
+        "svm",
+        {
+            "scikit-learn": sklearn.__version__,
+            "settings": cfg.model_dump(mode="json"),
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":
