@@ -40,6 +40,7 @@ from sklearn.svm import SVC, LinearSVC
 from deepfake.config import SVMConfig
 from deepfake.features import INFO_FILE, WEIGHTS_FILE, feature_matrix
 from deepfake.images import sha256
+from deepfake.split import split_rows
 from deepfake.stages import StageOutput, finished, stage_folder, write_manifest
 from deepfake.storage import Storage
 
@@ -235,10 +236,8 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
         log.info("detector: reusing the trained detector in %s", storage.uri(folder))
         return done
     frame = storage.read_parquet(features.manifest)
-    if "split" not in frame:
-        raise ValueError(f"{features.manifest} has no 'split' column: run the split stage first")
     X, y, groups = feature_matrix(frame), frame["label"].to_numpy(), frame["group"].to_numpy()
-    train = np.flatnonzero(frame["split"].to_numpy() == "train")
+    train = split_rows(frame, "train").index.to_numpy()  # frame has a fresh 0..n-1 index
     log.info("detector: searching on %d training images", len(train))
     search = grid_search(X[train], y[train], groups[train], cfg)
     best = search.best_index_

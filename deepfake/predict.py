@@ -49,13 +49,11 @@ class Detector:
         model = load_model(storage, folder, expected_sha256=meta["svm_sha256"])
         weights = None
         if meta.get("weights"):
-            weights = storage.read_bytes(f"{folder}/{meta['weights']}")
-            if sha256(weights) != meta.get("weights_sha256"):
-                raise ValueError(
-                    f"{storage.uri(folder)}/{meta['weights']}: digest does not match its metadata"
-                )
-        if weights is not None:
-            read_weights(weights, f"{storage.uri(folder)}/{meta['weights']}")  # refuse early
+            name = f"{storage.uri(folder)}/{meta['weights']}"
+            data = storage.read_bytes(f"{folder}/{meta['weights']}")
+            if sha256(data) != meta.get("weights_sha256"):
+                raise ValueError(f"{name}: digest does not match its metadata")
+            weights = read_weights(data, name)
         return cls(meta, model, FeatureExtractor.from_info(meta, weights, device))
 
     @property
@@ -79,7 +77,11 @@ class Detector:
 
     def score_bytes(self, data: bytes, name: str) -> dict[str, Any]:
         """``{"score": probability of inpainting, "label", "decision"}`` for one image file."""
-        decision = float(self.decisions([self.normalise(data, name)])[0])
+        return self.score_image(self.normalise(data, name))
+
+    def score_image(self, image: np.ndarray) -> dict[str, Any]:
+        """``score_bytes`` for an image already normalised."""
+        decision = float(self.decisions([image])[0])
         return {
             "score": float(self.probabilities(np.array([decision]))[0]),
             "label": self.label(decision),

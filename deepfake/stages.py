@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -75,7 +76,7 @@ def finished(storage: Storage, stage: str, folder: str) -> StageOutput | None:
     if not storage.exists(f"{folder}/{MANIFEST}"):
         return None
     data = storage.read_bytes(f"{folder}/{MANIFEST}")
-    frame = storage.read_parquet(f"{folder}/{MANIFEST}")
+    frame = pd.read_parquet(io.BytesIO(data), engine="pyarrow")
     present = storage.list_files(folder)
     own = [u[len(folder) + 1 :] for u in frame.get("uri", []) if u.startswith(folder + "/")]
     own += json.loads(Storage.parquet_metadata(data).get(_FILES_KEY, "[]"))

@@ -59,11 +59,11 @@ def score_paths(
     out = Storage(heatmaps) if heatmaps else None
     for shown, store, rel in expand(paths):
         try:
-            data = store.read_bytes(rel)
-            result = detector.score_bytes(data, shown)
+            image = detector.normalise(store.read_bytes(rel), shown)
+            result = detector.score_image(image)
             if out is not None:
                 name = posixpath.basename(rel) + ".heatmap.png"
-                out.write_bytes(name, detector.heatmap_png(detector.normalise(data, shown)))
+                out.write_bytes(name, detector.heatmap_png(image))
         except (ImageError, StorageError, OSError) as exc:
             message = str(exc) if shown in str(exc) else f"{shown}: {exc}"
             yield {"path": shown, "error": message}

@@ -144,7 +144,7 @@ TUNED = FeaturesConfig(finetune_epochs=2, finetune_batch_size=8, batch_size=16)
 
 
 def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
-    from deepfake.features import WEIGHTS_FILE, FeatureExtractor
+    from deepfake.features import WEIGHTS_FILE, FeatureExtractor, read_weights
     from deepfake.images import sha256
 
     store, split = split_dataset
@@ -161,7 +161,7 @@ def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
     assert sorted(store.reads[-extraction:]) == sorted(frame["uri"])
     weights = store.read_bytes(f"{out.folder}/{WEIGHTS_FILE}")
     assert info["weights_sha256"] == sha256(weights) and len(info["finetune"]["losses"]) == 2
-    tuned = FeatureExtractor.from_info(info, weights, device="cpu")
+    tuned = FeatureExtractor.from_info(info, read_weights(weights), device="cpu")
     imagenet = FeatureExtractor("efficientnet_lite0", device="cpu")
     first = next(iter(imagenet.model.state_dict()))
     assert not torch.equal(tuned.model.state_dict()[first], imagenet.model.state_dict()[first])

@@ -116,7 +116,7 @@ class FeatureExtractor:
         device: str = "auto",
         pooling: str = "multiscale",
         crop_size: int | None = None,
-        weights: bytes | None = None,
+        weights: dict[str, torch.Tensor] | None = None,
         precision: str = "float32",
     ) -> None:
         if pooling not in ("multiscale", "last"):
@@ -127,7 +127,7 @@ class FeatureExtractor:
         self.precision = resolve_precision(precision, self.device)
         self.model = self.spec.build().eval()
         if weights is not None:
-            self.model.load_state_dict(read_weights(weights))
+            self.model.load_state_dict(weights)
         # Channels-last lets oneDNN and cuDNN pick their fastest convolutions.
         self.model.to(self.device, memory_format=torch.channels_last)
         self._inference: torch.nn.Module | None = None
@@ -136,10 +136,14 @@ class FeatureExtractor:
 
     @classmethod
     def from_info(
-        cls, info: dict[str, Any], weights: bytes | None = None, device: str = "auto"
+        cls,
+        info: dict[str, Any],
+        weights: dict[str, torch.Tensor] | None = None,
+        device: str = "auto",
     ) -> FeatureExtractor:
-        """The extractor that ``info()`` describes (with its fine-tuned ``weights``, if any). A
-        device without native support for the recorded precision computes in float32."""
+        """The extractor that ``info()`` describes (with its fine-tuned ``weights``, read with
+        ``read_weights``, if any). A device without native support for the recorded precision
+        computes in float32."""
         precision = info.get("precision", "float32")
         if resolve_precision("auto", resolve_device(device)) == "float32":
             precision = "float32"
@@ -373,6 +377,7 @@ def _extract(
     def load(item: tuple[int, list[Any]]) -> list[np.ndarray | Exception]:
         return read_images(storage, [row.uri for row in item[1]])
 
+    written = {}
     for (index, batch), images in zip(todo, prefetch(todo, load), strict=True):
         good = [image for image in images if not isinstance(image, Exception)]
         vectors = iter(extractor.transform(good))
@@ -387,9 +392,13 @@ def _extract(
                 "side": None if bad else int(image.shape[0]),
                 "reason": str(image) if bad else None,
             })  # fmt: skip
-        storage.write_parquet(f"{folder}/parts/{_part_name(index, batch)}", pd.DataFrame(part))
+        written[index] = pd.DataFrame(part)
+        storage.write_parquet(f"{folder}/parts/{_part_name(index, batch)}", written[index])
         progress.advance(len(batch))
-    parts = [storage.read_parquet(f"{folder}/parts/{_part_name(i, b)}") for i, b in batches]
+    parts = [
+        written[i] if i in written else storage.read_parquet(f"{folder}/parts/{_part_name(i, b)}")
+        for i, b in batches
+    ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
