@@ -3,7 +3,10 @@
 A batch is the unit of work a GPU worker takes. Without ``inpaint.deployment`` the batches run as
 subflows of the pipeline, one after another. With it, every batch is sent to that deployment with
 ``run_deployment`` (so N workers on N machines share the work), and the pipeline waits for all of
-them; a batch whose flow run fails is sent again, to whichever worker is free.
+them; a batch whose flow run fails or crashes is sent again, to whichever worker is free. A batch
+whose worker dies (killed, out of memory, machine lost) stops sending heartbeats: an automation
+on the server marks such a run Crashed after ``LOST_AFTER`` seconds, which makes it a crashed
+batch like any other.
 
 Run alone, this module inpaints one batch of an existing plan (what a deployment run does):
 
@@ -17,13 +20,19 @@ import json
 import logging
 import sys
 import time
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.automations import Automation
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.filesystems import WritableFileSystem
 
 from deepfake.config import InpaintConfig, StorageConfig
 from deepfake.inpaint import InpaintPlan, run_planned_batch
@@ -58,11 +67,56 @@ def _submit(deployment: str, storage: StorageConfig, plan: InpaintPlan, index: i
     return run.id
 
 
+# A batch run silent for this long (no heartbeat, no new state) has lost its worker. Workers send
+# a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30 in the images, at least 30).
+LOST_AFTER = 90
+
+
+def watch_for_lost_runs(deployment_id: UUID, deployment: str) -> None:
+    """Make sure the server marks a run of ``deployment`` Crashed when its worker is gone.
+
+    An automation (made once per deployment, found by name after that): a flow run of this
+    deployment that has been Pending, Running or sent a heartbeat, and then sends neither a
+    heartbeat nor a new state for ``LOST_AFTER`` seconds, is set to Crashed.
+    """
+    name = f"deepfake: lost runs of {deployment} are crashed"
+    try:
+        Automation.read(name=name)
+        return
+    except ValueError:  # not made yet
+        pass
+    alive = {"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"}
+    ended = {f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")}
+    Automation(
+        name=name,
+        description="Inpainting batches whose worker died are marked Crashed, so that the "
+        "pipeline sends them again.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.id": f"prefect.deployment.{deployment_id}"},
+            after=alive,
+            expect=alive | ended,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=LOST_AFTER),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {LOST_AFTER} s: the worker running it is gone",
+            )
+        ],
+    ).create()
+
+
 def run_batches_on(
     deployment: str, storage: StorageConfig, plan: InpaintPlan, progress: UUID, poll: float = 2.0
 ) -> None:
     """Every batch as a run of ``deployment``; waits for all, resubmitting failed ones."""
     logger = get_run_logger()
+    with get_client(sync_client=True) as client:
+        watch_for_lost_runs(client.read_deployment_by_name(deployment).id, deployment)
     pending = {index: _submit(deployment, storage, plan, index) for index in range(plan.batches)}
     attempts = dict.fromkeys(pending, 1)
     logger.info("sent %d inpainting batches to deployment %s", plan.batches, deployment)
@@ -93,10 +147,15 @@ def run_batches_on(
 
 
 def inpaint_stage(
-    storage: StorageConfig, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
+    storage: StorageConfig,
+    cfg: InpaintConfig,
+    sources: StageOutput,
+    masks: StageOutput,
+    results: WritableFileSystem | None = None,
 ) -> StageOutput:
-    """Plan, run the batches (here or on a deployment's workers), collect; with progress."""
-    plan = plan_inpainting(storage, cfg, sources, masks)
+    """Plan, run the batches (here or on a deployment's workers), collect; with progress.
+    ``results`` is where the planning and collecting tasks keep their results."""
+    plan = plan_inpainting.with_options(result_storage=results)(storage, cfg, sources, masks)
     if plan.batches:
         progress = create_progress_artifact(
             progress=0.0, key="inpainting-progress", description="Inpainted batches (%)"
@@ -107,7 +166,9 @@ def inpaint_stage(
             for index in range(plan.batches):
                 inpaint_batch(storage, plan, index)
                 update_progress_artifact(progress, progress=100.0 * (index + 1) / plan.batches)
-    return collect_inpainting(storage, plan.cfg, plan.folder, sources)
+    return collect_inpainting.with_options(result_storage=results)(
+        storage, plan.cfg, plan.folder, sources
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
