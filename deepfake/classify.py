@@ -41,7 +41,7 @@ from deepfake.config import SVMConfig
 from deepfake.features import INFO_FILE, WEIGHTS_FILE, feature_matrix
 from deepfake.images import sha256
 from deepfake.split import split_rows
-from deepfake.stages import StageOutput, finished, stage_folder, write_manifest
+from deepfake.stages import Progress, StageOutput, finished, stage_folder, write_manifest
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -239,12 +239,16 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
     X, y, groups = feature_matrix(frame), frame["label"].to_numpy(), frame["group"].to_numpy()
     train = split_rows(frame, "train").index.to_numpy()  # frame has a fresh 0..n-1 index
     log.info("detector: searching on %d training images", len(train))
+    # The search is most of the work, then the out-of-fold pass, then saving (in tenths).
+    progress = Progress("svm search", 10, unit="tenths", log=False)
     search = grid_search(X[train], y[train], groups[train], cfg)
+    progress.advance(8)
     best = search.best_index_
     cv_scores = [search.cv_results_[f"split{i}_test_score"][best] for i in range(search.n_splits_)]
     log.info("detector: best %s, grouped CV ROC-AUC %.4f", search.best_params_, search.best_score_)
 
     validation = out_of_fold_scores(search, X[train], y[train], groups[train], cfg)
+    progress.advance()
     threshold = validation_threshold(y[train], validation)
     calibration = platt_calibration(y[train], validation)
     log.info("detector: threshold %.4f chosen on out-of-fold training scores", threshold)
@@ -283,7 +287,9 @@ def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageO
     )
     scores = search.best_estimator_.decision_function(X)
     out = frame.drop(columns=["features"]).assign(score=scores)
-    return write_manifest(storage, STAGE, folder, out, files=files)
+    done = write_manifest(storage, STAGE, folder, out, files=files)
+    progress.advance()
+    return done
 
 
 def _dump(model: Any) -> bytes:

@@ -6,8 +6,10 @@ saved with the detector.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
     ConfusionMatrixDisplay,
     accuracy_score,
@@ -388,6 +391,30 @@ def _comparison_lines(comparison: dict[str, Any] | None, fmt: Callable[[Any], st
     ]
 
 
+_IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def embed_images(report: str, images: dict[str, bytes], max_width: int = 720) -> str:
+    """The report with every linked PNG (``![alt](name.png)``) put inside it as a data URI,
+    shrunk to at most ``max_width`` pixels wide: one self-contained document for a viewer that
+    cannot reach the storage (the Prefect UI). Links to images not in ``images`` stay as they
+    are."""
+
+    def inline(match: re.Match[str]) -> str:
+        alt, name = match.groups()
+        if name not in images:
+            return match.group(0)
+        image = Image.open(io.BytesIO(images[name]))
+        if image.width > max_width:
+            height = round(image.height * max_width / image.width)
+            image = image.resize((max_width, height), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        return f"![{alt}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+
+    return _IMAGE_LINK.sub(inline, report)
+
+
 def write_report(
     storage: Storage, folder: str, metrics: dict[str, Any], images: dict[str, bytes], report: str
 ) -> None:
@@ -401,16 +428,20 @@ STAGE = "evaluation"
 
 
 def robustness(
-    storage: Storage, detector: Detector, test: pd.DataFrame, threshold: float
+    storage: Storage, detector: Detector, test: pd.DataFrame, threshold: float, which: str = ""
 ) -> dict[str, Any]:
     """The held-out split again after each degradation, applied to real and inpainted alike."""
     from deepfake.perturb import PERTURBATIONS
+    from deepfake.stages import Progress
 
     y, uris = test["label"].to_numpy(), list(test["uri"])
     table = {"none": binary_metrics(y, test["score"].to_numpy(), threshold)}
+    progress = Progress(f"robustness {which}".strip(), len(PERTURBATIONS), "degradations",
+                        log=False)  # fmt: skip
     for name, transform in PERTURBATIONS.items():
         table[name] = binary_metrics(y, detector.score_uris(storage, uris, transform), threshold)
         log.info("robustness: %s -> ROC-AUC %.4f", name, table[name]["roc_auc"] or float("nan"))
+        progress.advance()
     return table
 
 
@@ -474,7 +505,7 @@ def external_metrics(
 
 
 def detector_metrics(
-    storage: Storage, settings: Any, detector_stage: Any
+    storage: Storage, settings: Any, detector_stage: Any, which: str = ""
 ) -> tuple[dict[str, Any], pd.DataFrame, Detector]:
     """Held-out metrics of one trained detector stage: headline, CIs, per mask, calibration and
     (when enabled) robustness. Returns the metrics, the scored records and the loaded detector."""
@@ -494,7 +525,7 @@ def detector_metrics(
     }
     metrics["finetune"] = detector.meta.get("finetune")
     if settings.evaluate.robustness:
-        metrics["robustness"] = robustness(storage, detector, test, threshold)
+        metrics["robustness"] = robustness(storage, detector, test, threshold, which)
     return metrics, scored, detector
 
 
@@ -537,7 +568,7 @@ def run_evaluation(
         return done
     metrics, scored, model = detector_metrics(storage, settings, detector)
     if baseline is not None:
-        frozen, _, _ = detector_metrics(storage, settings, baseline)
+        frozen, _, _ = detector_metrics(storage, settings, baseline, "frozen backbone")
         metrics["comparison"] = comparison(metrics, frozen)
     test = scored[scored["split"] == "test"]
     if settings.evaluate.shortcut_audit:

@@ -123,3 +123,20 @@ def publish_run(
 
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+
+
+def self_contained_report(storage: Storage, summary: dict[str, Any]) -> str:
+    """The published report with its plots inside it (shrunk) and where the run's files are: for
+    a viewer that cannot reach the storage, such as the Prefect UI."""
+    from deepfake.evaluate import embed_images
+
+    folder = f"reports/{summary['run_id']}"
+    pngs = sorted(name for name in storage.list_files(folder) if name.endswith(".png"))
+    found = storage.read_many([f"{folder}/{name}" for name in pngs])
+    images = {name: data for name, data in zip(pngs, found, strict=True) if isinstance(data, bytes)}
+    report = embed_images(storage.read_bytes(f"{folder}/report.md").decode(), images)
+    latest = " (also `models/latest`)" if summary["promoted"] else " (not promoted)"
+    return (
+        f"{report}\n## Where this run is\n\n- Report and plots: `{summary['report']}`\n"
+        f"- Detector bundle: `{summary['model']}`{latest}\n"
+    )

@@ -105,18 +105,39 @@ def write_manifest(
     )
 
 
-class Progress:
-    """Logs count, rate and time left for long loops, at most every ``every`` seconds."""
+# (what, done, total) -> None: told of every step of every long loop (the Prefect tasks turn
+# these into progress artifacts; the library itself only logs).
+ProgressListener = Callable[[str, int, int], None]
+_LISTENERS: list[ProgressListener] = []
 
-    def __init__(self, what: str, total: int, unit: str = "images", every: float = 5.0) -> None:
-        self.what, self.total, self.unit, self.every = what, total, unit, every
+
+def add_progress_listener(listener: ProgressListener) -> None:
+    """Have ``listener`` told of every ``Progress`` step in this process (once per listener)."""
+    if listener not in _LISTENERS:
+        _LISTENERS.append(listener)
+
+
+class Progress:
+    """Logs count, rate and time left for long loops, at most every ``every`` seconds, and tells
+    the progress listeners of every step."""
+
+    def __init__(
+        self, what: str, total: int, unit: str = "images", every: float = 5.0, log: bool = True
+    ) -> None:
+        self.what, self.total, self.unit, self.every, self.log = what, total, unit, every, log
         self.done = 0
         self.start = self._last = time.monotonic()
+        self._tell()
+
+    def _tell(self) -> None:
+        for listener in _LISTENERS:
+            listener(self.what, self.done, self.total)
 
     def advance(self, n: int = 1) -> None:
         self.done += n
+        self._tell()
         now = time.monotonic()
-        if now - self._last >= self.every or self.done >= self.total:
+        if self.log and (now - self._last >= self.every or self.done >= self.total):
             self._last = now
             log.info("%s", self.line())
 

@@ -13,9 +13,11 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from typing import Any
 
-from prefect import flow
+from prefect import Task, flow
+from prefect.filesystems import WritableFileSystem
 
 from deepfake.config import ConfigError, Settings, describe_settings, load_settings
 from deepfake.data import kaggle
@@ -42,31 +44,46 @@ train_frozen_detector = train_detector.with_options(name="train-frozen-detector"
 
 @flow(name="deepfake-pipeline", result_serializer="json")
 def pipeline(
-    settings: dict[str, Any] | None = None,
+    settings: Settings = Settings(),  # noqa: B008 (a frozen model: the UI's form shows it)
     run_id: str | None = None,
     promote: Promote = "always",
 ) -> dict[str, Any]:
     """Train and evaluate an inpainting detector, reusing every finished stage.
 
-    ``promote="if_better"`` (scheduled retraining) makes the new detector ``models/latest`` only
-    if its held-out ROC-AUC is at least the current one's on the same test records.
+    Args:
+        settings: Every setting of the pipeline, by stage (as `python flows/main.py --help`
+            lists them); each one left out keeps its default.
+        run_id: Name of this run's report and model folders (default: time and settings).
+        promote: "always" makes the new detector models/latest; "if_better" (scheduled
+            retraining) only if its held-out ROC-AUC is at least the current one's on the same
+            test records.
     """
-    cfg = Settings.model_validate(settings or {})
+    cfg = settings
     storage = cfg.storage
     run_id = run_id or new_run_id(cfg)
+    # Task results live beside the pipeline's files, so that any worker, container or later run
+    # finds them (a Docker work pool starts a fresh container for every flow run).
+    results = result_storage_for(storage)
+    stage = partial(_keeping_results, results)
 
-    sources = prepare_sources(storage, cfg.data)
-    masks = make_masks(storage, cfg.masks, sources)
-    dataset = inpaint_stage(storage, cfg.inpaint, sources, masks)
-    split = split_dataset(storage, cfg.split, dataset)
-    features = extract_features(storage, cfg.features, split)
-    detector = train_detector(storage, cfg.svm, features)
+    sources = stage(prepare_sources)(storage, cfg.data)
+    masks = stage(make_masks)(storage, cfg.masks, sources)
+    dataset = inpaint_stage(storage, cfg.inpaint, sources, masks, results)
+    split = stage(split_dataset)(storage, cfg.split, dataset)
+    features = stage(extract_features)(storage, cfg.features, split)
+    detector = stage(train_detector)(storage, cfg.svm, features)
     baseline = None
     if cfg.features.finetune_epochs and cfg.evaluate.compare_frozen:
-        frozen = extract_frozen_features(storage, cfg.features.frozen(), split)
-        baseline = train_frozen_detector(storage, cfg.svm, frozen)
-    evaluation = evaluate_detector(storage, cfg, sources, dataset, features, detector, baseline)
+        frozen = stage(extract_frozen_features)(storage, cfg.features.frozen(), split)
+        baseline = stage(train_frozen_detector)(storage, cfg.svm, frozen)
+    evaluation = stage(evaluate_detector)(
+        storage, cfg, sources, dataset, features, detector, baseline
+    )
     return publish(storage, cfg, run_id, evaluation, detector, promote)
+
+
+def _keeping_results(results: WritableFileSystem, stage_task: Task) -> Task:
+    return stage_task.with_options(result_storage=results)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -142,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()
-    results = result_storage_for(cfg.storage)
-    summary = pipeline.with_options(result_storage=results)(
-        settings=cfg.model_dump(mode="json"), promote=args.promote
-    )
+    summary = pipeline(settings=cfg, promote=args.promote)
     summary["wall_seconds"] = round(time.monotonic() - start, 1)
     print(json.dumps(summary, indent=2))
     return 0

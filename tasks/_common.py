@@ -1,27 +1,97 @@
-"""What every task shares: the stage cache policy and the retry rule."""
+"""What every task shares: the stage cache policy, the retry rule, and the run logs."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
-from prefect.context import TaskRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
+from prefect.logging.handlers import APILogHandler
 
 from deepfake.config import StorageConfig, digest_of
 from deepfake.secrets import redact_logs
-from deepfake.stages import CODE_VERSION, StageOutput, finished
+from deepfake.stages import CODE_VERSION, StageOutput, add_progress_listener, finished
 from deepfake.storage import Storage
 
-# Library progress lines go to the Prefect run logs as well as the console.
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "deepfake")
 # The temporary local server otherwise logs an ERROR on every offline run when its usage
 # telemetry cannot be sent; set it to true to send it.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # No credential reaches a log line, whichever library writes it (botocore's debug log would).
 redact_logs()
+
+
+def _inside_a_run(record: logging.LogRecord) -> bool:
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def send_library_logs_to_runs() -> None:
+    """Library log lines (INFO and above) go to the Prefect run logs of the task or flow that
+    wrote them, as well as to the console, in any process that runs these tasks: a CLI run, a
+    worker's flow-run process, a container.
+
+    Prefect's own setting for this (PREFECT_LOGGING_EXTRA_LOGGERS) is read once, when prefect is
+    imported, which is before any of our code runs in a worker; so the handler is attached here.
+    Lines written outside any run (a command line's checks) stay on the console only.
+    """
+    logger = logging.getLogger("deepfake")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+    if any(isinstance(h, APILogHandler) for h in logger.handlers):
+        return
+    handler = APILogHandler(level=logging.INFO)
+    handler.addFilter(_inside_a_run)
+    logger.addHandler(handler)
+
+
+send_library_logs_to_runs()
+
+
+class ProgressArtifacts:
+    """Every long loop of the library (``deepfake.stages.Progress``) as a progress artifact of
+    the task or flow run it runs in (``<what>-progress``, e.g. ``features-progress``), moved at
+    most every ``every`` seconds and always at the end, so that it stands at 100 % when done."""
+
+    def __init__(self, every: float = 2.0) -> None:
+        self.every = every
+        self._artifacts: dict[tuple[str, str], tuple[UUID, float]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        try:
+            self._report(what, done, total)
+        except Exception as exc:  # progress is a courtesy: it never stops the work
+            logging.getLogger("deepfake").debug("progress artifact not updated: %s", exc)
+
+    def _report(self, what: str, done: int, total: int) -> None:
+        run = TaskRunContext.get() or FlowRunContext.get()
+        if run is None:
+            return
+        run_id = str(run.task_run.id if isinstance(run, TaskRunContext) else run.flow_run.id)
+        share = 100.0 * done / total if total else 100.0
+        now = time.monotonic()
+        with self._lock:
+            known = self._artifacts.get((run_id, what))
+            if known is None:
+                key = re.sub(r"[^a-z0-9]+", "-", what.lower()).strip("-") + "-progress"
+                artifact = create_progress_artifact(
+                    progress=share, key=key, description=f"{what}: share of the work done (%)"
+                )
+                self._artifacts[(run_id, what)] = (artifact, now)
+            elif done >= total or now - known[1] >= self.every:
+                update_progress_artifact(known[0], progress=share)
+                self._artifacts[(run_id, what)] = (known[0], now)
+
+
+add_progress_listener(ProgressArtifacts())
 
 _KEYED = INPUTS + TASK_SOURCE
 

@@ -3,12 +3,16 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from deepfake.config import Settings, StorageConfig
 from deepfake.evaluate import HEADLINE_METRICS, run_evaluation
-from deepfake.publish import Promote, publish_run
+from deepfake.publish import Promote, publish_run, self_contained_report
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
@@ -66,10 +70,14 @@ def publish(
         table=rows,
         description=f"Held-out metrics of run {run_id}",
     )
-    report = store.read_bytes(f"reports/{run_id}/report.md").decode()
     create_markdown_artifact(
         key="detector-report",
-        markdown=report + f"\nRun `{run_id}`; files in `{summary['report']}`.\n",
+        markdown=self_contained_report(store, summary),
         description=f"Report of run {run_id}",
     )
+    if not store.is_local:  # a storage the user can open from elsewhere: links to it
+        create_link_artifact(key="detector-report-files", link=summary["report"],
+                             link_text=f"report of run {run_id}")  # fmt: skip
+        create_link_artifact(key="detector-bundle", link=summary["model"],
+                             link_text=f"detector of run {run_id}")  # fmt: skip
     return {k: v for k, v in summary.items() if k != "metrics"} | {k: metrics[k] for k in _HEADLINE}

@@ -58,3 +58,27 @@ def image_folder(tmp_path: Path, textured: np.ndarray) -> Path:
     (root / "a" / "not_an_image.jpg").write_bytes(b"hello, I am text")
     (root / "notes.txt").write_text("ignored: not an image suffix")
     return root
+
+
+@pytest.fixture(scope="session")
+def loopback_stack(tmp_path_factory):
+    """`prefect server start` on loopback (its UI too), stopped at the end with its workers."""
+    from tests.loopback import Stack
+
+    stack = Stack(tmp_path_factory.mktemp("loopback"))
+    stack.start(
+        "server", "start", "--host", "127.0.0.1", "--port", str(stack.port), log="server.log"
+    )
+    try:
+        stack.wait_healthy()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def deployed_pipeline_run(loopback_stack):
+    """One run of the pipeline-local deployment on the loopback stack: (flow run, worker logs)."""
+    from tests.loopback import run_pipeline_deployment
+
+    return run_pipeline_deployment(loopback_stack)

@@ -1,24 +1,17 @@
 """Deployment: Dockerfiles lint clean, prefect.yaml parses and its entrypoints import, and a
-real end-to-end run: `prefect server start` on loopback, process work pools, deployments created
-from prefect.yaml with `prefect deploy`, three `prefect worker` processes (one for the pipeline,
-two sharing the inpainting batches), followed through the Prefect API until Completed."""
+real end-to-end run of its pipeline deployment on a loopback stack (tests/loopback.py), with the
+inpainting batches shared by two workers."""
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import pytest
 import yaml
-
-from tests.s3_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -74,116 +67,10 @@ def test_prefect_yaml_entrypoints_import() -> None:
     )
 
 
-class Stack:
-    """A Prefect server and workers as real processes on loopback; stopped on exit."""
-
-    def __init__(self, home: Path) -> None:
-        self.port = free_port()
-        self.api = f"http://127.0.0.1:{self.port}/api"
-        self.home = home
-        self.env = {
-            **os.environ,
-            "PREFECT_HOME": str(home / "prefect"),
-            "PREFECT_API_URL": self.api,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "PREFECT_WORKER_PREFETCH_SECONDS": "2",
-            "DEEPFAKE_HOME": str(ROOT),
-            "DEEPFAKE_STORAGE": str(home / "storage"),
-            "PYTHONUNBUFFERED": "1",
-            "PREFECT_LOGGING_LEVEL": "INFO",
-        }
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, *args: str, log: str) -> None:
-        handle = (self.home / log).open("w")
-        self.procs.append(
-            subprocess.Popen(
-                [str(BIN / "prefect"), *args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        )
-
-    def cli(self, *args: str) -> str:
-        command = [str(BIN / "prefect"), "--no-prompt", *args]
-        result = subprocess.run(
-            command, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout
-
-    def wait_healthy(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.api}/health", timeout=2)
-                return
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError((self.home / "server.log").read_text()[-3000:])
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("stack")
-    stack = Stack(home)
-    stack.start(
-        "server", "start", "--host", "127.0.0.1", "--port", str(stack.port), log="server.log"
-    )
-    try:
-        stack.wait_healthy()
-        yield stack
-    finally:
-        stack.stop()
-
-
-def test_pipeline_deployment_shares_batches_between_two_workers(stack) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    stack.cli("work-pool", "create", "local", "--type", "process")
-    stack.cli("work-pool", "create", "local-gpu", "--type", "process")
-    stack.cli("deploy", "--name", "pipeline-local", "--name", "batch-local")
-    stack.start("worker", "start", "--pool", "local", "--name", "cpu-main", log="worker-cpu.log")
-    for name in ("gpu-a", "gpu-b"):  # one batch at a time each, like one worker per GPU
-        stack.start("worker", "start", "--pool", "local-gpu", "--name", name, "--limit", "1",
-                    log=f"worker-{name}.log")  # fmt: skip
-    settings = {
-        "storage": {"root": str(stack.home / "storage")},
-        "data": {"limit": 12, "image_size": 48},
-        "inpaint": {
-            "backend": "classical",
-            "batch_size": 10,
-            "deployment": "inpaint-batch/batch-local",
-        },  # fmt: skip
-        "features": {"input_size": 64},
-        "svm": {"kernels": ["linear"], "C": [1.0], "cv_folds": 2},
-    }
-    with temporary_settings({PREFECT_API_URL: stack.api}), get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("deepfake-pipeline/pipeline-local")
-        run = client.create_flow_run_from_deployment(
-            deployment.id, parameters={"settings": settings}
-        )
-        deadline = time.monotonic() + 540
-        while time.monotonic() < deadline:
-            state = client.read_flow_run(run.id).state
-            if state is not None and state.is_final():
-                break
-            time.sleep(3)
-        logs = {p.name: p.read_text() for p in stack.home.glob("worker-*.log")}
-        assert state is not None and state.is_completed(), (state, json.dumps(logs)[-4000:])
+def test_pipeline_deployment_shares_batches_between_two_workers(
+    loopback_stack, deployed_pipeline_run
+) -> None:
+    _, logs = deployed_pipeline_run
     # 12 sources x 5 masks in batches of 10: six batch flow runs, on both GPU workers.
     for name in ("worker-gpu-a.log", "worker-gpu-b.log"):
         assert "Flow run 'batch-00" in logs[name], name
@@ -191,5 +78,5 @@ def test_pipeline_deployment_shares_batches_between_two_workers(stack) -> None:
         "images/s"
     )
     assert batches >= 6
-    report = stack.home / "storage" / "reports" / "latest" / "metrics.json"
+    report = loopback_stack.home / "storage" / "reports" / "latest" / "metrics.json"
     assert json.loads(report.read_text())["n_test_inpainted"] > 0

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepfake.perturb import blur, jpeg
-from deepfake.stages import prefetch
+from deepfake.stages import Progress, prefetch
 
 if TYPE_CHECKING:
     from deepfake.features import FeatureExtractor
@@ -79,6 +79,8 @@ def finetune(
     # float16 gradients underflow without loss scaling; bfloat16 and float32 need none.
     scaler = torch.amp.GradScaler(device.type, enabled=extractor.precision == "float16")
     losses = []
+    steps = -(-len(labels) // batch_size)
+    progress = Progress("fine-tuning", epochs * steps, unit="batches", log=False)
     for epoch in range(epochs):
         start = time.monotonic()
         model.train()
@@ -88,6 +90,7 @@ def finetune(
         total, seen = 0.0, 0
         for kept, images in prefetch(batches, load):  # the next batch is read during this one
             if not kept:
+                progress.advance()
                 continue
             x = extractor.preprocess([augment(image, rng) for image in images])
             target = torch.as_tensor(labels[kept], dtype=torch.float32, device=device)
@@ -99,6 +102,7 @@ def finetune(
             scaler.update()
             total += loss.item() * len(kept)
             seen += len(kept)
+            progress.advance()
         losses.append(total / max(seen, 1))
         seconds = time.monotonic() - start
         log.info(
