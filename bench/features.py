@@ -32,11 +32,12 @@ from results_file import save
 from torchvision.transforms import functional as TF
 
 from deepfake.config import load_settings
-from deepfake.data import run_sources
-from deepfake.features import BACKBONES, FeatureExtractor, WeightsUnavailable, run_features
+from deepfake.features import BACKBONES, FeatureExtractor, WeightsUnavailable
 from deepfake.features import feature_matrix as features_of
+from deepfake.features.stage import extract_features
 from deepfake.inpaint import run_inpaint
-from deepfake.masks import run_masks
+from deepfake.masks.stage import make_masks
+from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
 
 
@@ -100,8 +101,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_settings(overrides=["inpaint.backend=classical", "features.finetune_epochs=0"])
     store = Storage(args.storage)
-    sources = run_sources(store, cfg.data)
-    dataset = run_inpaint(store, cfg.inpaint, sources, run_masks(store, cfg.masks, sources))
+    sources = prepare_sources(store, cfg.data)
+    dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
     frame = store.read_parquet(dataset.manifest)
     paths = [store.uri(u) for u in frame["uri"]]
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
@@ -122,7 +123,7 @@ def main() -> None:
             ours_s = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                stage = run_features(store, features, dataset)
+                stage = extract_features(store, features, dataset)
                 ours_s.append(time.perf_counter() - start)
                 vectors = features_of(store.read_parquet(stage.manifest))
                 store.delete(stage.folder)  # the next repeat starts cold again

@@ -19,15 +19,15 @@ from results_file import save
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from deepfake.classify import grid_search
 from deepfake.config import SVMConfig, load_settings
-from deepfake.data import run_sources
+from deepfake.detector import grid_search
 from deepfake.features import FeatureExtractor, read_images
 from deepfake.features.finetune import finetune
 from deepfake.inpaint import run_inpaint
-from deepfake.masks import run_masks
+from deepfake.masks.stage import make_masks
 from deepfake.perturb import PERTURBATIONS
-from deepfake.split import run_split, split_rows
+from deepfake.sources.stage import prepare_sources
+from deepfake.split import split_dataset, split_rows
 from deepfake.storage import Storage
 
 RECIPES = {  # name: (epochs, learning rate)
@@ -53,9 +53,11 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = load_settings(overrides=["inpaint.backend=classical"])
     store = Storage(args.storage)
-    sources = run_sources(store, cfg.data)
-    dataset = run_inpaint(store, cfg.inpaint, sources, run_masks(store, cfg.masks, sources))
-    train = split_rows(store.read_parquet(run_split(store, cfg.split, dataset).manifest), "train")
+    sources = prepare_sources(store, cfg.data)
+    dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
+    train = split_rows(
+        store.read_parquet(split_dataset(store, cfg.split, dataset).manifest), "train"
+    )
     images = np.stack(read_images(store, list(train["uri"])))
     degraded = np.stack([PERTURBATIONS["jpeg_80"](image) for image in images])
     y, groups = train["label"].to_numpy(), train["group"].to_numpy()

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from deepfake.inpaint.random_pipeline import build_random_pipeline
-from deepfake.inpaint.sd2 import SD2Inpainter
-from deepfake.masks import make_mask
+from deepfake.inpaint.sd2 import SD2Config, SD2Inpainter
+from deepfake.masks.shapes import make_mask
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,12 +64,13 @@ def main() -> None:
         model = args.model or str(build_random_pipeline(Path(tmp) / size, size))
         device = "cuda" if cuda else "cpu"
         backend = SD2Inpainter(
-            model,
-            "Generate a painting compatible with the rest of the image.",
-            steps=args.steps,
-            resolution=args.resolution,
-            device=device,
-            compile_unet=args.compile,
+            SD2Config(
+                model=model,
+                steps=args.steps,
+                resolution=args.resolution,
+                device=device,
+                compile=args.compile,
+            )
         )
         side = args.resolution
         rng = np.random.default_rng(0)

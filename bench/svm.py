@@ -6,7 +6,7 @@ and an RBF SVM ~0.97 on them), synthetic so that any size can be made.
 
 - naive: ``GridSearchCV(StandardScaler + SVC(), the full default grid, grouped 5-fold CV)``,
   one fit at a time;
-- ours: ``deepfake.classify.grid_search`` with the default settings (successive halving, the
+- ours: ``deepfake.detector.grid_search`` with the default settings (successive halving, the
   linear kernel through liblinear, parallel fits), then the out-of-fold scores the stage uses for
   its threshold and probability calibration.
 
@@ -31,8 +31,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from deepfake.classify import grid_search, out_of_fold_scores
 from deepfake.config import SVMConfig
+from deepfake.detector import grid_search, out_of_fold_scores
 from deepfake.split import grouped_split
 
 

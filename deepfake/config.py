@@ -2,17 +2,32 @@
 
 Settings come from defaults, then an optional YAML file, then ``--set key=value`` overrides with
 dotted keys (``svm.cv_folds=3``). Unknown keys and bad values are refused before anything runs.
+The lists of valid names (sources, mask types, inpainting backends and their sections,
+backbones) come from the registries; reading them loads neither torch nor pandas.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from deepfake.features.backbones import BACKBONES, DEFAULT_BACKBONE
+from deepfake.hashing import digest_of
+from deepfake.inpaint.registry import BACKENDS
+from deepfake.masks.shapes import MASK_TYPES
+from deepfake.sources.registry import SOURCES
 
 
 class ConfigError(ValueError):
@@ -21,14 +36,28 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Settings that change how fast the work goes, or where, but not what it produces.
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset()
 
     def digest(self) -> str:
         """Stable hash of this section, used to name stage outputs."""
         return digest_of(self.model_dump(mode="json"))
 
+    def result_dict(self) -> dict[str, Any]:
+        """The settings that shape results: every field but the execution-only ones, nested
+        sections the same way."""
+        out = {}
+        for name in type(self).model_fields:
+            if name in self.EXECUTION_ONLY:
+                continue
+            value = getattr(self, name)
+            has_result = hasattr(value, "result_dict")
+            out[name] = value.result_dict() if has_result else self.model_dump(mode="json")[name]
+        return out
+
 
 class DataConfig(Section):
-    source: Literal["sample", "folder", "kaggle"] = Field(
+    source: Literal[tuple(SOURCES)] = Field(  # type: ignore[valid-type]
         "sample",
         description="Where real images come from: bundled sample photos, a folder, or the "
         "Kaggle DeepfakeArt dataset.",
@@ -68,7 +97,7 @@ class DataConfig(Section):
 
 
 class MaskConfig(Section):
-    types: tuple[str, ...] = Field(
+    types: tuple[Literal[tuple(MASK_TYPES)], ...] = Field(  # type: ignore[valid-type]
         (
             "diagonal_upper_left",
             "diagonal_upper_right",
@@ -76,59 +105,21 @@ class MaskConfig(Section):
             "diagonal_lower_right",
             "random",
         ),
+        min_length=1,
         description="Mask types made for every source.",
     )
     seed: int = Field(0, description="Seed of the random-rectangle masks.")
 
-    @field_validator("types")
-    @classmethod
-    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from deepfake.masks import MASK_TYPES
 
-        unknown = [t for t in value if t not in MASK_TYPES]
-        if unknown or not value:
-            raise ValueError(f"unknown mask type(s) {unknown}; choose from {list(MASK_TYPES)}")
-        return value
+class _InpaintSettings(Section):
+    """What every backend shares; each backend's own settings are a section of their own,
+    added from the registry below (``inpaint.classical.*``, ``inpaint.sd2.*``)."""
 
-
-class InpaintConfig(Section):
-    backend: Literal["auto", "classical", "sd2"] = Field(
+    backend: Literal[("auto", *BACKENDS)] = Field(  # type: ignore[valid-type]
         "auto",
         description="Inpainting backend: sd2 (Stable Diffusion 2), classical (OpenCV) or auto "
         "(sd2 when CUDA and the weights are available, else classical, with a warning).",
     )
-    method: Literal["telea", "ns"] = Field(
-        "telea", description="Classical backend: OpenCV Telea or Navier-Stokes."
-    )
-    radius: int = Field(5, ge=1, le=64, description="Classical backend: inpainting radius.")
-    model: str = Field(
-        "sd2-community/stable-diffusion-2-inpainting",
-        description="sd2: Hugging Face hub id or local directory of the inpainting pipeline.",
-    )
-    prompt: str = Field(
-        "Generate a painting compatible with the rest of the image.",
-        description="sd2: prompt for every image.",
-    )
-    negative_prompt: str | None = Field(None, description="sd2: negative prompt.")
-    steps: int = Field(50, ge=1, le=1000, description="sd2: denoising steps.")
-    guidance_scale: float = Field(7.5, ge=0, description="sd2: classifier-free guidance scale.")
-    scheduler: Literal["default", "dpm++"] = Field(
-        "default", description="sd2: the model's own scheduler, or DPM-Solver++."
-    )
-    resolution: int = Field(
-        512, ge=64, le=2048, description="sd2: side the source is resized to for the pipeline."
-    )
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        "auto", description="sd2: weights dtype (auto = float16 on CUDA, float32 on CPU)."
-    )
-    device: str = Field(
-        "auto", description="sd2: torch device (auto = CUDA; CPU only when set to cpu)."
-    )
-    paste_back: bool = Field(
-        False,
-        description="sd2: restore the original pixels outside the mask (the spliced variant).",
-    )
-    compile: bool = Field(False, description="sd2: torch.compile the UNet (CUDA).")
     batch_size: int | None = Field(
         None,
         ge=1,
@@ -145,23 +136,49 @@ class InpaintConfig(Section):
         3, ge=1, description="With inpaint.deployment: runs of one batch before the stage fails."
     )
 
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "deployment", "batch_attempts"}
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if f"inpaint.{key}" in MOVED:
+                    raise ValueError(f"inpaint.{key} is now {MOVED[f'inpaint.{key}']}")
+        return data
+
     @property
     def effective_batch_size(self) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        return 256 if self.backend == "classical" else 8
+        return BACKENDS[self.backend if self.backend != "auto" else "sd2"].default_batch_size
 
-    @field_validator("resolution")
-    @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError(f"resolution {value} is not a multiple of 8")
-        return value
+
+# Every backend's settings under its name: adding a backend to the registry adds its section.
+InpaintConfig = create_model(
+    "InpaintConfig",
+    __base__=_InpaintSettings,
+    **{
+        name: (
+            backend.Config,
+            Field(default_factory=backend.Config, description=f"The {name} backend's settings."),
+        )
+        for name, backend in BACKENDS.items()
+    },
+)
+# Keys of the flat layout that came before the backend sections, and where they are now.
+MOVED = {
+    f"inpaint.{field}": f"inpaint.{name}.{field}"
+    for name, backend in BACKENDS.items()
+    for field in backend.Config.model_fields
+}
 
 
 class FeaturesConfig(Section):
-    backbone: str = Field(
-        "efficientnet_lite0", description="CNN backbone: efficientnet_lite0, resnet50 or vgg16."
+    backbone: Literal[tuple(BACKBONES)] = Field(  # type: ignore[valid-type]
+        DEFAULT_BACKBONE, description="CNN backbone (an ImageNet model of the registry)."
     )
     input_size: int | None = Field(
         None,
@@ -200,14 +217,7 @@ class FeaturesConfig(Section):
         "auto", description="torch device for feature extraction (auto = cuda if any)."
     )
 
-    @field_validator("backbone")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        from deepfake.features.backbones import BACKBONES
-
-        if value not in BACKBONES:
-            raise ValueError(f"unknown backbone {value!r}; choose from {sorted(BACKBONES)}")
-        return value
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
 
     def frozen(self) -> FeaturesConfig:
         """The same features without fine-tuning (the baseline a fine-tuned run is compared to)."""
@@ -245,6 +255,8 @@ class SVMConfig(Section):
     cv_folds: int = Field(5, ge=2, description="Grouped cross-validation folds.")
     seed: int = Field(0, description="Seed of the grouped cross-validation folds.")
     n_jobs: int = Field(-1, description="Parallel fits (-1 = all cores).")
+
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"n_jobs"})
 
 
 class EvalConfig(Section):
@@ -294,9 +306,11 @@ class Settings(BaseModel):
     def digest(self) -> str:
         return digest_of(self.model_dump(mode="json"))
 
-    def public_dict(self) -> dict[str, Any]:
-        """Resolved settings as JSON-ready data, with anything secret-looking removed."""
-        return _redact(self.model_dump(mode="json"))
+    def result_dict(self) -> dict[str, Any]:
+        """The settings that shape a run's results (not where it keeps its files, nor how fast
+        it goes), secrets removed: what a report records and what names its folder."""
+        sections = (n for n in type(self).model_fields if n != "storage")
+        return _redact({name: getattr(self, name).result_dict() for name in sections})
 
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
@@ -314,12 +328,6 @@ def _redact(value: Any) -> Any:
         scheme, rest = value.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return value
-
-
-def digest_of(obj: Any) -> str:
-    """sha256 of the canonical JSON form of ``obj``."""
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(data).hexdigest()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -382,6 +390,10 @@ def load_settings(
             data["storage"] = {"root": storage}
     for text in overrides or []:
         path_parts, value = parse_override(text)
+        if ".".join(path_parts) in MOVED:
+            raise ConfigError(
+                f"setting {'.'.join(path_parts)!r} is now {MOVED['.'.join(path_parts)]!r}"
+            )
         _known_keys(Settings, path_parts)
         node = data
         for part in path_parts[:-1]:
@@ -390,10 +402,18 @@ def load_settings(
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        raise ConfigError(f"invalid settings: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    """Each problem with the setting's dotted name, and the value given when it is short."""
+    out = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        given = err.get("input")
+        shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
+        out.append(f"{where}: {err['msg']}{shown}")
+    return "; ".join(out)
 
 
 def describe_settings() -> list[tuple[str, str, str]]:

@@ -6,14 +6,14 @@ the same side, so that no classifier can learn a format, size or colour-mode sho
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
-# A 20000 x 20000 image is 400 Mpx: well beyond any artwork we need, and a decompression bomb.
+# 144 Mpx: beyond any artwork we need. Larger images (a 20000 x 20000 PNG of a few hundred KB,
+# say) are refused as possible decompression bombs before their pixels are decoded.
 MAX_PIXELS = 12_000 * 12_000
 
 
@@ -98,7 +98,3 @@ def decode_read(data: bytes | Exception, name: str) -> np.ndarray:
     if isinstance(data, Exception):
         raise data
     return decode_png_array(data, name)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

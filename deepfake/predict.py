@@ -1,4 +1,4 @@
-"""The detector bundle: how a trained detector is loaded and used.
+"""The detector bundle: how a trained detector is loaded and used, and scoring of image files.
 
 A bundle folder (the detector stage's folder, or ``models/<run id>`` after publishing) holds
 ``svm.skops`` (the fitted scikit-learn pipeline), ``detector.json`` (how features are made, the
@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+import posixpath
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from deepfake.classify import BUNDLE_FILE, MODEL_FILE, load_model, probability
-from deepfake.features import WEIGHTS_FILE, FeatureExtractor, read_weights
-from deepfake.images import decode, sha256, square
+from deepfake.detector import BUNDLE_FILE, MODEL_FILE, load_model, probability
+from deepfake.features.extractor import WEIGHTS_FILE, FeatureExtractor, read_weights
+from deepfake.hashing import sha256
+from deepfake.images import ImageError, decode, square
+from deepfake.sources.folder import IMAGE_SUFFIXES
 from deepfake.stages import chunks, prefetch
-from deepfake.storage import Storage
-
-__all__ = ["BUNDLE_FILE", "Detector", "bundle_files"]
+from deepfake.storage import Storage, StorageError
 
 
 def bundle_files(storage: Storage, detector_folder: str, extra: dict[str, Any]) -> dict[str, bytes]:
@@ -135,3 +136,42 @@ class Detector:
         buffer = io.BytesIO()
         Image.fromarray(blended).save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+def load_detector(model: str, device: str = "auto") -> Detector:
+    """The bundle at ``model`` (a folder or s3:// prefix holding detector.json)."""
+    storage, name = Storage.locate(model)
+    return Detector.load(storage, name, device=device)
+
+
+def expand(paths: list[str]) -> Iterator[tuple[str, Storage, str]]:
+    """(display path, storage, relative name) of every image file named or inside a folder."""
+    for path in paths:
+        folder = Storage(path)
+        if folder.list_files(""):  # a folder (or prefix): every image below it
+            for rel in sorted(folder.list_files("")):
+                if rel.lower().endswith(IMAGE_SUFFIXES):
+                    yield posixpath.join(path.rstrip("/"), rel), folder, rel
+        else:
+            yield (path, *Storage.locate(path))
+
+
+def score_paths(
+    detector: Detector, paths: list[str], heatmaps: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """One result per image: ``{"path", "score", "label"}``, or ``{"path", "error"}`` when it
+    could not be read or decoded. With ``heatmaps`` (a folder or s3:// prefix), each image's
+    heat map is written there as ``<name>.heatmap.png``."""
+    out = Storage(heatmaps) if heatmaps else None
+    for shown, store, rel in expand(paths):
+        try:
+            image = detector.normalise(store.read_bytes(rel), shown)
+            result = detector.score_image(image)
+            if out is not None:
+                name = posixpath.basename(rel) + ".heatmap.png"
+                out.write_bytes(name, detector.heatmap_png(image))
+        except (ImageError, StorageError, OSError) as exc:
+            message = str(exc) if shown in str(exc) else f"{shown}: {exc}"
+            yield {"path": shown, "error": message}
+            continue
+        yield {"path": shown, "score": round(result["score"], 6), "label": result["label"]}

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from sklearn.metrics import roc_auc_score
 
 from deepfake.config import Settings
+from deepfake.evaluate.report import embed_images
 from deepfake.predict import BUNDLE_FILE, Detector, bundle_files
 from deepfake.stages import MANIFEST, StageOutput
 from deepfake.storage import Storage
@@ -128,8 +129,6 @@ def _json(obj: Any) -> bytes:
 def self_contained_report(storage: Storage, summary: dict[str, Any]) -> str:
     """The published report with its plots inside it (shrunk) and where the run's files are: for
     a viewer that cannot reach the storage, such as the Prefect UI."""
-    from deepfake.evaluate import embed_images
-
     folder = f"reports/{summary['run_id']}"
     pngs = sorted(name for name in storage.list_files(folder) if name.endswith(".png"))
     found = storage.read_many([f"{folder}/{name}" for name in pngs])

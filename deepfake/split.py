@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
 from deepfake.config import SplitConfig
-from deepfake.stages import StageOutput, finished, stage_folder, write_manifest
+from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -32,25 +32,26 @@ def grouped_split(groups: np.ndarray, test_size: float, seed: int) -> tuple[np.n
     return np.sort(train), np.sort(test)
 
 
-def run_split(storage: Storage, cfg: SplitConfig, dataset: StageOutput) -> StageOutput:
-    folder = stage_folder(STAGE, cfg.digest(), dataset)
-    done = finished(storage, STAGE, folder)
-    if done:
-        return done
-    frame = storage.read_parquet(dataset.manifest)
-    groups = frame["group"].to_numpy()
-    train, test = grouped_split(groups, cfg.test_size, cfg.seed)
-    frame["split"] = "train"
-    frame.loc[test, "split"] = "test"
-    log.info(
-        "split: %d training images (%d groups), %d test images (%d groups: %s)",
-        len(train),
-        len(np.unique(groups[train])),
-        len(test),
-        len(np.unique(groups[test])),
-        ", ".join(sorted(np.unique(groups[test]).astype(str))[:10]),
-    )
-    return write_manifest(storage, STAGE, folder, frame)
+def split_dataset(storage: Storage, cfg: SplitConfig, dataset: StageOutput) -> StageOutput:
+    """The dataset's manifest with a ``split`` column (``train`` or ``test``), by source group."""
+
+    def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
+        frame = storage.read_parquet(dataset.manifest)
+        groups = frame["group"].to_numpy()
+        train, test = grouped_split(groups, cfg.test_size, cfg.seed)
+        frame["split"] = "train"
+        frame.loc[test, "split"] = "test"
+        log.info(
+            "split: %d training images (%d groups), %d test images (%d groups: %s)",
+            len(train),
+            len(np.unique(groups[train])),
+            len(test),
+            len(np.unique(groups[test])),
+            ", ".join(sorted(np.unique(groups[test]).astype(str))[:10]),
+        )
+        return frame, []
+
+    return run_stage(storage, STAGE, stage_folder(STAGE, cfg.digest(), dataset), work)
 
 
 def split_rows(frame: pd.DataFrame, name: str) -> pd.DataFrame:

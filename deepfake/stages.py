@@ -1,4 +1,5 @@
-"""What every stage shares: manifests, deterministic output folders, completion checks, progress.
+"""What every stage shares: manifests, deterministic output folders, completion checks, the
+stage skeleton (``run_stage``), progress.
 
 A stage writes its files under ``<stage>/<digest>/`` where the digest covers the stage's settings
 and the digests of its inputs, then writes ``manifest.parquet`` last. A folder whose manifest
@@ -15,7 +16,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +24,7 @@ from typing import TypeVar
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from deepfake.config import digest_of
+from deepfake.hashing import digest_of, sha256
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -83,9 +84,7 @@ def finished(storage: Storage, stage: str, folder: str) -> StageOutput | None:
     if any(rel not in present for rel in own):
         log.warning("%s: outputs listed in %s are missing; redoing the stage", stage, folder)
         return None
-    return StageOutput(
-        stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame)
-    )
+    return StageOutput(stage=stage, folder=folder, digest=sha256(data), records=len(frame))
 
 
 def write_manifest(
@@ -100,9 +99,23 @@ def write_manifest(
     frame = frame.sort_values("record_id", kind="stable").reset_index(drop=True)
     metadata = {_FILES_KEY: json.dumps(sorted(files))}
     data = storage.write_parquet(f"{folder}/{MANIFEST}", frame, metadata)
-    return StageOutput(
-        stage=stage, folder=folder, digest=hashlib.sha256(data).hexdigest(), records=len(frame)
-    )
+    return StageOutput(stage=stage, folder=folder, digest=sha256(data), records=len(frame))
+
+
+# work(folder) writes a stage's files and returns its manifest rows and the names of its other
+# files (relative to the folder).
+StageWork = Callable[[str], tuple[pd.DataFrame, Sequence[str]]]
+
+
+def run_stage(storage: Storage, stage: str, folder: str, work: StageWork) -> StageOutput:
+    """The skeleton of every stage: the finished output in ``folder`` when there is one;
+    otherwise ``work(folder)``, then the manifest, written last."""
+    done = finished(storage, stage, folder)
+    if done:
+        log.info("%s: reusing %d finished records in %s", stage, done.records, storage.uri(folder))
+        return done
+    frame, files = work(folder)
+    return write_manifest(storage, stage, folder, frame, files)
 
 
 # (what, done, total) -> None: told of every step of every long loop (the Prefect tasks turn

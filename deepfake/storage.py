@@ -28,6 +28,11 @@ class StorageError(OSError):
     """A storage location that cannot be read or written."""
 
 
+def is_url(location: str | Path) -> bool:
+    """True for an object-store URL (``s3://...``), False for a local path."""
+    return "://" in str(location) and not str(location).startswith("file://")
+
+
 def s3_options(endpoint_url: str | None = None) -> dict[str, Any]:
     """s3fs options: endpoint from the argument or AWS_ENDPOINT_URL(_S3), retrying transient errors.
 
@@ -68,10 +73,18 @@ class Storage:
         """Storage for a ``StorageConfig`` (root and endpoint)."""
         return cls(cfg.root, cfg.endpoint_url)
 
+    @classmethod
+    def locate(cls, url: str | Path, near: Storage | None = None) -> tuple[Storage, str]:
+        """The storage holding the file or folder ``url`` (local path or ``s3://...``), and its
+        name there; an ``s3://`` URL is reached like ``near`` when given (same endpoint)."""
+        parent, name = posixpath.split(str(url).rstrip("/"))
+        parent = parent or "."
+        return (near.sibling(parent) if near is not None else cls(parent)), name
+
     def sibling(self, url: str) -> Storage:
         """Storage for another location, reached like this one: an ``s3://`` input next to S3
         storage uses the same endpoint and options (MinIO, say)."""
-        same_kind = "://" in url and not self.is_local
+        same_kind = is_url(url) and not self.is_local
         return Storage(url, **(self.options if same_kind else {}))
 
     def check(self) -> None:

@@ -35,7 +35,7 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.filesystems import WritableFileSystem
 
 from deepfake.config import InpaintConfig, StorageConfig
-from deepfake.inpaint import InpaintPlan, run_planned_batch
+from deepfake.inpaint.stage import InpaintPlan, run_planned_batch
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks.inpaint import collect_inpainting, plan_inpainting

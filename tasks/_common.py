@@ -17,7 +17,8 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.logging.handlers import APILogHandler
 
-from deepfake.config import StorageConfig, digest_of
+from deepfake.config import StorageConfig
+from deepfake.hashing import digest_of
 from deepfake.secrets import redact_logs
 from deepfake.stages import CODE_VERSION, StageOutput, add_progress_listener, finished
 from deepfake.storage import Storage

@@ -11,7 +11,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from deepfake.config import Settings, StorageConfig
-from deepfake.evaluate import HEADLINE_METRICS, run_evaluation
+from deepfake.evaluate import stage
+from deepfake.evaluate.metrics import HEADLINE_METRICS
 from deepfake.publish import Promote, publish_run, self_contained_report
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
@@ -37,7 +38,7 @@ def evaluate_detector(
     baseline: StageOutput | None = None,
 ) -> StageOutput:
     """Held-out metrics, plots and report (with the frozen-backbone ``baseline``, if given)."""
-    return run_evaluation(
+    return stage.evaluate_detector(
         Storage.open(storage), settings, sources, dataset, features, detector, baseline
     )
 

@@ -4,7 +4,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from deepfake.config import InpaintConfig, StorageConfig
-from deepfake.inpaint import InpaintPlan, collect, plan
+from deepfake.inpaint.stage import InpaintPlan, collect, plan
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS

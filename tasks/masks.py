@@ -3,7 +3,7 @@ from __future__ import annotations
 from prefect import task
 
 from deepfake.config import MaskConfig, StorageConfig
-from deepfake.masks import run_masks
+from deepfake.masks import stage
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
@@ -11,5 +11,5 @@ from tasks._common import TASK_DEFAULTS
 
 @task(name="make-masks", **TASK_DEFAULTS)
 def make_masks(storage: StorageConfig, cfg: MaskConfig, sources: StageOutput) -> StageOutput:
-    """The five masks of every source."""
-    return run_masks(Storage.open(storage), cfg, sources)
+    """Every mask type of every source."""
+    return stage.make_masks(Storage.open(storage), cfg, sources)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from prefect import task
 
+from deepfake import split
 from deepfake.config import SplitConfig, StorageConfig
-from deepfake.split import run_split
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
@@ -12,4 +12,4 @@ from tasks._common import TASK_DEFAULTS
 @task(name="split-dataset", **TASK_DEFAULTS)
 def split_dataset(storage: StorageConfig, cfg: SplitConfig, dataset: StageOutput) -> StageOutput:
     """The grouped train/test split, fixed before anything learns from the data."""
-    return run_split(Storage.open(storage), cfg, dataset)
+    return split.split_dataset(Storage.open(storage), cfg, dataset)

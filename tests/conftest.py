@@ -29,7 +29,7 @@ def prefect_server():
 @pytest.fixture
 def textured() -> np.ndarray:
     """A 64x64 RGB image with texture everywhere (a crop of a real photo)."""
-    from deepfake.data.sample import SAMPLE_PHOTOS, photo_path
+    from deepfake.sources.sample import SAMPLE_PHOTOS, photo_path
 
     _, package, name = SAMPLE_PHOTOS[0]
     image = Image.open(photo_path(package, name)).convert("RGB")

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from deepfake.data.sample import sample_tiles
+from deepfake.sources.sample import sample_tiles
 
 PREFIX = "similar/inpainting"
 

@@ -29,9 +29,9 @@ def test_overrides_set_dotted_keys_with_typed_values(tmp_path: Path) -> None:
 
 def test_yaml_file_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("svm:\n  cv_folds: 4\n  seed: 9\ninpaint:\n  method: ns\n")
+    path.write_text("svm:\n  cv_folds: 4\n  seed: 9\ninpaint:\n  classical:\n    method: ns\n")
     cfg = load_settings(path, ["svm.cv_folds=2"])
-    assert (cfg.svm.cv_folds, cfg.svm.seed, cfg.inpaint.method) == (2, 9, "ns")
+    assert (cfg.svm.cv_folds, cfg.svm.seed, cfg.inpaint.classical.method) == (2, 9, "ns")
 
 
 @pytest.mark.parametrize(
@@ -45,6 +45,10 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
         ("features.backbone=alexnet", ["alexnet"]),
         ("masks.types=[diagonal_upper_left, square]", ["square"]),
         ("novalue", ["KEY=VALUE"]),
+        ("inpaint.steps=4", ["inpaint.steps", "inpaint.sd2.steps"]),
+        ("inpaint.method=ns", ["inpaint.method", "inpaint.classical.method"]),
+        ("inpaint.backend=dalle", ["dalle"]),
+        ("data.source=web", ["web"]),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(override: str, words: list[str]) -> None:
@@ -67,13 +71,52 @@ def test_digest_changes_with_any_setting_and_secrets_are_redacted() -> None:
     a, b = Settings(), load_settings(overrides=["svm.seed=1"])
     assert a.digest() != b.digest()
     assert a.data.digest() == b.data.digest()
-    creds = Settings(storage="s3://AKIAEXAMPLE:sekret@bucket/prefix").public_dict()
+    creds = Settings(storage="s3://AKIAEXAMPLE:sekret@bucket/prefix").result_dict()
     assert Settings(storage="s3://b/p").storage.root == "s3://b/p"
     assert "sekret" not in str(creds) and "AKIAEXAMPLE" not in str(creds)
+
+
+def test_old_flat_keys_in_a_settings_file_name_their_new_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("inpaint:\n  steps: 4\n")
+    with pytest.raises(ConfigError, match="inpaint.steps is now inpaint.sd2.steps"):
+        load_settings(path)
+
+
+def test_recorded_settings_leave_out_where_and_how_fast() -> None:
+    fast = load_settings(
+        overrides=[
+            "svm.n_jobs=1",
+            "features.batch_size=8",
+            "inpaint.batch_size=3",
+            "inpaint.sd2.compile=true",
+            "features.device=cpu",
+        ],  # fmt: skip
+        storage="/elsewhere",
+    )
+    assert fast.result_dict() == Settings().result_dict()
+    assert "storage" not in Settings().result_dict()
+    changed = load_settings(overrides=["inpaint.classical.radius=3"]).result_dict()
+    assert changed["inpaint"]["classical"]["radius"] == 3 != Settings().result_dict()
+
+
+def test_validating_settings_loads_neither_torch_nor_pandas() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from deepfake.config import load_settings; "
+        "load_settings(overrides=['inpaint.backend=sd2', 'features.backbone=resnet50', "
+        "'masks.types=[random]', 'data.source=kaggle']); "
+        "print(sorted(m for m in ('torch', 'pandas', 'pyarrow') if m in sys.modules))"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr
 
 
 def test_every_setting_is_described() -> None:
     rows = describe_settings()
     keys = {key for key, _, _ in rows}
-    assert {"storage.root", "data.limit", "svm.cv_folds", "inpaint.method"} <= keys
+    assert {"storage.root", "data.limit", "svm.cv_folds", "inpaint.classical.method",
+            "inpaint.sd2.steps"} <= keys  # fmt: skip
     assert all(desc for _, _, desc in rows)

@@ -45,8 +45,8 @@ SMALL = {
 }
 # On the stack the batches go to the GPU worker, which runs a tiny SD2 pipeline on its CPU.
 SD2_ON_GPU_WORKER = {
-    "backend": "sd2", "model": TINY_SD2, "device": "cpu", "steps": 2, "resolution": 64,
-    "batch_size": 20, "deployment": "inpaint-batch/batch-stack",
+    "backend": "sd2", "batch_size": 20, "deployment": "inpaint-batch/batch-stack",
+    "sd2": {"model": TINY_SD2, "device": "cpu", "steps": 2, "resolution": 64},
 }  # fmt: skip
 STAGE_TASKS = {"prepare-sources", "make-masks", "collect-inpainting", "split-dataset",
                "extract-features", "train-detector", "evaluate-detector"}  # fmt: skip

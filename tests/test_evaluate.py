@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepfake.evaluate import binary_metrics, evaluate, plots, report_markdown
+from deepfake.evaluate.metrics import binary_metrics, evaluate
+from deepfake.evaluate.plots import curves
+from deepfake.evaluate.report import report_markdown
 
 
 def test_binary_metrics_by_hand() -> None:
@@ -65,7 +67,7 @@ def test_evaluate_reports_required_keys_and_per_mask_type() -> None:
 
 
 def test_plots_are_pngs_and_report_lists_skipped_inputs() -> None:
-    images = plots(scored_frame(), 0.0)
+    images = curves(scored_frame(), 0.0)
     assert set(images) == {"roc.png", "pr.png", "confusion_matrix.png"}
     assert all(data.startswith(b"\x89PNG") for data in images.values())
     metrics = evaluate(scored_frame(), 0.0, [0.9, 1.0])
@@ -92,7 +94,7 @@ def test_error_rates_by_hand() -> None:
 
 
 def test_bootstrap_resamples_whole_groups() -> None:
-    from deepfake.evaluate import bootstrap_ci
+    from deepfake.evaluate.protocols import bootstrap_ci
 
     rng = np.random.default_rng(0)
     rows = []
@@ -111,7 +113,7 @@ def test_bootstrap_resamples_whole_groups() -> None:
 
 
 def test_per_area_buckets_use_mask_coverage() -> None:
-    from deepfake.evaluate import per_area_bucket
+    from deepfake.evaluate.metrics import per_area_bucket
 
     frame = scored_frame()
     frame["coverage"] = [0.0, 0.5, 0.42] * 3
@@ -130,7 +132,7 @@ def test_perturbations_keep_shape_and_change_pixels(textured: np.ndarray) -> Non
 
 
 def test_shortcut_audit_flags_metadata_that_separates_classes(tmp_path) -> None:
-    from deepfake.evaluate import shortcut_audit
+    from deepfake.evaluate.protocols import shortcut_audit
     from deepfake.images import encode_png
     from deepfake.storage import Storage
 
@@ -147,7 +149,7 @@ def test_shortcut_audit_flags_metadata_that_separates_classes(tmp_path) -> None:
 
 
 def test_report_compares_frozen_and_fine_tuned() -> None:
-    from deepfake.evaluate import comparison
+    from deepfake.evaluate.metrics import comparison
 
     tuned = evaluate(scored_frame(), 0.0, [0.9, 1.0])
     frozen = evaluate(scored_frame().assign(score=lambda f: f["score"] * -1), 0.0, [0.5, 0.6])

@@ -9,12 +9,13 @@ import torch
 from PIL import Image
 
 from deepfake.config import DataConfig, FeaturesConfig, InpaintConfig, MaskConfig
-from deepfake.data import run_sources
-from deepfake.data.sample import photo_path
-from deepfake.features import FeatureExtractor, crop_starts, feature_matrix, run_features
 from deepfake.features.backbones import BACKBONES, WeightsUnavailable, efficientnet_lite0
-from deepfake.inpaint import run_inpaint
-from deepfake.masks import run_masks
+from deepfake.features.extractor import FeatureExtractor, crop_starts
+from deepfake.features.stage import extract_features, feature_matrix
+from deepfake.inpaint.stage import run_inpaint
+from deepfake.masks.stage import make_masks
+from deepfake.sources.sample import photo_path
+from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
 
 
@@ -103,11 +104,11 @@ def test_torchvision_backbone_loads_weights_from_torch_home(tmp_path: Path, monk
 
 def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
     store = Storage(tmp_path)
-    sources = run_sources(store, DataConfig(limit=2, image_size=48))
-    masks = run_masks(store, MaskConfig(), sources)
+    sources = prepare_sources(store, DataConfig(limit=2, image_size=48))
+    masks = make_masks(store, MaskConfig(), sources)
     dataset = run_inpaint(store, InpaintConfig(), sources, masks)
     frozen = FeaturesConfig(input_size=64, batch_size=5, finetune_epochs=0, pooling="last")
-    out = run_features(store, frozen, dataset)
+    out = extract_features(store, frozen, dataset)
     frame = store.read_parquet(out.manifest)
     assert len(frame) == 12
     assert feature_matrix(frame).shape == (12, 1280)
@@ -115,7 +116,7 @@ def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
     info = store.read_json(f"{out.folder}/features.json")
     assert (info["dim"], info["image_size"], info["weights"]) == (1280, 48, None)
     # Batch size is how fast, not what: another batch size reuses the same finished output.
-    assert run_features(store, frozen.model_copy(update={"batch_size": 3}), dataset) == out
+    assert extract_features(store, frozen.model_copy(update={"batch_size": 3}), dataset) == out
 
 
 class ReadLog(Storage):
@@ -131,13 +132,13 @@ class ReadLog(Storage):
 @pytest.fixture(scope="module")
 def split_dataset(tmp_path_factory):
     from deepfake.config import SplitConfig
-    from deepfake.split import run_split
+    from deepfake.split import split_dataset
 
     store = ReadLog(tmp_path_factory.mktemp("finetune"))
-    sources = run_sources(store, DataConfig(limit=12, image_size=48))
-    masks = run_masks(store, MaskConfig(), sources)
+    sources = prepare_sources(store, DataConfig(limit=12, image_size=48))
+    masks = make_masks(store, MaskConfig(), sources)
     dataset = run_inpaint(store, InpaintConfig(backend="classical"), sources, masks)
-    return store, run_split(store, SplitConfig(test_size=0.3), dataset)
+    return store, split_dataset(store, SplitConfig(test_size=0.3), dataset)
 
 
 TUNED = FeaturesConfig(finetune_epochs=2, finetune_batch_size=8, batch_size=16)
@@ -145,14 +146,14 @@ TUNED = FeaturesConfig(finetune_epochs=2, finetune_batch_size=8, batch_size=16)
 
 def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
     from deepfake.features import WEIGHTS_FILE, FeatureExtractor, read_weights
-    from deepfake.images import sha256
+    from deepfake.hashing import sha256
 
     store, split = split_dataset
     frame = store.read_parquet(split.manifest)
     test_uris = set(frame.loc[frame["split"] == "test", "uri"])
     assert test_uris
     store.reads = []
-    out = run_features(store, TUNED, split)
+    out = extract_features(store, TUNED, split)
     info = store.read_json(f"{out.folder}/features.json")
     extraction = len(frame)  # after fine-tuning, every image is read once for its vector
     tuning_reads = store.reads[:-extraction]
@@ -173,19 +174,19 @@ def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
 
 def test_fine_tuning_is_reproducible(split_dataset) -> None:
     store, split = split_dataset
-    out = run_features(store, TUNED, split)
+    out = extract_features(store, TUNED, split)
     first = store.read_json(f"{out.folder}/features.json")["weights_sha256"]
     store.delete(out.folder)
-    again = run_features(store, TUNED, split)
+    again = extract_features(store, TUNED, split)
     assert store.read_json(f"{again.folder}/features.json")["weights_sha256"] == first
 
 
 def test_fine_tuning_without_a_split_is_refused(tmp_path: Path) -> None:
     store = Storage(tmp_path)
-    sources = run_sources(store, DataConfig(limit=2, image_size=48))
-    dataset = run_inpaint(store, InpaintConfig(), sources, run_masks(store, MaskConfig(), sources))
+    sources = prepare_sources(store, DataConfig(limit=2, image_size=48))
+    dataset = run_inpaint(store, InpaintConfig(), sources, make_masks(store, MaskConfig(), sources))
     with pytest.raises(ValueError, match="split"):
-        run_features(store, TUNED, dataset)
+        extract_features(store, TUNED, dataset)
 
 
 def test_a_stage_whose_weights_file_is_gone_is_not_finished(split_dataset) -> None:
@@ -193,11 +194,11 @@ def test_a_stage_whose_weights_file_is_gone_is_not_finished(split_dataset) -> No
     from deepfake.stages import finished
 
     store, split = split_dataset
-    out = run_features(store, TUNED, split)
+    out = extract_features(store, TUNED, split)
     assert finished(store, "features", out.folder) == out
     store.delete(f"{out.folder}/{WEIGHTS_FILE}")
     assert finished(store, "features", out.folder) is None
-    assert run_features(store, TUNED, split) == out  # redone, byte for byte
+    assert extract_features(store, TUNED, split) == out  # redone, byte for byte
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
@@ -206,7 +207,7 @@ def test_folding_batch_norms_keeps_the_function(name: str) -> None:
 
     import torchvision
 
-    from deepfake.features.backbones import fold_batchnorm
+    from deepfake.features.extractor import fold_batchnorm
 
     torch.manual_seed(0)
     if name == "resnet50":  # random weights: the ImageNet file is not needed for this check
@@ -227,12 +228,12 @@ def test_folding_batch_norms_keeps_the_function(name: str) -> None:
 
 
 def test_an_interrupted_stage_redoes_only_unfinished_batches(split_dataset) -> None:
-    from deepfake.features import FINETUNE_FILE
+    from deepfake.features.stage import FINETUNE_FILE
 
     store, split = split_dataset
     cfg = TUNED.model_copy(update={"batch_size": 7})
-    store.delete(run_features(store, cfg, split).folder)  # no parts left from other tests
-    out = run_features(store, cfg, split)
+    store.delete(extract_features(store, cfg, split).folder)  # no parts left from other tests
+    out = extract_features(store, cfg, split)
     parts = sorted(store.list_files(f"{out.folder}/parts"))
     assert len(parts) == -(-split.records // 7)
     # As a kill leaves it: no manifest, the last batches never written.
@@ -242,7 +243,7 @@ def test_an_interrupted_stage_redoes_only_unfinished_batches(split_dataset) -> N
     before = {n: Path(store.uri(f"{out.folder}/parts/{n}")).stat().st_mtime_ns for n in parts[:-2]}
     tuning = Path(store.uri(f"{out.folder}/{FINETUNE_FILE}")).stat().st_mtime_ns
     store.reads = []
-    again = run_features(store, cfg, split)
+    again = extract_features(store, cfg, split)
     assert again == out  # the same manifest, byte for byte
     after = {n: Path(store.uri(f"{out.folder}/parts/{n}")).stat().st_mtime_ns for n in parts[:-2]}
     assert after == before  # finished batches untouched

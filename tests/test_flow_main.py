@@ -15,6 +15,7 @@ from prefect.client.schemas.filters import (
 )
 
 from deepfake.config import load_settings
+from deepfake.evaluate.metrics import HEADLINE_METRICS
 from deepfake.predict import Detector
 from deepfake.storage import Storage
 from flows.main import main, pipeline
@@ -56,13 +57,7 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
     metrics = store.read_json(f"reports/{summary['run_id']}/metrics.json")
     assert store.read_json("reports/latest/metrics.json") == metrics
     for key in (
-        "roc_auc",
-        "average_precision",
-        "accuracy",
-        "balanced_accuracy",
-        "precision",
-        "recall",
-        "f1",
+        *HEADLINE_METRICS,  # the one table of metric names
         "cv_roc_auc_mean",
         "cv_roc_auc_std",
         "n_test_real",
@@ -205,8 +200,8 @@ def test_flow_with_tiny_sd2_pipeline(prefect_server, tmp_path: Path) -> None:
 
     model = build_random_pipeline(tmp_path / "tiny-sd2")
     storage = tmp_path / "store"
-    sd2 = ["inpaint.backend=sd2", f"inpaint.model={model}", "inpaint.device=cpu",
-           "inpaint.steps=2", "inpaint.resolution=64", "data.limit=16"]  # fmt: skip
+    sd2 = ["inpaint.backend=sd2", f"inpaint.sd2.model={model}", "inpaint.sd2.device=cpu",
+           "inpaint.sd2.steps=2", "inpaint.sd2.resolution=64", "data.limit=16"]  # fmt: skip
     summary, states = run(storage, *sd2)
     assert set(states.values()) == {"Completed"}
     store = Storage(storage)
@@ -224,13 +219,13 @@ def test_flow_with_tiny_sd2_pipeline(prefect_server, tmp_path: Path) -> None:
 def test_cli_missing_sd2_model_is_one_clear_line(prefect_server, capsys, tmp_path) -> None:
     settings = [
         "inpaint.backend=sd2",
-        f"inpaint.model={tmp_path / 'nowhere'}",
-        "inpaint.device=cpu",
+        f"inpaint.sd2.model={tmp_path / 'nowhere'}",
+        "inpaint.sd2.device=cpu",
     ]
     code = main(["--storage", str(tmp_path / "s"), *sum((["--set", s] for s in settings), [])])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("error: inpaint.model") and "Traceback" not in err
+    assert err.startswith("error: inpaint.sd2.model") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s").exists()
 

@@ -7,17 +7,18 @@ import pytest
 from PIL import Image
 
 from deepfake.config import DataConfig, InpaintConfig, MaskConfig
-from deepfake.data import run_sources
 from deepfake.inpaint import make_inpainter, plan, run_inpaint, run_planned_batch
-from deepfake.inpaint.classical import ClassicalInpainter
-from deepfake.masks import make_mask, run_masks
+from deepfake.inpaint.classical import ClassicalConfig, ClassicalInpainter
+from deepfake.masks.shapes import make_mask
+from deepfake.masks.stage import make_masks
+from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
 
 
 @pytest.mark.parametrize("method", ["telea", "ns"])
 def test_classical_fills_only_the_mask(textured: np.ndarray, method: str) -> None:
     mask = make_mask("random", 64, 64, "x", 0)
-    (out,) = ClassicalInpainter(method).inpaint([textured], [mask], [0])
+    (out,) = ClassicalInpainter(ClassicalConfig(method=method)).inpaint([textured], [mask], [0])
     assert out.shape == textured.shape and out.dtype == np.uint8
     outside = mask == 0
     assert np.array_equal(out[outside], textured[outside])
@@ -32,8 +33,8 @@ def test_classical_refuses_mismatched_sizes(textured: np.ndarray) -> None:
 @pytest.fixture
 def staged(tmp_path: Path):
     store = Storage(tmp_path)
-    sources = run_sources(store, DataConfig(limit=3, image_size=48))
-    masks = run_masks(store, MaskConfig(), sources)
+    sources = prepare_sources(store, DataConfig(limit=3, image_size=48))
+    masks = make_masks(store, MaskConfig(), sources)
     return store, sources, masks
 
 
@@ -72,13 +73,13 @@ def test_interrupted_run_redoes_only_unfinished_batches(staged, monkeypatch) -> 
             store.delete(uri)
     resumed = plan(store, cfg, sources, masks)
     assert (resumed.batches, resumed.records) == (3, 11)
-    monkeypatch.setattr("deepfake.inpaint.make_inpainter", lambda cfg: Counting())
+    monkeypatch.setattr("deepfake.inpaint.stage.make_inpainter", lambda cfg: Counting())
     Counting.calls = 0
     out = run_inpaint(store, cfg, sources, masks)
     assert Counting.calls == 11
     clean = Storage(store.root + "-clean")
-    clean_sources = run_sources(clean, DataConfig(limit=3, image_size=48))
-    clean_masks = run_masks(clean, MaskConfig(), clean_sources)
+    clean_sources = prepare_sources(clean, DataConfig(limit=3, image_size=48))
+    clean_masks = make_masks(clean, MaskConfig(), clean_sources)
     uninterrupted = run_inpaint(clean, cfg, clean_sources, clean_masks)
     assert uninterrupted.digest == out.digest
     assert list(clean.read_parquet(uninterrupted.manifest)["sha256"]) == list(

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from deepfake.config import DataConfig
-from deepfake.data import external_records, run_sources, skipped_sources
-from deepfake.data.archive import UnsafeArchive, read_members, safe_name
-from deepfake.data.kaggle import (
+from deepfake.sources.archive import UnsafeArchive, read_members, safe_name
+from deepfake.sources.kaggle import (
     KaggleAuthError,
     KaggleDownloadError,
     OfficialKaggleClient,
     archive_uri,
     download_with_retries,
 )
+from deepfake.sources.stage import external_records, prepare_sources, skipped_sources
 from deepfake.storage import Storage
 from tests.kaggle_archive import build_archive
 
@@ -75,7 +75,9 @@ def test_tar_links_and_escapes_are_refused(tmp_path: Path) -> None:
 def test_prune_keeps_originals_and_the_external_set(archive, tmp_path: Path) -> None:
     path, info = archive
     store = Storage(tmp_path)
-    out = run_sources(store, DataConfig(source="kaggle", kaggle_archive=str(path), image_size=64))
+    out = prepare_sources(
+        store, DataConfig(source="kaggle", kaggle_archive=str(path), image_size=64)
+    )
     frame = store.read_parquet(out.manifest)
     assert sorted(frame["record_id"]) == sorted(info["good"])  # record id = folder id
     assert (frame["group"] == frame["source_id"]).all()
@@ -99,8 +101,10 @@ def test_extracted_folder_gives_the_same_records(archive, tmp_path: Path) -> Non
             if name.startswith("similar/") and not name.startswith("similar/inpainting/999"):
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 (folder / name).write_bytes(zf.read(name))
-    a = run_sources(Storage(tmp_path / "a"), DataConfig(source="kaggle", kaggle_archive=str(path)))
-    b = run_sources(
+    a = prepare_sources(
+        Storage(tmp_path / "a"), DataConfig(source="kaggle", kaggle_archive=str(path))
+    )
+    b = prepare_sources(
         Storage(tmp_path / "b"), DataConfig(source="kaggle", kaggle_archive=str(folder))
     )
     frame_a = Storage(tmp_path / "a").read_parquet(a.manifest)
@@ -111,8 +115,12 @@ def test_extracted_folder_gives_the_same_records(archive, tmp_path: Path) -> Non
 def test_limit_takes_the_same_folders_every_time(archive, tmp_path: Path) -> None:
     path, _ = archive
     cfg = DataConfig(source="kaggle", kaggle_archive=str(path), limit=4, image_size=32)
-    first = Storage(tmp_path / "a").read_parquet(run_sources(Storage(tmp_path / "a"), cfg).manifest)
-    again = Storage(tmp_path / "b").read_parquet(run_sources(Storage(tmp_path / "b"), cfg).manifest)
+    first = Storage(tmp_path / "a").read_parquet(
+        prepare_sources(Storage(tmp_path / "a"), cfg).manifest
+    )
+    again = Storage(tmp_path / "b").read_parquet(
+        prepare_sources(Storage(tmp_path / "b"), cfg).manifest
+    )
     assert list(first["record_id"]) == list(again["record_id"])
     assert len(first) <= 4
 
@@ -135,12 +143,12 @@ class FakeClient:
 def test_download_is_kept_in_storage_and_not_repeated(archive, tmp_path, monkeypatch) -> None:
     path, info = archive
     client = FakeClient(path, [])
-    monkeypatch.setattr("deepfake.data.kaggle.OfficialKaggleClient", lambda: client)
+    monkeypatch.setattr("deepfake.sources.kaggle.OfficialKaggleClient", lambda: client)
     store = Storage(tmp_path)
-    run_sources(store, DataConfig(source="kaggle", image_size=32))
+    prepare_sources(store, DataConfig(source="kaggle", image_size=32))
     assert client.calls == 1
     assert store.exists(archive_uri("danielmao2019/deepfakeart"))
-    out = run_sources(store, DataConfig(source="kaggle", image_size=48))  # another stage digest
+    out = prepare_sources(store, DataConfig(source="kaggle", image_size=48))  # another stage digest
     assert client.calls == 1
     assert out.records == len(info["good"])
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from deepfake.config import DataConfig, MaskConfig
-from deepfake.data import run_sources
 from deepfake.images import encode_png
-from deepfake.masks import MASK_TYPES, make_mask, run_masks
+from deepfake.masks.shapes import MASK_TYPES, make_mask
+from deepfake.masks.stage import make_masks
+from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
 
 
@@ -48,13 +49,15 @@ def test_unknown_mask_type_is_refused() -> None:
 
 def test_mask_stage_writes_five_masks_per_source(tmp_path: Path) -> None:
     store = Storage(tmp_path)
-    sources = run_sources(store, DataConfig(limit=4, image_size=64))
-    out = run_masks(store, MaskConfig(), sources)
+    sources = prepare_sources(store, DataConfig(limit=4, image_size=64))
+    out = make_masks(store, MaskConfig(), sources)
     frame = store.read_parquet(out.manifest)
     assert len(frame) == 20
     assert (frame["label"] == 1).all()
     assert frame.groupby("source_id")["variant"].apply(set).map(len).eq(5).all()
     other = Storage(tmp_path / "other")
-    again = run_masks(other, MaskConfig(), run_sources(other, DataConfig(limit=4, image_size=64)))
+    again = make_masks(
+        other, MaskConfig(), prepare_sources(other, DataConfig(limit=4, image_size=64))
+    )
     assert list(other.read_parquet(again.manifest)["sha256"]) == list(frame["sha256"])
     assert again.digest == out.digest

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake.classify import run_train
 from deepfake.config import load_settings
-from deepfake.data import run_sources
-from deepfake.features import run_features
+from deepfake.detector import train_detector
+from deepfake.features.stage import extract_features
 from deepfake.inpaint import run_inpaint
-from deepfake.masks import run_masks
+from deepfake.masks.stage import make_masks
 from deepfake.predict import Detector
-from deepfake.split import run_split
+from deepfake.sources.stage import prepare_sources
+from deepfake.split import split_dataset
 from deepfake.storage import Storage
 from flows.predict import main as predict
 
@@ -35,10 +35,10 @@ SETTINGS = [
 def multi_crop(tmp_path_factory) -> tuple[Storage, str]:
     store = Storage(tmp_path_factory.mktemp("multicrop"))
     cfg = load_settings(overrides=SETTINGS, storage=store.root)
-    sources = run_sources(store, cfg.data)
-    dataset = run_inpaint(store, cfg.inpaint, sources, run_masks(store, cfg.masks, sources))
-    features = run_features(store, cfg.features, run_split(store, cfg.split, dataset))
-    return store, run_train(store, cfg.svm, features).folder
+    sources = prepare_sources(store, cfg.data)
+    dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
+    features = extract_features(store, cfg.features, split_dataset(store, cfg.split, dataset))
+    return store, train_detector(store, cfg.svm, features).folder
 
 
 def test_crop_probabilities_cover_the_image(multi_crop) -> None:
@@ -72,10 +72,10 @@ def test_predict_writes_a_heat_map_per_image(multi_crop, tmp_path: Path, capsys)
 
 
 def test_heat_maps_need_a_multi_crop_detector(tmp_path: Path, capsys) -> None:
-    from tests.test_classify import features_stage, synthetic
+    from tests.test_detector import features_stage, synthetic
 
     store = Storage(tmp_path)
     cfg = load_settings(overrides=["svm.kernels=[linear]", "svm.C=[1.0]", "svm.cv_folds=2"])
-    folder = run_train(store, cfg.svm, features_stage(store, synthetic())).folder
+    folder = train_detector(store, cfg.svm, features_stage(store, synthetic())).folder
     code = predict(["--model", store.uri(folder), "--heatmaps", str(tmp_path / "m"), "x.png"])
     assert code == 2 and "multi-crop" in capsys.readouterr().err

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from deepfake.classify import run_train
 from deepfake.config import load_settings
-from deepfake.data import run_sources
-from deepfake.evaluate import run_evaluation
-from deepfake.features import run_features
+from deepfake.detector import train_detector
+from deepfake.evaluate.stage import evaluate_detector
+from deepfake.features.stage import extract_features
 from deepfake.inpaint import run_inpaint
-from deepfake.masks import run_masks
+from deepfake.masks.stage import make_masks
 from deepfake.publish import publish_run
-from deepfake.split import run_split
+from deepfake.sources.stage import prepare_sources
+from deepfake.split import split_dataset
 from deepfake.storage import Storage
 
 BASE = [
@@ -36,11 +36,11 @@ def store(tmp_path_factory) -> Storage:
 
 def train(store: Storage, svm: list[str]):
     cfg = load_settings(overrides=[*BASE, *svm], storage=store.root)
-    sources = run_sources(store, cfg.data)
-    dataset = run_inpaint(store, cfg.inpaint, sources, run_masks(store, cfg.masks, sources))
-    features = run_features(store, cfg.features, run_split(store, cfg.split, dataset))
-    detector = run_train(store, cfg.svm, features)
-    evaluation = run_evaluation(store, cfg, sources, dataset, features, detector)
+    sources = prepare_sources(store, cfg.data)
+    dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
+    features = extract_features(store, cfg.features, split_dataset(store, cfg.split, dataset))
+    detector = train_detector(store, cfg.svm, features)
+    evaluation = evaluate_detector(store, cfg, sources, dataset, features, detector)
     return cfg, evaluation, detector
 
 

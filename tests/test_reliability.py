@@ -134,8 +134,8 @@ def test_kill_during_inpainting_resumes_with_identical_outputs(tmp_path):
     from deepfake.inpaint.random_pipeline import build_random_pipeline
 
     model = build_random_pipeline(tmp_path / "tiny-sd2")
-    sd2 = [*SMALL, "data.limit=6", "inpaint.backend=sd2", f"inpaint.model={model}",
-           "inpaint.device=cpu", "inpaint.steps=2", "inpaint.resolution=64",
+    sd2 = [*SMALL, "data.limit=6", "inpaint.backend=sd2", f"inpaint.sd2.model={model}",
+           "inpaint.sd2.device=cpu", "inpaint.sd2.steps=2", "inpaint.sd2.resolution=64",
            "inpaint.batch_size=2"]  # fmt: skip
     run(tmp_path / "reference", sd2, tmp_path / "home-ref")
     storage = tmp_path / "storage"
@@ -193,7 +193,7 @@ def decompression_bomb(side: int = 20_000) -> bytes:
 def bad_image_folder(root: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Ten good photos, five odd but usable files and six unusable ones. Returns the usable
     files' expected upright RGB pixels and the unusable files' expected reasons."""
-    from deepfake.data.sample import SAMPLE_PHOTOS, photo_path
+    from deepfake.sources.sample import SAMPLE_PHOTOS, photo_path
 
     root.mkdir(parents=True)
     usable = {}
@@ -251,8 +251,8 @@ def test_bad_images_are_handled_or_quarantined_and_predict_names_them(
     prefect_server, tmp_path, capsys
 ):
     from deepfake.config import load_settings
-    from deepfake.data.folder import source_id_for
     from deepfake.images import square
+    from deepfake.sources.folder import source_id_for
     from flows.main import pipeline
     from flows.predict import main as predict
 
@@ -306,20 +306,20 @@ class Payload:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Storage:
     """A real fine-tuned detector bundle (tiny) to tamper with."""
-    from deepfake.classify import run_train
     from deepfake.config import load_settings
-    from deepfake.data import run_sources
-    from deepfake.features import run_features
+    from deepfake.detector import train_detector
+    from deepfake.features.stage import extract_features
     from deepfake.inpaint import run_inpaint
-    from deepfake.masks import run_masks
-    from deepfake.split import run_split
+    from deepfake.masks.stage import make_masks
+    from deepfake.sources.stage import prepare_sources
+    from deepfake.split import split_dataset
 
     store = Storage(tmp_path_factory.mktemp("bundle"))
     cfg = load_settings(overrides=[*SMALL, "data.limit=12", "inpaint.backend=classical"])
-    sources = run_sources(store, cfg.data)
-    dataset = run_inpaint(store, cfg.inpaint, sources, run_masks(store, cfg.masks, sources))
-    features = run_features(store, cfg.features, run_split(store, cfg.split, dataset))
-    detector = run_train(store, cfg.svm, features)
+    sources = prepare_sources(store, cfg.data)
+    dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
+    features = extract_features(store, cfg.features, split_dataset(store, cfg.split, dataset))
+    detector = train_detector(store, cfg.svm, features)
     for name in store.list_files(detector.folder):
         store.write_bytes(f"good/{name}", store.read_bytes(f"{detector.folder}/{name}"))
     return store
@@ -328,7 +328,7 @@ def bundle(tmp_path_factory) -> Storage:
 def tampered(store: Storage, name: str, data: bytes, fix_digest: bool) -> str:
     """A copy of the good bundle with file ``name`` replaced (and its digest updated, so that
     only the file format stands between the payload and the loader)."""
-    from deepfake.images import sha256
+    from deepfake.hashing import sha256
 
     folder = f"bad-{name}-{fix_digest}"
     for file in store.list_files("good"):

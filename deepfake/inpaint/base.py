@@ -1,11 +1,24 @@
-"""The small interface every inpainting backend implements."""
+"""The small interface every inpainting backend implements, and its settings section."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class BackendConfig(BaseModel):
+    """A backend's own settings section (``inpaint.<backend>.*``): both what the settings show
+    for it and what names its outputs (every field shapes the output, except ``EXECUTION_ONLY``
+    ones)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+    def result_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude=set(self.EXECUTION_ONLY))
 
 
 class Inpainter(ABC):
@@ -16,10 +29,22 @@ class Inpainter(ABC):
     A backend must give the same output for the same image, mask and seed, whatever the batch.
     """
 
-    name: str = "base"
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type[BackendConfig]] = BackendConfig
+    # What the backend is called in reports, and what its fakes are called.
+    title: ClassVar[str] = "base"
+    fakes: ClassVar[str] = "base"
+    default_batch_size: ClassVar[int] = 8
+    # A deterministic backend ignores seeds: then they do not name its outputs.
+    uses_seed: ClassVar[bool] = True
     # True when outputs are resampled (e.g. to a model resolution and back): real images must
     # then go through ``real_counterpart`` so both classes share one resampling history.
     resamples: bool = False
+
+    @classmethod
+    def unavailable(cls, cfg: BackendConfig) -> str | None:
+        """Why this backend cannot run here as configured, or None when it can."""
+        return None
 
     @abstractmethod
     def inpaint(

@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
-from deepfake.inpaint.base import Inpainter
+from deepfake.inpaint.base import BackendConfig, Inpainter
 
 _METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 
 
+class ClassicalConfig(BackendConfig):
+    method: Literal["telea", "ns"] = Field(
+        "telea", description="OpenCV's method: Telea (fast marching) or Navier-Stokes."
+    )
+    radius: int = Field(5, ge=1, le=64, description="Inpainting radius (pixels).")
+
+
 class ClassicalInpainter(Inpainter):
     name = "classical"
+    Config = ClassicalConfig
+    title = "OpenCV"
+    fakes = "OpenCV"
+    default_batch_size = 256
+    uses_seed = False
 
-    def __init__(self, method: str = "telea", radius: int = 5) -> None:
-        if method not in _METHODS:
-            raise ValueError(f"unknown classical method {method!r}; choose from {list(_METHODS)}")
-        self.method = method
-        self.radius = radius
+    def __init__(self, cfg: ClassicalConfig | None = None, max_batch: int | None = None) -> None:
+        self.cfg = cfg or ClassicalConfig()
+        self.method, self.radius = self.cfg.method, self.cfg.radius
 
     def inpaint(
         self, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]

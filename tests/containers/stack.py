@@ -14,7 +14,6 @@ import secrets
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -106,16 +105,6 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{states}\n{self.compose('logs', '--tail', '40', check=False)}")
             time.sleep(2)
-
-    def wait_api(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.api}/health", timeout=3)
-                return
-            except OSError:
-                time.sleep(1)
-        raise TimeoutError(f"the Prefect API at {self.api} did not answer")
 
     def up(self) -> None:
         self.compose("up", "-d", "--no-build")

@@ -1,4 +1,5 @@
-"""The five mask shapes of the original project. White (255) = the region to inpaint.
+"""The five mask shapes of the original project, and the registry of mask types. White (255) =
+the region to inpaint.
 
 The two diagonals of an image cut it into four half-image triangles; each diagonal mask covers one
 of them, and its name says which half is white:
@@ -15,20 +16,12 @@ a coverage drawn from 40-60 % is reached, never going past 60 %. Its generator i
 
 from __future__ import annotations
 
-import hashlib
-import logging
+from collections.abc import Callable
 
 import numpy as np
-import pandas as pd
 
-from deepfake.config import MaskConfig
-from deepfake.images import encode_png, sha256
-from deepfake.stages import Progress, StageOutput, finished, stage_folder, write_manifest
-from deepfake.storage import Storage
+from deepfake.hashing import seed_of
 
-log = logging.getLogger("deepfake")
-
-STAGE = "masks"
 RANDOM_COVERAGE = (0.40, 0.60)
 
 
@@ -38,21 +31,29 @@ def _centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return y, x
 
 
-def diagonal_upper_left(height: int, width: int) -> np.ndarray:
+def diagonal_upper_left(
+    height: int, width: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     y, x = _centres(height, width)
     return np.where(x + y < 1.0, 255, 0).astype(np.uint8)
 
 
-def diagonal_lower_right(height: int, width: int) -> np.ndarray:
+def diagonal_lower_right(
+    height: int, width: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     return 255 - diagonal_upper_left(height, width)
 
 
-def diagonal_upper_right(height: int, width: int) -> np.ndarray:
+def diagonal_upper_right(
+    height: int, width: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     y, x = _centres(height, width)
     return np.where(y < x, 255, 0).astype(np.uint8)
 
 
-def diagonal_lower_left(height: int, width: int) -> np.ndarray:
+def diagonal_lower_left(
+    height: int, width: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
     return 255 - diagonal_upper_right(height, width)
 
 
@@ -77,12 +78,12 @@ def random_rectangles(height: int, width: int, rng: np.random.Generator) -> np.n
     return np.where(mask, 255, 0).astype(np.uint8)
 
 
-def _seed_for(seed: int, source_id: str, mask_type: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{source_id}:{mask_type}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+# A mask type: (height, width, generator seeded from the mask seed, source id and type) -> uint8
+# HxW mask (the diagonals need no generator). The registry below: a new mask family is one
+# module of such functions and its entries there.
+MaskShape = Callable[[int, int, np.random.Generator], np.ndarray]
 
-
-MASK_TYPES = {
+MASK_TYPES: dict[str, MaskShape] = {
     "diagonal_upper_left": diagonal_upper_left,
     "diagonal_upper_right": diagonal_upper_right,
     "diagonal_lower_left": diagonal_lower_left,
@@ -92,45 +93,9 @@ MASK_TYPES = {
 
 
 def make_mask(mask_type: str, height: int, width: int, source_id: str, seed: int) -> np.ndarray:
-    """The ``mask_type`` mask for one source: uint8 HxW, 255 = inpaint."""
+    """The ``mask_type`` mask for one source: uint8 HxW, 255 = inpaint. The same arguments give
+    the same mask, byte for byte."""
     if mask_type not in MASK_TYPES:
         raise ValueError(f"unknown mask type {mask_type!r}; choose from {list(MASK_TYPES)}")
-    if mask_type == "random":
-        rng = np.random.default_rng(_seed_for(seed, source_id, mask_type))
-        return random_rectangles(height, width, rng)
-    return MASK_TYPES[mask_type](height, width)
-
-
-def run_masks(storage: Storage, cfg: MaskConfig, sources: StageOutput) -> StageOutput:
-    folder = stage_folder(STAGE, cfg.digest(), sources)
-    done = finished(storage, STAGE, folder)
-    if done:
-        log.info("masks: reusing %d finished masks in %s", done.records, storage.uri(folder))
-        return done
-    frame = storage.read_parquet(sources.manifest)
-    rows = []
-    progress = Progress("masks", len(frame) * len(cfg.types), unit="masks")
-    with storage.batched_writes(256) as put:
-        for src in frame.itertuples(index=False):
-            for mask_type in cfg.types:
-                mask = make_mask(
-                    mask_type, int(src.height), int(src.width), src.source_id, cfg.seed
-                )
-                data = encode_png(mask)
-                uri = f"{folder}/{src.source_id}/{mask_type}.png"
-                put(uri, data)
-                rows.append(
-                    {
-                        "record_id": f"{src.source_id}__{mask_type}",
-                        "source_id": src.source_id,
-                        "group": src.group,
-                        "variant": mask_type,
-                        "label": 1,
-                        "uri": uri,
-                        "sha256": sha256(data),
-                        "source_uri": src.uri,
-                        "coverage": float((mask > 0).mean()),
-                    }
-                )
-                progress.advance()
-    return write_manifest(storage, STAGE, folder, pd.DataFrame(rows))
+    rng = np.random.default_rng(seed_of(f"{seed}:{source_id}:{mask_type}", 8))
+    return MASK_TYPES[mask_type](height, width, rng)

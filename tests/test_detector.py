@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import GroupKFold
 
-from deepfake.classify import (
+from deepfake.config import SVMConfig
+from deepfake.detector import (
     BUNDLE_FILE,
     MODEL_FILE,
     build_pipeline,
@@ -15,9 +16,8 @@ from deepfake.classify import (
     load_model,
     platt_calibration,
     probability,
-    run_train,
+    train_detector,
 )
-from deepfake.config import SVMConfig
 from deepfake.features import INFO_FILE
 from deepfake.split import grouped_split
 from deepfake.stages import StageOutput, write_manifest
@@ -112,7 +112,7 @@ def test_pca_option_reduces_dimensions() -> None:
 def test_train_stage_saves_model_and_refuses_tampered_file(tmp_path: Path) -> None:
     store = Storage(tmp_path)
     features = features_stage(store, synthetic())
-    out = run_train(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features)
+    out = train_detector(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features)
     scored = store.read_parquet(out.manifest)
     # The split comes from the split stage's column, untouched.
     assert scored["split"].tolist() == synthetic().sort_values("record_id")["split"].tolist()
@@ -130,7 +130,7 @@ def test_train_stage_saves_model_and_refuses_tampered_file(tmp_path: Path) -> No
 
 def test_bundle_probabilities_are_calibrated_and_agree_with_the_threshold(tmp_path: Path) -> None:
     store = Storage(tmp_path)
-    out = run_train(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features_stage(
+    out = train_detector(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features_stage(
         store, synthetic(groups=16))
     )  # fmt: skip
     meta = store.read_json(f"{out.folder}/{BUNDLE_FILE}")
@@ -169,7 +169,7 @@ def test_model_file_bytes_are_the_same_in_every_process() -> None:
     import sys
 
     script = (
-        "import hashlib, numpy as np; from deepfake.classify import _dump, build_pipeline; "
+        "import hashlib, numpy as np; from deepfake.detector import _dump, build_pipeline; "
         "from deepfake.config import SVMConfig; X = np.random.RandomState(0).rand(40, 5); "
         "m = build_pipeline(SVMConfig(pca_components=3)).fit(X, [0, 1] * 20); "
         "print(hashlib.sha256(_dump(m)).hexdigest())"
@@ -186,7 +186,7 @@ def test_parallel_workers_get_only_portable_warning_filters() -> None:
 
     import torch.jit._trace
 
-    from deepfake.classify import _portable_warning_filters
+    from deepfake.detector import _portable_warning_filters
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit._trace.TracerWarning)

@@ -1,4 +1,5 @@
-"""SVM detector: scaling, optional PCA, SVC, grid-searched with folds grouped by source image.
+"""The detector stage: scaling, optional PCA, SVC, grid-searched with folds grouped by source
+image.
 
 Every split here is grouped: a source photo and all its inpaintings are always on the same side,
 in the held-out test split (the split stage's ``split`` column) and in every cross-validation
@@ -38,10 +39,11 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from deepfake.config import SVMConfig
-from deepfake.features import INFO_FILE, WEIGHTS_FILE, feature_matrix
-from deepfake.images import sha256
+from deepfake.features.extractor import WEIGHTS_FILE
+from deepfake.features.stage import INFO_FILE, feature_matrix
+from deepfake.hashing import digest_of, sha256
 from deepfake.split import split_rows
-from deepfake.stages import Progress, StageOutput, finished, stage_folder, write_manifest
+from deepfake.stages import Progress, StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -49,7 +51,6 @@ log = logging.getLogger("deepfake")
 STAGE = "detector"
 MODEL_FILE = "svm.skops"
 BUNDLE_FILE = "detector.json"
-_EXECUTION_ONLY = {"n_jobs"}
 
 
 def build_pipeline(
@@ -221,75 +222,70 @@ def probability(scores: np.ndarray, calibration: dict[str, float]) -> np.ndarray
 
 
 def output_folder(cfg: SVMConfig, features: StageOutput) -> str:
-    from deepfake.config import digest_of
-
-    return stage_folder(
-        STAGE, digest_of(cfg.model_dump(mode="json", exclude=_EXECUTION_ONLY)), features
-    )
+    return stage_folder(STAGE, digest_of(cfg.result_dict()), features)
 
 
-def run_train(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageOutput:
+def train_detector(storage: Storage, cfg: SVMConfig, features: StageOutput) -> StageOutput:
     """Search and refit on the training split; save the bundle and per-record scores."""
-    folder = output_folder(cfg, features)
-    done = finished(storage, STAGE, folder)
-    if done:
-        log.info("detector: reusing the trained detector in %s", storage.uri(folder))
-        return done
-    frame = storage.read_parquet(features.manifest)
-    X, y, groups = feature_matrix(frame), frame["label"].to_numpy(), frame["group"].to_numpy()
-    train = split_rows(frame, "train").index.to_numpy()  # frame has a fresh 0..n-1 index
-    log.info("detector: searching on %d training images", len(train))
-    # The search is most of the work, then the out-of-fold pass, then saving (in tenths).
-    progress = Progress("svm search", 10, unit="tenths", log=False)
-    search = grid_search(X[train], y[train], groups[train], cfg)
-    progress.advance(8)
-    best = search.best_index_
-    cv_scores = [search.cv_results_[f"split{i}_test_score"][best] for i in range(search.n_splits_)]
-    log.info("detector: best %s, grouped CV ROC-AUC %.4f", search.best_params_, search.best_score_)
 
-    validation = out_of_fold_scores(search, X[train], y[train], groups[train], cfg)
-    progress.advance()
-    threshold = validation_threshold(y[train], validation)
-    calibration = platt_calibration(y[train], validation)
-    log.info("detector: threshold %.4f chosen on out-of-fold training scores", threshold)
-    model_bytes = _dump(search.best_estimator_)
-    storage.write_bytes(f"{folder}/{MODEL_FILE}", model_bytes)
-    storage.write_json(
-        f"{folder}/search.json",
-        {
-            "best_params": search.best_params_,
-            "cv_roc_auc": cv_scores,
-            "cv_folds": int(search.n_splits_),
-            "grid": {k: [str(v) for v in vs] for g in param_grid(cfg) for k, vs in g.items()},
-            "model_sha256": sha256(model_bytes),
-            "threshold": threshold,
-            "threshold_rule": "max balanced accuracy on out-of-fold (grouped) training scores",
-        },
-    )
-    info = storage.read_json(f"{features.folder}/{INFO_FILE}")
-    files = [MODEL_FILE, BUNDLE_FILE, "search.json"]
-    if info.get("weights"):
-        weights = storage.read_bytes(f"{features.folder}/{info['weights']}")
-        storage.write_bytes(f"{folder}/{WEIGHTS_FILE}", weights)
-        files.append(WEIGHTS_FILE)
-    storage.write_json(
-        f"{folder}/{BUNDLE_FILE}",
-        {
-            **info,
-            "threshold": threshold,
-            "calibration": {"method": "Platt, even odds, out-of-fold scores", **calibration},
-            "probability_threshold": float(probability(threshold, calibration)),
-            "score": "probability of inpainting (Platt-scaled SVM decision value, even odds); "
-            "label inpainted when the decision value >= threshold",
-            "svm_sha256": sha256(model_bytes),
-            "best_params": search.best_params_,
-        },
-    )
-    scores = search.best_estimator_.decision_function(X)
-    out = frame.drop(columns=["features"]).assign(score=scores)
-    done = write_manifest(storage, STAGE, folder, out, files=files)
-    progress.advance()
-    return done
+    def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
+        frame = storage.read_parquet(features.manifest)
+        X, y, groups = feature_matrix(frame), frame["label"].to_numpy(), frame["group"].to_numpy()
+        train = split_rows(frame, "train").index.to_numpy()  # frame has a fresh 0..n-1 index
+        log.info("detector: searching on %d training images", len(train))
+        # The search is most of the work, then the out-of-fold pass, then saving (in tenths).
+        progress = Progress("svm search", 10, unit="tenths", log=False)
+        search = grid_search(X[train], y[train], groups[train], cfg)
+        progress.advance(8)
+        best = search.best_index_
+        cv_scores = [search.cv_results_[f"split{i}_test_score"][best]
+                     for i in range(search.n_splits_)]  # fmt: skip
+        log.info("detector: best %s, grouped CV ROC-AUC %.4f", search.best_params_,
+                 search.best_score_)  # fmt: skip
+
+        validation = out_of_fold_scores(search, X[train], y[train], groups[train], cfg)
+        progress.advance()
+        threshold = validation_threshold(y[train], validation)
+        calibration = platt_calibration(y[train], validation)
+        log.info("detector: threshold %.4f chosen on out-of-fold training scores", threshold)
+        model_bytes = _dump(search.best_estimator_)
+        storage.write_bytes(f"{folder}/{MODEL_FILE}", model_bytes)
+        storage.write_json(
+            f"{folder}/search.json",
+            {
+                "best_params": search.best_params_,
+                "cv_roc_auc": cv_scores,
+                "cv_folds": int(search.n_splits_),
+                "grid": {k: [str(v) for v in vs] for g in param_grid(cfg) for k, vs in g.items()},
+                "model_sha256": sha256(model_bytes),
+                "threshold": threshold,
+                "threshold_rule": "max balanced accuracy on out-of-fold (grouped) training scores",
+            },
+        )
+        info = storage.read_json(f"{features.folder}/{INFO_FILE}")
+        files = [MODEL_FILE, BUNDLE_FILE, "search.json"]
+        if info.get("weights"):
+            weights = storage.read_bytes(f"{features.folder}/{info['weights']}")
+            storage.write_bytes(f"{folder}/{WEIGHTS_FILE}", weights)
+            files.append(WEIGHTS_FILE)
+        storage.write_json(
+            f"{folder}/{BUNDLE_FILE}",
+            {
+                **info,
+                "threshold": threshold,
+                "calibration": {"method": "Platt, even odds, out-of-fold scores", **calibration},
+                "probability_threshold": float(probability(threshold, calibration)),
+                "score": "probability of inpainting (Platt-scaled SVM decision value, even "
+                "odds); label inpainted when the decision value >= threshold",
+                "svm_sha256": sha256(model_bytes),
+                "best_params": search.best_params_,
+            },
+        )
+        scores = search.best_estimator_.decision_function(X)
+        progress.advance()
+        return frame.drop(columns=["features"]).assign(score=scores), files
+
+    return run_stage(storage, STAGE, output_folder(cfg, features), work)
 
 
 def _dump(model: Any) -> bytes:

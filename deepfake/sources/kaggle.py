@@ -8,7 +8,8 @@ The dataset's inpainting category is a set of folders ``similar/inpainting/<id>/
 someone else's masks and settings, they measure how far the detector generalises.
 
 Downloads use the official ``kaggle`` client. The archive is kept in storage under
-``raw/kaggle/``, so a rerun does not download again.
+``raw/kaggle/``, so a rerun does not download again. ``prepare`` is the ``kaggle`` source of the
+sources stage.
 """
 
 from __future__ import annotations
@@ -23,8 +24,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from deepfake.data.archive import UnsafeArchive, read_members
-from deepfake.storage import Storage
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from deepfake.config import DataConfig
+from deepfake.hashing import sha256
+from deepfake.images import ImageError, decode, encode_png, square
+from deepfake.sources.archive import UnsafeArchive, read_members
+from deepfake.sources.common import EXTERNAL, Row, choose_subset, source_row
+from deepfake.stages import Progress
+from deepfake.storage import Storage, is_url
 
 log = logging.getLogger("deepfake")
 
@@ -132,11 +142,11 @@ def local_archive(
     storage: Storage, dataset: str, given: str | None, client: KaggleClient | None = None
 ) -> Iterator[Path]:
     """A local path to the dataset (archive or extracted folder), downloading it at most once."""
-    if given and "://" in given:  # an archive in an object store: fetch it to a temporary file
+    if given and is_url(given):  # an archive in an object store: fetched to a local copy
+        remote, name = Storage.locate(given, near=storage)
         with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
-            local = Path(tmp) / given.rstrip("/").rsplit("/", 1)[-1]
-            remote = storage.sibling(given.rsplit("/", 1)[0])
-            remote.get_file(given.rsplit("/", 1)[-1], local)
+            local = Path(tmp) / name
+            remote.get_file(name, local)
             yield local
         return
     if given:
@@ -176,7 +186,7 @@ def _names(path: Path) -> Iterator[str]:
     if path.is_dir():
         yield from sorted(Storage(path).list_files(""))
         return
-    from deepfake.data.archive import members
+    from deepfake.sources.archive import members
 
     for member in members(path):
         yield member.name
@@ -210,3 +220,66 @@ def read_folders(
             yield "", "", None, problem
         else:
             yield match.group(1), match.group(2), data, problem
+
+
+def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], list[Row]]:
+    """Sources from DeepfakeArt originals; the authors' inpaintings into ``external.parquet``."""
+    rows, skipped, external = [], [], {}
+    with (
+        local_archive(storage, cfg.kaggle_dataset, cfg.kaggle_archive) as path,
+        storage.batched_writes() as put,
+    ):
+        folders = list_folders(path)
+        for fid in sorted(folders):
+            if "original" not in folders[fid]:
+                reason = f"similar/inpainting/{fid}: no original.png"
+                skipped.append({"source_id": fid, "reason": reason})
+        usable = sorted(fid for fid, roles in folders.items() if "original" in roles)
+        if not usable:
+            raise ValueError(f"{path}: no similar/inpainting/<id>/original.png found")
+        chosen = {usable[i] for i in choose_subset(usable, cfg.limit, cfg.seed)}
+        progress = Progress("kaggle sources", len(chosen))
+        for fid, role, data, problem in read_folders(path, chosen, cfg.max_extract_bytes):
+            if problem is not None:
+                log.warning("kaggle: %s", problem)
+                skipped.append({"source_id": fid or "archive", "reason": problem})
+                continue
+            name = f"{path}: similar/inpainting/{fid}/{role}.png"
+            try:
+                image = decode(data or b"", name)
+            except ImageError as exc:
+                log.warning("skipping %s", exc)
+                skipped.append({"source_id": fid, "reason": str(exc)})
+                continue
+            if role == "original":
+                rows.append(source_row(put, folder, fid, fid, square(image, cfg.image_size)))
+                progress.advance()
+            elif role == "inpainting":
+                png = encode_png(np.asarray(square(image, cfg.image_size)))
+                uri = f"{folder}/external/{fid}.png"
+                put(uri, png)
+                external.setdefault(fid, {}).update(uri=uri, sha256=sha256(png))
+            else:
+                mask = square(image.convert("L"), cfg.image_size, Image.Resampling.NEAREST)
+                uri = f"{folder}/external/{fid}_mask.png"
+                put(uri, encode_png(np.asarray(mask)))
+                external.setdefault(fid, {})["mask_uri"] = uri
+    originals = {row["source_id"] for row in rows}
+    ext_rows = [
+        {
+            "record_id": f"{fid}__external",
+            "source_id": fid,
+            "group": fid,
+            "variant": "external",
+            "label": 1,
+            "uri": item["uri"],
+            "sha256": item["sha256"],
+            "mask_uri": item.get("mask_uri", ""),
+        }
+        for fid, item in sorted(external.items())
+        if fid in originals and "uri" in item
+    ]
+    columns = ["record_id", "source_id", "group", "variant", "label", "uri", "sha256", "mask_uri"]
+    storage.write_parquet(f"{folder}/{EXTERNAL}", pd.DataFrame(ext_rows, columns=columns))
+    log.info("kaggle: %d sources, %d external inpaintings", len(rows), len(ext_rows))
+    return rows, skipped

@@ -1,6 +1,7 @@
 """Offline sample data: real photographs that ship inside installed packages, cut into tiles.
 
 Nothing is downloaded. Each photo is one group: its tiles are never split across train and test.
+``prepare`` is the ``sample`` source of the sources stage.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deepfake.config import DataConfig
 from deepfake.images import decode
+from deepfake.sources.common import Row, prepare_candidates
+from deepfake.storage import Storage
 
 # (group name, package, file inside the package). Greyscale photographs are converted to RGB like
 # every other source, so a real image and its inpaintings always share a colour mode. The stereo
@@ -73,3 +77,11 @@ def sample_tiles(side: int, max_tiles: int) -> Iterator[tuple[str, str, Image.Im
         for row, col in tile_positions(np.asarray(image), side, max_tiles):
             box = (col * side, row * side, (col + 1) * side, (row + 1) * side)
             yield f"{group}_r{row}c{col}", group, image.crop(box)
+
+
+def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], list[Row]]:
+    """The sample tiles (``data.max_tiles_per_image`` per photo at most), normalised."""
+    tiles = sample_tiles(cfg.image_size, cfg.max_tiles_per_image)
+    return prepare_candidates(
+        storage, cfg, folder, ((sid, group, lambda t=tile: t) for sid, group, tile in tiles)
+    )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from deepfake.classify import run_train
+from deepfake import detector
 from deepfake.config import StorageConfig, SVMConfig
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
@@ -12,4 +12,4 @@ from tasks._common import TASK_DEFAULTS
 @task(name="train-detector", **TASK_DEFAULTS)
 def train_detector(storage: StorageConfig, cfg: SVMConfig, features: StageOutput) -> StageOutput:
     """Grouped grid search of the SVM; test-split scores of every record."""
-    return run_train(Storage.open(storage), cfg, features)
+    return detector.train_detector(Storage.open(storage), cfg, features)

@@ -7,15 +7,16 @@ import pytest
 from PIL import Image
 
 from deepfake.config import DataConfig
-from deepfake.data import choose_subset, run_sources, skipped_sources
-from deepfake.data.sample import SAMPLE_PHOTOS, tile_positions
+from deepfake.sources.common import choose_subset
+from deepfake.sources.sample import SAMPLE_PHOTOS, tile_positions
+from deepfake.sources.stage import prepare_sources, skipped_sources
 from deepfake.stages import MANIFEST_COLUMNS
 from deepfake.storage import Storage
 
 
 def test_sample_data_is_offline_real_photos_cut_into_tiles(tmp_path: Path) -> None:
     store = Storage(tmp_path)
-    out = run_sources(store, DataConfig())
+    out = prepare_sources(store, DataConfig())
     frame = store.read_parquet(out.manifest)
     assert len(frame) >= 120
     assert list(frame.columns[: len(MANIFEST_COLUMNS)]) == MANIFEST_COLUMNS
@@ -39,15 +40,17 @@ def test_limit_takes_the_same_subset_every_time(tmp_path: Path) -> None:
     assert choose_subset(ids, 10, 0) != choose_subset(ids, 10, 1)
     assert len(set(choose_subset(ids, 10, 0))) == 10
     store = Storage(tmp_path)
-    first = store.read_parquet(run_sources(store, DataConfig(limit=12)).manifest)
-    again = store.read_parquet(run_sources(Storage(tmp_path / "b"), DataConfig(limit=12)).manifest)
+    first = store.read_parquet(prepare_sources(store, DataConfig(limit=12)).manifest)
+    again = store.read_parquet(
+        prepare_sources(Storage(tmp_path / "b"), DataConfig(limit=12)).manifest
+    )
     assert list(first["sha256"]) == list(again["sha256"])
     assert len(first) == 12
 
 
 def test_folder_source_recurses_and_skips_bad_files(tmp_path: Path, image_folder: Path) -> None:
     store = Storage(tmp_path / "store")
-    out = run_sources(store, DataConfig(source="folder", path=str(image_folder), image_size=48))
+    out = prepare_sources(store, DataConfig(source="folder", path=str(image_folder), image_size=48))
     frame = store.read_parquet(out.manifest)
     assert len(frame) == 6
     assert frame["group"].is_unique  # each file is its own source photo
@@ -60,18 +63,20 @@ def test_folder_source_recurses_and_skips_bad_files(tmp_path: Path, image_folder
 
 def test_folder_source_needs_a_real_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        run_sources(Storage(tmp_path), DataConfig(source="folder", path=str(tmp_path / "nowhere")))
+        prepare_sources(
+            Storage(tmp_path), DataConfig(source="folder", path=str(tmp_path / "nowhere"))
+        )
     with pytest.raises(ValueError, match="data.path"):
-        run_sources(Storage(tmp_path), DataConfig(source="folder"))
+        prepare_sources(Storage(tmp_path), DataConfig(source="folder"))
 
 
 def test_finished_sources_are_reused_and_deleted_files_redone(tmp_path: Path) -> None:
     store = Storage(tmp_path)
-    first = run_sources(store, DataConfig(limit=5))
+    first = prepare_sources(store, DataConfig(limit=5))
     victim = tmp_path / store.read_parquet(first.manifest)["uri"][0]
     stamp = victim.stat().st_mtime_ns
-    assert run_sources(store, DataConfig(limit=5)) == first
+    assert prepare_sources(store, DataConfig(limit=5)) == first
     assert victim.stat().st_mtime_ns == stamp
     victim.unlink()
-    assert run_sources(store, DataConfig(limit=5)) == first
+    assert prepare_sources(store, DataConfig(limit=5)) == first
     assert victim.exists()

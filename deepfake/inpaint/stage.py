@@ -1,0 +1,231 @@
+"""The inpainting stage: every masked copy of every source, in resumable batches.
+
+1. ``resolve_backend`` turns ``auto`` into a concrete backend (loudly, when it falls back).
+2. ``plan`` finds the records still to do and writes them, numbered in batches, to a plan file.
+3. ``run_planned_batch`` inpaints one batch: each image written atomically, then a batch
+   manifest under ``batches/``. A rerun skips every record that is in a batch manifest and whose
+   image exists, so a killed run redoes at most the batches it was in.
+4. ``collect`` joins the batch manifests and the real images into the stage manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from deepfake.config import InpaintConfig
+from deepfake.hashing import digest_of, seed_of, sha256
+from deepfake.images import ImageError, decode_read, encode_png
+from deepfake.inpaint.base import Inpainter
+from deepfake.inpaint.registry import BACKENDS, make_inpainter, resolve_backend
+from deepfake.stages import Progress, StageOutput, chunks, finished, run_stage, stage_folder
+from deepfake.storage import Storage
+
+log = logging.getLogger("deepfake")
+
+STAGE = "inpainted"
+BACKEND_NOTE = "backend.json"
+
+
+class InpaintPlan(BaseModel):
+    """What is left to inpaint: small enough to pass between tasks and flows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    folder: str
+    plan_file: str | None
+    batches: int
+    records: int
+    cfg: InpaintConfig
+
+
+def _settings_digest(cfg: InpaintConfig) -> str:
+    """Only what shapes the output: the chosen backend and its own section (and the seed, for a
+    backend that uses one)."""
+    backend = BACKENDS[cfg.backend]
+    seed = {"seed": cfg.seed} if backend.uses_seed else {}
+    return digest_of({"backend": cfg.backend, **getattr(cfg, cfg.backend).result_dict(), **seed})
+
+
+def output_folder(cfg: InpaintConfig, sources: StageOutput, masks: StageOutput) -> str:
+    if cfg.backend == "auto":
+        raise ValueError("resolve inpaint.backend=auto before naming its output folder")
+    return stage_folder(STAGE, _settings_digest(cfg), sources, masks)
+
+
+def record_seed(seed: int, record_id: str) -> int:
+    """Per-record generator seed, so any one image can be regenerated alone."""
+    return seed_of(f"{seed}:{record_id}", 4)
+
+
+def _done_records(storage: Storage, folder: str) -> pd.DataFrame:
+    files = storage.list_files(folder)
+    frames = [
+        storage.read_parquet(f"{folder}/{rel}")
+        for rel in sorted(files)
+        if rel.startswith("batches/")
+    ]
+    if not frames:
+        return pd.DataFrame(columns=["record_id", "uri"])
+    done = pd.concat(frames, ignore_index=True).drop_duplicates("record_id", keep="last")
+    present = done["uri"].map(lambda u: u[len(folder) + 1 :] in files)
+    return done[present]
+
+
+def _write_reals(storage: Storage, inpainter: Inpainter, folder: str, sources: StageOutput) -> None:
+    """Real counterparts for a resampling backend (skipping those already written)."""
+    if not inpainter.resamples:
+        return
+    present = storage.list_files(f"{folder}/real")
+    frame = storage.read_parquet(sources.manifest)
+    todo = frame[~(frame["source_id"] + ".png").isin(present)]
+    for part in chunks(list(todo.itertuples(index=False)), 64):
+        uris = [r.uri for r in part]
+        contents = dict(zip(uris, storage.read_many(uris), strict=True))
+        storage.write_many(
+            {
+                f"{folder}/real/{r.source_id}.png": encode_png(
+                    inpainter.real_counterpart(decode_read(contents[r.uri], r.uri))
+                )
+                for r in part
+            }
+        )
+
+
+def plan(
+    storage: Storage, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
+) -> InpaintPlan:
+    """Resolve the backend, write real counterparts, and plan the records still to inpaint."""
+    cfg, note = resolve_backend(cfg)
+    log.info("%s", note)
+    folder = output_folder(cfg, sources, masks)
+    storage.write_json(f"{folder}/{BACKEND_NOTE}", {"backend": cfg.backend, "note": note})
+    if finished(storage, STAGE, folder):
+        return InpaintPlan(folder=folder, plan_file=None, batches=0, records=0, cfg=cfg)
+    _write_reals(storage, make_inpainter(cfg), folder, sources)
+    frame = storage.read_parquet(masks.manifest).sort_values("record_id")
+    done = set(_done_records(storage, folder)["record_id"])
+    todo = frame[~frame["record_id"].isin(done)]
+    if done:
+        log.info("inpainting: %d of %d records already done in %s", len(done), len(frame), folder)
+    rows = pd.DataFrame(
+        {
+            "record_id": todo["record_id"],
+            "source_id": todo["source_id"],
+            "group": todo["group"],
+            "variant": todo["variant"],
+            "source_uri": todo["source_uri"],
+            "mask_uri": todo["uri"],
+            "coverage": todo["coverage"].astype(float),
+            "seed": [record_seed(cfg.seed, r) for r in todo["record_id"]],
+        }
+    ).reset_index(drop=True)
+    rows["batch"] = rows.index // cfg.effective_batch_size
+    if rows.empty:
+        return InpaintPlan(folder=folder, plan_file=None, batches=0, records=0, cfg=cfg)
+    key = digest_of([*rows["record_id"], cfg.effective_batch_size])[:16]
+    plan_file = f"{folder}/plans/{key}.parquet"
+    storage.write_parquet(plan_file, rows)
+    batches = int(rows["batch"].max()) + 1
+    return InpaintPlan(
+        folder=folder, plan_file=plan_file, batches=batches, records=len(rows), cfg=cfg
+    )
+
+
+def run_batch(
+    storage: Storage, inpainter: Inpainter, folder: str, batch: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Inpaint one batch; returns counts and images/s. Unreadable inputs are skipped, logged."""
+    start = time.monotonic()
+    images, masks, kept, failed = [], [], [], []
+    uris = [u for rec in batch for u in (rec["source_uri"], rec["mask_uri"])]
+    contents = dict(zip(uris, storage.read_many(uris), strict=True))
+    for rec in batch:
+        try:
+            image = decode_read(contents[rec["source_uri"]], rec["source_uri"])
+            mask = decode_read(contents[rec["mask_uri"]], rec["mask_uri"])
+        except (ImageError, OSError) as exc:
+            log.warning("inpainting: skipping %s: %s", rec["record_id"], exc)
+            failed.append({"record_id": rec["record_id"], "reason": str(exc)})
+            continue
+        images.append(image)
+        masks.append(mask)
+        kept.append(rec)
+    outputs = inpainter.inpaint(images, masks, [int(r["seed"]) for r in kept]) if kept else []
+    backend = _backend_columns(inpainter)
+    rows, written = [], {}
+    for rec, result in zip(kept, outputs, strict=True):
+        data = encode_png(result)
+        uri = f"{folder}/images/{rec['record_id']}.png"
+        written[uri] = data
+        rows.append({**rec, "uri": uri, "sha256": sha256(data), "label": 1, **backend})
+    storage.write_many(written)
+    if rows:
+        key = digest_of([r["record_id"] for r in rows])[:16]
+        storage.write_parquet(f"{folder}/batches/{key}.parquet", pd.DataFrame(rows))
+    seconds = time.monotonic() - start
+    return {
+        "images": len(rows),
+        "failed": failed,
+        "seconds": seconds,
+        "images_per_s": len(rows) / max(seconds, 1e-9),
+    }
+
+
+def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -> dict[str, Any]:
+    """Batch ``index`` of a plan, with the plan's (resolved) backend."""
+    if inpaint_plan.plan_file is None:
+        raise ValueError("this plan has no batches")
+    rows = storage.read_parquet(inpaint_plan.plan_file)
+    batch = rows[rows["batch"] == index].drop(columns=["batch"]).to_dict("records")
+    if not batch:
+        raise ValueError(f"batch {index} is not in {inpaint_plan.plan_file}")
+    inpainter = make_inpainter(inpaint_plan.cfg)
+    return run_batch(storage, inpainter, inpaint_plan.folder, batch)
+
+
+def _backend_columns(inpainter: Inpainter) -> dict[str, str]:
+    info = inpainter.describe()
+    return {"backend": str(info["backend"]), "backend_settings": json.dumps(info, sort_keys=True)}
+
+
+def collect(storage: Storage, cfg: InpaintConfig, folder: str, sources: StageOutput) -> StageOutput:
+    """Stage manifest: every real image (as the detector sees it) and every finished inpainting."""
+
+    def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
+        real = storage.read_parquet(sources.manifest)
+        if make_inpainter(cfg).resamples:
+            real["uri"] = [f"{folder}/real/{sid}.png" for sid in real["source_id"]]
+            real["sha256"] = [sha256(storage.read_bytes(uri)) for uri in real["uri"]]
+        real = real.assign(mask_uri="", coverage=0.0, backend="", backend_settings="")
+        fakes = _done_records(storage, folder)
+        columns = [
+            "record_id", "source_id", "group", "variant", "label", "uri", "sha256",
+            "mask_uri", "coverage", "backend", "backend_settings",
+        ]  # fmt: skip
+        parts = [real[columns], fakes.reindex(columns=columns)] if len(fakes) else [real[columns]]
+        return pd.concat(parts, ignore_index=True), []
+
+    return run_stage(storage, STAGE, folder, work)
+
+
+def backend_note(storage: Storage, dataset: StageOutput) -> dict[str, str]:
+    uri = f"{dataset.folder}/{BACKEND_NOTE}"
+    return storage.read_json(uri) if storage.exists(uri) else {}
+
+
+def run_inpaint(
+    storage: Storage, cfg: InpaintConfig, sources: StageOutput, masks: StageOutput
+) -> StageOutput:
+    """Plan, run every batch in this process, collect (the library path, without Prefect)."""
+    inpaint_plan = plan(storage, cfg, sources, masks)
+    progress = Progress(f"inpainting ({inpaint_plan.cfg.backend})", inpaint_plan.records)
+    for index in range(inpaint_plan.batches):
+        stats = run_planned_batch(storage, inpaint_plan, index)
+        progress.advance(stats["images"] + len(stats["failed"]))
+    return collect(storage, inpaint_plan.cfg, inpaint_plan.folder, sources)

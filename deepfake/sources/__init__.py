@@ -1,0 +1,16 @@
+"""Sources: where real images come from (``registry``: sample, folder, kaggle) and the sources
+stage (``stage``)."""
+
+from deepfake._exports import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "SOURCES": "registry",
+        "get_source": "registry",
+        "STAGE": "stage",
+        "prepare_sources": "stage",
+        "external_records": "stage",
+        "skipped_sources": "stage",
+    },
+)
