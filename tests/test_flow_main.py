@@ -207,7 +207,7 @@ def test_flow_with_tiny_sd2_pipeline(prefect_server, tmp_path: Path) -> None:
     store = Storage(storage)
     metrics = store.read_json(f"reports/{summary['run_id']}/metrics.json")
     assert metrics["inpaint_backend"] == "sd2"
-    assert metrics["config"]["inpaint"]["model"] == str(model)
+    assert metrics["config"]["inpaint"]["sd2"]["model"] == str(model)
     assert "sd2" in store.read_bytes("reports/latest/report.md").decode()
     with get_client(sync_client=True) as client:
         progress = client.read_artifacts(

