@@ -1,19 +1,24 @@
 """Feature-extraction throughput: the pipeline's features stage against a naive loop.
 
+The features are cell features (``deepfake.features.extractor``): every backbone stage's map
+pooled over cells of 8 pixels, plus the forensic maps (exact copies, noise residual) per cell.
+
 On the offline default's images (the sample tiles, their classical inpaintings; made once under
 ``--storage``), at the pipeline's resolution (native), frozen backbone, for each backbone:
 
-- naive: one image at a time: open the PNG with PIL, ToTensor + Normalize, forward;
-- ours: ``deepfake.features.run_features`` itself (storage reads and PNG decoding in a background
-  thread, batches, ``inference_mode``, channels-last, batch norms folded into the convolutions),
-  writing its manifest as the stage does;
+- naive: one image at a time: open the PNG with PIL, ToTensor + Normalize, forward, pool each
+  stage map over the cells, forensic maps;
+- ours: ``deepfake.features.stage.extract_features`` itself (storage reads and PNG decoding in
+  a background thread, batches, ``inference_mode``, channels-last, batch norms folded into the
+  convolutions), writing its manifest as the stage does;
 - forward only: the backbone on batches already in memory (on the device): the ceiling.
 
 Ours runs in float32 (the default) and in ``auto`` precision (bfloat16 where the device computes
 it natively); the naive loop always in float32. The largest difference between the two paths'
-vectors is reported. resnet50 runs with random weights when its
-ImageNet file is not on this machine: speed does not depend on the weight values. Median of
-``--repeats``. Prints a table and writes bench/results/features.json.
+cell features (the stage keeps a sample of each image's cells, in float16) is reported.
+resnet50 runs with random weights when its ImageNet file is not on this machine: speed does not
+depend on the weight values. Median of ``--repeats``. Prints a table and writes
+bench/results/features.json.
 
     python bench/features.py [--backbones efficientnet_lite0 resnet50] [--repeats 3]
 """
@@ -27,14 +32,15 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from results_file import save
 from torchvision.transforms import functional as TF
 
 from deepfake.config import load_settings
 from deepfake.features import BACKBONES, FeatureExtractor, WeightsUnavailable
-from deepfake.features import feature_matrix as features_of
-from deepfake.features.stage import extract_features
+from deepfake.features.forensics import forensic_cells
+from deepfake.features.stage import cell_matrix, extract_features
 from deepfake.inpaint import run_inpaint
 from deepfake.masks.stage import make_masks
 from deepfake.sources.stage import prepare_sources
@@ -60,18 +66,26 @@ def with_weights_or_random(name: str) -> tuple[str, str]:
         return random, "random (ImageNet file not on this machine; speed is the same)"
 
 
-def naive(name: str, paths: list[str], device: torch.device) -> np.ndarray:
-    """The textbook loop: the backbone as built, one image at a time."""
+def naive(name: str, paths: list[str], device: torch.device, cell: int) -> list[np.ndarray]:
+    """The textbook loop: the backbone as built, one image at a time; (cells, cell_dim) each."""
     spec = BACKBONES[name]
     model = spec.build().eval().to(device)
     out = []
     with torch.no_grad():
         for path in paths:
             image = Image.open(path).convert("RGB")
+            grid = (image.height // cell, image.width // cell)
             x = TF.normalize(TF.to_tensor(image), spec.mean, spec.std)[None].to(device)
-            maps = spec.stages(model, x)  # the same multi-scale vector the pipeline computes
-            out.append(torch.cat([m.mean(dim=(2, 3)) for m in maps], 1).cpu().numpy()[0])
-    return np.stack(out)
+            pooled = []
+            for fmap in spec.stages(model, x):  # the same cell features the pipeline computes
+                if fmap.shape[-2] >= grid[0] and fmap.shape[-1] >= grid[1]:
+                    pooled.append(F.adaptive_avg_pool2d(fmap, grid))
+                else:
+                    pooled.append(F.interpolate(fmap, size=grid, mode="bilinear"))
+            cnn = torch.cat(pooled, 1)[0].permute(1, 2, 0).cpu().numpy()
+            forensic = forensic_cells(np.asarray(image), grid).transpose(1, 2, 0)
+            out.append(np.concatenate([cnn, forensic], -1).reshape(-1, cnn.shape[-1] + 4))
+    return out
 
 
 def forward_only(extractor: FeatureExtractor, images: list[np.ndarray], batch: int) -> float:
@@ -79,13 +93,20 @@ def forward_only(extractor: FeatureExtractor, images: list[np.ndarray], batch: i
     device."""
     batches = [extractor.preprocess(images[i : i + batch]) for i in range(0, len(images), batch)]
     model = extractor.inference_model(batches[0])
-    with torch.inference_mode():
-        extractor.embed_crops(batches[0], model)  # warm-up
+    with (
+        torch.inference_mode(),
+        torch.autocast(
+            extractor.device.type,
+            dtype=getattr(torch, extractor.precision),
+            enabled=extractor.precision != "float32",
+        ),
+    ):
+        extractor.spec.stages(model, batches[0])  # warm-up
         if extractor.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for x in batches:
-            extractor.embed_crops(x, model)
+            extractor.spec.stages(model, x)
         if extractor.device.type == "cuda":
             torch.cuda.synchronize()
     return time.perf_counter() - start
@@ -110,11 +131,12 @@ def main() -> None:
     for requested in args.backbones:
         name, weights = with_weights_or_random(requested)
         device = FeatureExtractor(name, device=args.device).device
-        naive(name, paths[:8], device)  # warm-up
+        cell = cfg.features.cell
+        naive(name, paths[:8], device, cell)  # warm-up
         naive_s = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            reference = naive(name, paths, device)
+            reference = naive(name, paths, device, cell)
             naive_s.append(time.perf_counter() - start)
         for precision in args.precisions:
             update = {"backbone": name, "device": args.device, "precision": precision}
@@ -125,9 +147,16 @@ def main() -> None:
                 start = time.perf_counter()
                 stage = extract_features(store, features, dataset)
                 ours_s.append(time.perf_counter() - start)
-                vectors = features_of(store.read_parquet(stage.manifest))
+                manifest = store.read_parquet(stage.manifest)
                 store.delete(stage.folder)  # the next repeat starts cold again
-            gap = float(np.abs(vectors - reference).max() / np.abs(reference).max())
+            cells, _, rows_of = cell_matrix(manifest, reference[0].shape[1])
+            position = {uri: i for i, uri in enumerate(frame["uri"])}
+            want = np.concatenate([
+                reference[position[uri]][np.asarray(index)]
+                for uri, index in zip(manifest["uri"], manifest["cell_index"], strict=True)
+            ])  # fmt: skip
+            scale = np.abs(want).max(0) + 1e-6  # per channel: the channels' scales differ
+            gap = float((np.abs(cells - want) / scale).max())
             forward_s = statistics.median(
                 forward_only(extractor, images, features.batch_size) for _ in range(args.repeats)
             )

@@ -98,17 +98,13 @@ class DataConfig(Section):
 
 class MaskConfig(Section):
     types: tuple[Literal[tuple(MASK_TYPES)], ...] = Field(  # type: ignore[valid-type]
-        (
-            "diagonal_upper_left",
-            "diagonal_upper_right",
-            "diagonal_lower_left",
-            "diagonal_lower_right",
-            "random",
-        ),
+        tuple(MASK_TYPES),
         min_length=1,
-        description="Mask types made for every source.",
+        description="Mask types made for every source: the original project's five "
+        "(diagonal halves, random rectangles: 40-60 % of the image) and the edits users meet "
+        "(ellipse, blob, brush, freeform: 2-30 %).",
     )
-    seed: int = Field(0, description="Seed of the random-rectangle masks.")
+    seed: int = Field(0, description="Seed of the random masks (per source and mask type).")
 
 
 class _InpaintSettings(Section):
@@ -174,6 +170,19 @@ MOVED = {
     for name, backend in BACKENDS.items()
     for field in backend.Config.model_fields
 }
+# Keys of earlier detectors, and what replaced them.
+RETIRED = {
+    "inpaint.method": "inpaint.classical.methods (a list: the methods mixed over the records)",
+    "inpaint.classical.method": "inpaint.classical.methods (a list: the methods mixed over the "
+    "records)",
+    "inpaint.paste_back": "inpaint.sd2.variants (regenerated, spliced or both)",
+    "inpaint.sd2.paste_back": "inpaint.sd2.variants (regenerated, spliced or both)",
+    **{f"svm.{key}": "svm.alpha and svm.top_k (the detector is a linear SVM on cell features)"
+       for key in ("C", "kernels", "gamma", "pca_components", "search")},  # fmt: skip
+    "features.pooling": "features.cell (features are pooled over cells of that many pixels)",
+    "features.crop_size": "features.cell (every image is scored cell by cell at native "
+    "resolution)",
+}
 
 
 class FeaturesConfig(Section):
@@ -186,19 +195,21 @@ class FeaturesConfig(Section):
         description="Resize images to this side before the CNN; empty = native resolution "
         "(forensic traces of inpainting fade when an image is resampled).",
     )
-    pooling: Literal["multiscale", "last"] = Field(
-        "multiscale",
-        description="multiscale: the mean of every backbone stage's feature map, concatenated "
-        "(fine texture to content); last: the classifier's pooled penultimate vector.",
+    cell: int = Field(
+        8,
+        ge=4,
+        le=64,
+        description="Side of a cell (pixels of the CNN's input): the detector scores every cell, "
+        "so an edit of a few cells is seen; the heat maps have this resolution.",
     )
-    crop_size: int | None = Field(
-        None,
-        ge=32,
-        description="Multi-crop mode: cut each image into a grid of crops of this side (at the "
-        "resolution above) and aggregate their vectors (mean and max); empty = whole image.",
+    cells_per_image: int = Field(
+        24,
+        ge=2,
+        description="Training cells kept per image: half inside the inpainted region when there "
+        "is one, half clean.",
     )
     finetune_epochs: int = Field(
-        3,
+        0,
         ge=0,
         description="Fine-tune the backbone for this many epochs on the training split only "
         "(JPEG/blur/flip augmentation) before extracting features; 0 = frozen ImageNet weights.",
@@ -232,28 +243,22 @@ class SplitConfig(Section):
 
 
 class SVMConfig(Section):
-    kernels: tuple[Literal["linear", "rbf", "poly", "sigmoid"], ...] = Field(
-        ("linear", "rbf"), description="SVM kernels searched."
+    """The detector: a linear SVM on cell features, its cells' decision values aggregated into
+    the image's."""
+
+    alpha: tuple[float, ...] = Field(
+        (0.01, 0.03, 0.1, 0.3),
+        min_length=1,
+        description="L2 penalties of the linear SVM searched (larger = simpler model).",
     )
-    C: tuple[float, ...] = Field((0.1, 1.0, 10.0, 100.0), description="SVM C values searched.")
-    gamma: tuple[str | float, ...] = Field(
-        ("scale", 1e-3, 1e-4, 1e-5), description="gamma values searched (non-linear kernels)."
+    top_k: tuple[int, ...] = Field(
+        (1, 2, 4, 8, 16),
+        min_length=1,
+        description="Aggregations searched: an image's score is the mean of its k highest cell "
+        "decision values (k = 1 is the maximum); chosen by grouped cross-validation.",
     )
-    pca_components: int | float | None = Field(
-        256,
-        description="PCA before the SVM: components (int; fewer when the data has fewer "
-        "features or rows) or variance kept (0-1); empty = off.",
-    )
-    search: Literal["halving", "grid"] = Field(
-        "halving",
-        description="halving: successive halving (every candidate on a subset, the best on "
-        "more data); grid: every candidate on all the training data.",
-    )
-    halving_factor: int = Field(
-        3, ge=2, description="Successive halving: keep 1/factor of the candidates per round."
-    )
-    cv_folds: int = Field(5, ge=2, description="Grouped cross-validation folds.")
-    seed: int = Field(0, description="Seed of the grouped cross-validation folds.")
+    cv_folds: int = Field(3, ge=2, description="Grouped cross-validation folds (alpha and k).")
+    seed: int = Field(0, description="Seed of the grouped folds and the SVM.")
     n_jobs: int = Field(-1, description="Parallel fits (-1 = all cores).")
 
     EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"n_jobs"})
@@ -273,6 +278,20 @@ class EvalConfig(Section):
         True,
         description="With features.finetune_epochs > 0, also train a detector on frozen features "
         "and compare the two in the report.",
+    )
+    leave_one_method_out: bool = Field(
+        True,
+        description="For every inpainting method: a detector trained on the others, tested on "
+        "it (real test images against that method's).",
+    )
+    repeats: int = Field(
+        3,
+        ge=1,
+        description="Grouped train/test splits (split.seed, split.seed + 1, ...) over which the "
+        "headline figures and leave-one-method-out are reported as mean and std.",
+    )
+    examples: int = Field(
+        6, ge=0, description="Test images shown with their true mask and heat map."
     )
     seed: int = Field(0, description="Seed of the bootstrap.")
 
@@ -296,6 +315,18 @@ class Settings(BaseModel):
     features: FeaturesConfig = FeaturesConfig()
     svm: SVMConfig = SVMConfig()
     evaluate: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, replacement in RETIRED.items():
+                node: Any = data
+                for part in key.split("."):
+                    node = node.get(part) if isinstance(node, dict) else None
+                if node is not None:
+                    raise ValueError(f"{key} is gone: use {replacement}")
+        return data
 
     @field_validator("storage", mode="before")
     @classmethod
@@ -390,10 +421,11 @@ def load_settings(
             data["storage"] = {"root": storage}
     for text in overrides or []:
         path_parts, value = parse_override(text)
-        if ".".join(path_parts) in MOVED:
-            raise ConfigError(
-                f"setting {'.'.join(path_parts)!r} is now {MOVED['.'.join(path_parts)]!r}"
-            )
+        key = ".".join(path_parts)
+        if key in MOVED:
+            raise ConfigError(f"setting {key!r} is now {MOVED[key]!r}")
+        if key in RETIRED:
+            raise ConfigError(f"setting {key!r} is gone: use {RETIRED[key]}")
         _known_keys(Settings, path_parts)
         node = data
         for part in path_parts[:-1]:

@@ -9,22 +9,23 @@ skops admits scikit-learn's and numpy's own types only; safetensors holds tensor
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image
 
-from deepfake.detector import BUNDLE_FILE, MODEL_FILE, load_model, probability
+from deepfake.detector import copyrule
+from deepfake.detector.model import MODEL_FILE, linear_form, load_model, probability, top_k_mean
+from deepfake.detector.scoring import cell_decisions, score_uris
+from deepfake.detector.stage import BUNDLE_FILE
 from deepfake.features.extractor import WEIGHTS_FILE, FeatureExtractor, read_weights
 from deepfake.hashing import sha256
-from deepfake.images import ImageError, decode, square
+from deepfake.images import ImageError, decode, encode_png, square
 from deepfake.sources.folder import IMAGE_SUFFIXES
-from deepfake.stages import chunks, prefetch
 from deepfake.storage import Storage, StorageError
 
 
@@ -57,6 +58,14 @@ class Detector:
             weights = read_weights(data, name)
         return cls(meta, model, FeatureExtractor.from_info(meta, weights, device))
 
+    def __post_init__(self) -> None:
+        weights, bias = linear_form(self.model)
+        # Column 0: the SVM; column 1: each cell's copied share, for the copy rule.
+        self._weights = np.stack([weights, copyrule.channel_weights(len(weights))], 1)
+        self._bias = np.array([bias, 0.0])
+        rule = self.meta.get("copy_rule")
+        self._copy_threshold = float(rule["threshold"]) if rule else None
+
     @property
     def image_size(self) -> int:
         return int(self.meta["image_size"])
@@ -66,9 +75,28 @@ class Detector:
         the training images' side (what the sources stage does to every source)."""
         return np.asarray(square(decode(data, name), self.image_size))
 
+    def cell_decisions(self, images: list[np.ndarray]) -> np.ndarray:
+        """(n, cells) decision values of every cell of normalised images: the SVM's, with the
+        copied cells of images the copy rule fires on lit."""
+        return self._cells(cell_decisions(self.extractor, images, self._weights, self._bias))
+
     def decisions(self, images: list[np.ndarray]) -> np.ndarray:
-        """SVM decision values (higher = more likely inpainted) of normalised images."""
-        return self.model.decision_function(self.extractor.transform(images))
+        """Image decision values (higher = more likely inpainted): the mean of the top-k cells,
+        lifted by the copy rule."""
+        return self._images(cell_decisions(self.extractor, images, self._weights, self._bias))
+
+    def _images(self, both: np.ndarray) -> np.ndarray:
+        scores = top_k_mean(both[..., 0], int(self.meta["top_k"]))
+        if self._copy_threshold is None:
+            return scores
+        share = copyrule.shares(both[..., 1])
+        return copyrule.fuse(scores, share, float(self.meta["threshold"]), self._copy_threshold)
+
+    def _cells(self, both: np.ndarray) -> np.ndarray:
+        if self._copy_threshold is None:
+            return both[..., 0]
+        share = copyrule.shares(both[..., 1])
+        return copyrule.fuse_cells(both[..., 0], both[..., 1], share, self._copy_threshold)
 
     def probabilities(self, decisions: np.ndarray) -> np.ndarray:
         return probability(decisions, self.meta["calibration"])
@@ -98,44 +126,33 @@ class Detector:
     ) -> np.ndarray:
         """Decision values of stored images (each optionally degraded by ``transform`` after
         normalising), read and decoded in the background while the previous batch is scored."""
+        both = score_uris(self.extractor, storage, uris, self._weights, self._bias,
+                          read=lambda uri, data: self.normalise(data, uri), transform=transform,
+                          batch_size=batch_size)  # fmt: skip
+        return self._images(both) if len(uris) else np.zeros(0)
 
-        def load(batch: list[str]) -> list[np.ndarray]:
-            images = []
-            for uri, data in zip(batch, storage.read_many(batch), strict=True):
-                if isinstance(data, Exception):
-                    raise data
-                image = self.normalise(data, uri)
-                images.append(transform(image) if transform else image)
-            return images
-
-        out = [self.decisions(images) for images in prefetch(chunks(uris, batch_size), load)]
-        return np.concatenate(out) if out else np.zeros(0)
-
-    def crop_probabilities(self, image: np.ndarray) -> tuple[np.ndarray, list[tuple]]:
-        """Probability of every crop of a normalised image scored alone, and the crop boxes
-        (top, left, height, width): the numbers behind a heat map. Needs a multi-crop detector."""
-        if not self.extractor.crop_size:
-            raise ValueError(
-                "heat maps need a multi-crop detector (trained with features.crop_size set)"
-            )
-        vectors = self.extractor.transform_crops(image)
-        boxes = self.extractor.crop_boxes(*image.shape[:2])
-        return self.probabilities(self.model.decision_function(vectors)), boxes
+    def heat(self, image: np.ndarray) -> np.ndarray:
+        """(height, width) probability that each pixel was inpainted: every cell's calibrated
+        probability, interpolated between cell centres."""
+        rows, cols = self.extractor.grid(*image.shape[:2])
+        cells = self.cell_decisions([image])[0].reshape(rows, cols)
+        return heat_pixels(probability(cells, self.meta["cell_calibration"]), image.shape[:2])
 
     def heatmap_png(self, image: np.ndarray) -> bytes:
-        """The image with each crop tinted by its probability (red = inpainted), as PNG."""
-        scores, boxes = self.crop_probabilities(image)
-        heat = np.zeros(image.shape[:2], np.float64)
-        count = np.zeros(image.shape[:2], np.float64)
-        for p, (top, left, h, w) in zip(scores, boxes, strict=True):
-            heat[top : top + h, left : left + w] += p
-            count[top : top + h, left : left + w] += 1
-        heat /= np.maximum(count, 1)
-        tint = np.stack([heat, np.zeros_like(heat), 1 - heat], -1) * 255
-        blended = (0.55 * image.astype(np.float64) + 0.45 * tint).clip(0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(blended).save(buffer, format="PNG")
-        return buffer.getvalue()
+        """The image tinted by ``heat`` (red = inpainted, blue = real), as PNG."""
+        return encode_png(tint(image, self.heat(image)))
+
+
+def heat_pixels(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A (rows, cols) map of cell values stretched over an image of ``shape``, bilinearly."""
+    height, width = shape
+    return cv2.resize(cells.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def tint(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """The image blended with a red (1.0) to blue (0.0) rendering of ``heat``."""
+    colour = np.stack([heat, np.zeros_like(heat), 1 - heat], -1) * 255
+    return (0.55 * image.astype(np.float64) + 0.45 * colour).clip(0, 255).astype(np.uint8)
 
 
 def load_detector(model: str, device: str = "auto") -> Detector:

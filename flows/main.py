@@ -20,6 +20,7 @@ from prefect import Task, flow
 from prefect.filesystems import WritableFileSystem
 
 from deepfake.config import ConfigError, Settings, describe_settings, load_settings
+from deepfake.detector.stage import HeldOut
 from deepfake.features.backbones import DEFAULT_BACKBONE, WeightsUnavailable, get_backbone
 from deepfake.inpaint.registry import make_inpainter
 from deepfake.inpaint.sd2 import BackendUnavailable, ModelUnavailable
@@ -71,15 +72,28 @@ def pipeline(
     dataset = inpaint_stage(storage, cfg.inpaint, sources, masks, results)
     split = stage(split_dataset)(storage, cfg.split, dataset)
     features = stage(extract_features)(storage, cfg.features, split)
-    detector = stage(train_detector)(storage, cfg.svm, features)
+    detector = stage(train_detector)(storage, cfg.svm, features, held_out_protocols(cfg))
     baseline = None
     if cfg.features.finetune_epochs and cfg.evaluate.compare_frozen:
         frozen = stage(extract_frozen_features)(storage, cfg.features.frozen(), split)
-        baseline = stage(train_frozen_detector)(storage, cfg.svm, frozen)
+        main_split_only = held_out_protocols(cfg).model_copy(
+            update={"repeats": 1, "leave_one_method_out": False}
+        )
+        baseline = stage(train_frozen_detector)(storage, cfg.svm, frozen, main_split_only)
     evaluation = stage(evaluate_detector)(
         storage, cfg, sources, dataset, features, detector, baseline
     )
     return publish(storage, cfg, run_id, evaluation, detector, promote)
+
+
+def held_out_protocols(cfg: Settings) -> HeldOut:
+    """The held-out detectors the evaluation reports, trained beside the main one."""
+    return HeldOut(
+        repeats=cfg.evaluate.repeats,
+        test_size=cfg.split.test_size,
+        seed=cfg.split.seed,
+        leave_one_method_out=cfg.evaluate.leave_one_method_out,
+    )
 
 
 def _keeping_results(results: WritableFileSystem, stage_task: Task) -> Task:

@@ -6,7 +6,8 @@ One line per image: path, the probability that it was inpainted, and the label a
 validated threshold. With ``--json``: JSON lines with ``path``, ``score`` (that probability),
 ``label`` (``inpainted`` or ``real``), or ``path`` and ``error`` for a file that could not be
 read. Unreadable files make the exit status 1 at the end; every other image is still scored.
-``--heatmaps DIR`` writes a heat map of crop probabilities per image (multi-crop detectors).
+``--heatmaps DIR`` writes each image's heat map (``<name>.heatmap.png``: the image tinted by the
+probability that each region was inpainted, red = inpainted, blue = real).
 As a Prefect flow (``batch_predict``) the same scoring writes ``predictions.jsonl`` to storage,
 for the batch-prediction deployment.
 """
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--heatmaps",
         metavar="DIR",
-        help="write a heat map of crop probabilities per image to DIR (multi-crop detectors)",
+        help="write each image's heat map (where it was inpainted) to DIR as <name>.heatmap.png",
     )
     args = parser.parse_args(argv)
     redact_logs()
@@ -67,13 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         detector = load_detector(model, args.device)
     except (StorageError, OSError, ValueError, KeyError) as exc:
         print(f"error: cannot load the detector at {model}: {exc}", file=sys.stderr)
-        return 2
-    if args.heatmaps and not detector.extractor.crop_size:
-        print(
-            f"error: --heatmaps needs a multi-crop detector; {model} was trained on whole "
-            "images (train one with --set features.crop_size=N)",
-            file=sys.stderr,
-        )
         return 2
     failed = 0
     for result in score_paths(detector, args.paths, args.heatmaps):

@@ -29,7 +29,7 @@ SETTINGS = {
         "deployment": "inpaint-batch/batch-local",
     },  # fmt: skip
     "features": {"input_size": 64, "finetune_epochs": 1},
-    "svm": {"kernels": ["linear"], "C": [1.0], "cv_folds": 2},
+    "svm": {"alpha": [0.1], "top_k": [1, 4], "cv_folds": 2},
     "evaluate": {"compare_frozen": False, "bootstrap": 50},
 }
 

@@ -12,16 +12,16 @@ def test_defaults_are_the_offline_default() -> None:
     assert cfg.data.source == "sample"
     assert cfg.inpaint.backend == "auto"  # classical here: no CUDA
     assert cfg.features.backbone == "efficientnet_lite0"
-    assert len(cfg.masks.types) == 5
+    assert len(cfg.masks.types) == 9
 
 
 def test_overrides_set_dotted_keys_with_typed_values(tmp_path: Path) -> None:
     cfg = load_settings(
-        overrides=["svm.cv_folds=3", "svm.C=[1, 10]", "data.limit=7", "features.input_size="],
+        overrides=["svm.cv_folds=3", "svm.alpha=[1, 10]", "data.limit=7", "features.input_size="],
         storage=str(tmp_path),
     )
     assert cfg.svm.cv_folds == 3
-    assert cfg.svm.C == (1.0, 10.0)
+    assert cfg.svm.alpha == (1.0, 10.0)
     assert cfg.data.limit == 7
     assert cfg.features.input_size is None
     assert cfg.storage.root == str(tmp_path)
@@ -29,9 +29,9 @@ def test_overrides_set_dotted_keys_with_typed_values(tmp_path: Path) -> None:
 
 def test_yaml_file_then_overrides(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
-    path.write_text("svm:\n  cv_folds: 4\n  seed: 9\ninpaint:\n  classical:\n    method: ns\n")
+    path.write_text("svm:\n  cv_folds: 4\n  seed: 9\ninpaint:\n  classical:\n    methods: [ns]\n")
     cfg = load_settings(path, ["svm.cv_folds=2"])
-    assert (cfg.svm.cv_folds, cfg.svm.seed, cfg.inpaint.classical.method) == (2, 9, "ns")
+    assert (cfg.svm.cv_folds, cfg.svm.seed, cfg.inpaint.classical.methods) == (2, 9, ("ns",))
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,10 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
         ("masks.types=[diagonal_upper_left, square]", ["square"]),
         ("novalue", ["KEY=VALUE"]),
         ("inpaint.steps=4", ["inpaint.steps", "inpaint.sd2.steps"]),
-        ("inpaint.method=ns", ["inpaint.method", "inpaint.classical.method"]),
+        ("inpaint.method=ns", ["inpaint.method", "inpaint.classical.methods"]),
+        ("inpaint.sd2.paste_back=true", ["inpaint.sd2.paste_back", "inpaint.sd2.variants"]),
+        ("svm.C=[1.0]", ["svm.C", "svm.alpha"]),
+        ("features.crop_size=32", ["features.crop_size", "features.cell"]),
         ("inpaint.backend=dalle", ["dalle"]),
         ("data.source=web", ["web"]),
     ],
@@ -117,6 +120,6 @@ def test_validating_settings_loads_neither_torch_nor_pandas() -> None:
 def test_every_setting_is_described() -> None:
     rows = describe_settings()
     keys = {key for key, _, _ in rows}
-    assert {"storage.root", "data.limit", "svm.cv_folds", "inpaint.classical.method",
+    assert {"storage.root", "data.limit", "svm.cv_folds", "inpaint.classical.methods",
             "inpaint.sd2.steps"} <= keys  # fmt: skip
     assert all(desc for _, _, desc in rows)

@@ -40,7 +40,7 @@ TINY_SD2 = "/home/worker/.cache/huggingface/tiny-sd2"
 SMALL = {
     "data": {"limit": 12, "image_size": 48},
     "features": {"finetune_epochs": 0},
-    "svm": {"kernels": ["linear"], "C": [1.0], "cv_folds": 2},
+    "svm": {"alpha": [0.1], "top_k": [1, 4], "cv_folds": 2},
     "evaluate": {"robustness": False, "bootstrap": 50, "compare_frozen": False},
 }
 # On the stack the batches go to the GPU worker, which runs a tiny SD2 pipeline on its CPU.

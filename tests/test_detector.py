@@ -5,57 +5,38 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.model_selection import GroupKFold
 
-from deepfake.config import SVMConfig
-from deepfake.detector import (
-    BUNDLE_FILE,
-    MODEL_FILE,
-    build_pipeline,
-    grid_search,
-    load_model,
-    platt_calibration,
-    probability,
-    train_detector,
+from deepfake.config import (
+    DataConfig,
+    FeaturesConfig,
+    InpaintConfig,
+    MaskConfig,
+    SplitConfig,
+    SVMConfig,
 )
-from deepfake.features import INFO_FILE
-from deepfake.split import grouped_split
-from deepfake.stages import StageOutput, write_manifest
+from deepfake.detector import BUNDLE_FILE, MODEL_FILE, copyrule, heldout, load_model, probability
+from deepfake.detector.model import dump_model, platt_calibration, top_k_mean
+from deepfake.detector.stage import PROTOCOLS_FILE, HeldOut, train_detector
+from deepfake.detector.training import choose, held_out_folds, search_alpha
+from deepfake.features.stage import extract_features
+from deepfake.inpaint.stage import run_inpaint
+from deepfake.masks.stage import make_masks
+from deepfake.predict import Detector
+from deepfake.sources.stage import prepare_sources
+from deepfake.split import grouped_split, split_dataset
 from deepfake.storage import Storage
 
+SVM = SVMConfig(alpha=(0.1,), top_k=(1, 4), cv_folds=3, n_jobs=1)
 
-def synthetic(groups: int = 12, per_group: int = 6, dims: int = 16, seed: int = 0):
-    """Features where inpainted rows are shifted along a few dimensions, plus group offsets."""
-    rng = np.random.default_rng(seed)
+
+def frame_of(groups: int = 6, methods: tuple[str, ...] = ("telea", "exemplar")) -> pd.DataFrame:
+    """Records as the stages write them: a real image per group and one fake per method."""
     rows = []
     for g in range(groups):
-        offset = rng.normal(0, 1, dims)
-        for i in range(per_group):
-            label = int(i > 0)
-            x = offset + rng.normal(0, 1, dims)
-            x[:4] += 2.5 * label
-            rows.append(
-                {
-                    "record_id": f"g{g}_{i}",
-                    "source_id": f"g{g}",
-                    "group": f"g{g}",
-                    "variant": "real" if label == 0 else f"m{i}",
-                    "label": label,
-                    "uri": f"x/g{g}_{i}.png",
-                    "sha256": "0" * 64,
-                    "features": x.astype(np.float32),
-                    "split": "test" if g >= groups - 3 else "train",
-                }
-            )
+        rows.append({"record_id": f"g{g}", "group": f"g{g}", "label": 0, "method": ""})
+        for m in methods:
+            rows.append({"record_id": f"g{g}__{m}", "group": f"g{g}", "label": 1, "method": m})
     return pd.DataFrame(rows)
-
-
-def features_stage(store: Storage, frame: pd.DataFrame) -> StageOutput:
-    """A finished features stage holding ``frame``, as the features stage writes one."""
-    info = {"backbone": "efficientnet_lite0", "pooling": "multiscale", "input_size": None,
-            "crop_size": None, "dim": 16, "image_size": 32, "weights": None}  # fmt: skip
-    store.write_json(f"features/x/{INFO_FILE}", info)
-    return write_manifest(store, "features", "features/x", frame, files=[INFO_FILE])
 
 
 def test_grouped_split_never_shares_a_group() -> None:
@@ -68,82 +49,145 @@ def test_grouped_split_never_shares_a_group() -> None:
         grouped_split(np.zeros(5), 0.3, 0)
 
 
-def test_search_folds_never_straddle_groups() -> None:
-    frame = synthetic()
-    X = np.stack(frame["features"])
-    y, groups = frame["label"].to_numpy(), frame["group"].to_numpy()
-    cfg = SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=4)
-    search = grid_search(X, y, groups, cfg)
-    assert isinstance(search.cv, GroupKFold)
-    for train, test in search.cv.split(X, y, groups):
-        assert not set(groups[train]) & set(groups[test])
-    assert search.best_score_ > 0.9
-    kinds = {type(p["svm"]).__name__ if "svm" in p else p["svm__kernel"]
-             for p in search.cv_results_["params"]}  # fmt: skip
-    assert kinds == {"LinearSVC", "rbf"}  # the linear kernel goes through liblinear
+def test_alpha_search_is_grouped_and_finds_the_signal() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(12), 40)
+    y = np.tile([0, 1], 240)
+    X = rng.normal(0, 1, (480, 8)) + rng.normal(0, 1, (12, 8))[groups]  # group offsets
+    X[:, 0] += 2.0 * y
+    alpha, aucs = search_alpha(X, y, groups, SVMConfig(alpha=(0.01, 0.1), cv_folds=3, n_jobs=1))
+    assert set(aucs) == {0.01, 0.1} and alpha in aucs
+    assert min(aucs.values()) > 0.85
+    with pytest.raises(ValueError, match="2 source groups"):
+        search_alpha(X[:40], y[:40], groups[:40], SVM)
 
 
-def test_large_training_sets_use_successive_halving() -> None:
-    from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV
-
-    frame = synthetic(groups=200)  # 1,200 images: 5 folds of 60 fit four times over
-    X, y, groups = np.stack(frame["features"]), frame["label"].to_numpy(), frame["group"].to_numpy()
-    cfg = SVMConfig(C=(0.1, 1.0, 10.0), gamma=("scale", 1e-2, 1e-3), cv_folds=5)
-    search = grid_search(X, y, groups, cfg)
-    assert isinstance(search, HalvingGridSearchCV)
-    assert search.n_resources_ == [400, 1200]  # a third of the images, then all of them
-    assert search.n_candidates_[0] == 12 and search.n_candidates_[-1] == 4
-    assert search.best_score_ > 0.9
-    for train, test in search.cv.split(X, y, groups):
-        assert not set(groups[train]) & set(groups[test])
-    small = grid_search(X[:300], y[:300], groups[:300], cfg)
-    assert type(small) is GridSearchCV  # too few images for halving to pay off
-    exhaustive = grid_search(X, y, groups, cfg.model_copy(update={"search": "grid"}))
-    assert type(exhaustive) is GridSearchCV
+def test_held_out_folds_leave_out_photos_and_a_method() -> None:
+    frame = frame_of()
+    folds = held_out_folds(frame, SVM)
+    assert {f.method for f in folds} == {"telea", "exemplar"} and len(folds) == 6
+    for fold in folds:
+        train, held = frame.iloc[fold.train], frame.iloc[fold.held_out]
+        assert not set(train["group"]) & set(held["group"])
+        assert fold.method not in set(train["method"])
+        assert set(held["method"]) == {"", fold.method}
+    plain = held_out_folds(frame, SVM, by_method=False)
+    assert len(plain) == 3 and {f.method for f in plain} == {None}
 
 
-def test_pca_option_reduces_dimensions() -> None:
-    frame = synthetic()
-    X = np.stack(frame["features"])
-    pipe = build_pipeline(SVMConfig(pca_components=5)).fit(X, frame["label"])
-    assert pipe.named_steps["pca"].n_components_ == 5
+def test_protocols_repeat_the_split_and_leave_each_method_out() -> None:
+    frame = frame_of(groups=8)
+    planned = heldout.plan(frame, repeats=2, test_size=0.25, seed=5, leave_one_method_out=True)
+    assert [p.name for p in planned] == [
+        "split 1", "split 1, without exemplar", "split 1, without telea",
+        "split 2", "split 2, without exemplar", "split 2, without telea",
+    ]  # fmt: skip
+    first, second = planned[0], planned[3]
+    assert np.array_equal(first.train, grouped_split(frame["group"].to_numpy(), 0.25, 5)[0])
+    assert not np.array_equal(first.test, second.test)  # another grouped split
+    for p in planned:
+        train, test = frame.iloc[p.train], frame.iloc[p.test]
+        assert not set(train["group"]) & set(test["group"])
+        if p.left_out:
+            assert p.left_out not in set(train["method"])
+            assert set(test["method"]) == {"", p.left_out}
 
 
-def test_train_stage_saves_model_and_refuses_tampered_file(tmp_path: Path) -> None:
-    store = Storage(tmp_path)
-    features = features_stage(store, synthetic())
-    out = train_detector(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features)
-    scored = store.read_parquet(out.manifest)
-    # The split comes from the split stage's column, untouched.
-    assert scored["split"].tolist() == synthetic().sort_values("record_id")["split"].tolist()
+def test_choose_picks_the_aggregation_and_threshold_on_held_out_scores() -> None:
+    frame = frame_of(groups=9, methods=("telea",))
+    folds = held_out_folds(frame, SVM)
+    labels = frame["label"].to_numpy()
+    rng = np.random.default_rng(1)
+    # 16 cells per image; a fake has one hot cell (a small edit): the max sees it, a mean of 4
+    # dilutes it among noise.
+    cells = rng.normal(0, 1, (len(frame), 16))
+    cells[labels == 1, 3] += 6.0
+    decisions = {f.name: cells[f.held_out] for f in folds}
+    chosen = choose(folds, decisions, labels, (1, 4))
+    assert chosen["top_k"] == 1
+    assert chosen["top_k_roc_auc"]["1"] > chosen["top_k_roc_auc"]["4"]
+    scores = top_k_mean(cells, 1)
+    assert scores[labels == 0].max() < chosen["threshold"] <= scores[labels == 1].min() + 1e-9
+    assert all(v == 1.0 for v in chosen["held_out_balanced_accuracy"].values())
+    # The copy rule's verdicts count: with every fake flagged by it, any threshold above the
+    # reals is as good, and the chosen one still separates.
+    fires = {f.name: labels[f.held_out] == 1 for f in folds}
+    assert choose(folds, decisions, labels, (1, 4), fires)["threshold"] > scores[labels == 0].max()
+
+
+def test_copy_rule_lifts_only_what_it_flags() -> None:
+    reals = np.r_[np.zeros(98), 0.003, 0.004]
+    assert copyrule.calibrate(reals) == copyrule.FLOOR  # a photo repeats almost nothing
+    assert copyrule.calibrate(np.r_[np.zeros(90), np.full(10, 0.2)]) == 0.2
+    svm = np.array([-1.0, 2.0, -1.0])
+    fused = copyrule.fuse(svm, np.array([0.0, 0.0, 0.105]), svm_threshold=0.5, threshold=0.005)
+    assert fused[0] == -1.0 and fused[1] == 2.0  # never lowered, untouched when silent
+    assert fused[2] == pytest.approx(0.5 + copyrule.GAIN * 0.1)  # over the SVM's threshold
+    cells = np.array([[0.0, 0.0], [-2.0, -2.0]])
+    copied = np.array([[0.0, 1.0], [0.0, 1.0]])
+    lit = copyrule.fuse_cells(cells, copied, np.array([0.001, 0.5]), threshold=0.01)
+    assert np.array_equal(lit[0], cells[0])  # the rule is silent on the first image
+    assert lit[1, 0] == -2.0 and lit[1, 1] == pytest.approx(copyrule.GAIN * 0.5)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The real stages on 10 sample photos (48 px), every mask type and classical method."""
+    store = Storage(tmp_path_factory.mktemp("detector"))
+    sources = prepare_sources(store, DataConfig(limit=10, image_size=48))
+    masks = make_masks(store, MaskConfig(), sources)
+    dataset = run_inpaint(store, InpaintConfig(backend="classical"), sources, masks)
+    split = split_dataset(store, SplitConfig(test_size=0.3), dataset)
+    features = extract_features(store, FeaturesConfig(cells_per_image=8, batch_size=32), split)
+    protocols = HeldOut(repeats=2, test_size=0.3, leave_one_method_out=True)
+    return store, features, train_detector(store, SVM, features, protocols)
+
+
+def test_detector_stage_writes_a_loadable_bundle(trained) -> None:
+    store, _, out = trained
+    meta = store.read_json(f"{out.folder}/{BUNDLE_FILE}")
     search = store.read_json(f"{out.folder}/search.json")
-    assert np.isfinite(search["threshold"]) and "out-of-fold" in search["threshold_rule"]
-    model = load_model(store, out.folder, search["model_sha256"])
-    X = np.stack(store.read_parquet(features.manifest)["features"])
-    assert np.allclose(model.decision_function(X), scored["score"])
+    assert meta["top_k"] in (1, 4) and meta["top_k"] == search["top_k"]
+    assert "held-out" in search["threshold_rule"] and np.isfinite(meta["threshold"])
+    assert meta["copy_rule"]["threshold"] >= copyrule.FLOOR
+    model = load_model(store, out.folder, meta["svm_sha256"])
+    assert model.named_steps["svm"].coef_.shape == (1, meta["cell_dim"])
     store.write_bytes(
         f"{out.folder}/{MODEL_FILE}", store.read_bytes(f"{out.folder}/{MODEL_FILE}") + b"x"
     )
     with pytest.raises(ValueError, match="digest"):
-        load_model(store, out.folder, search["model_sha256"])
+        load_model(store, out.folder, meta["svm_sha256"])
+    store.write_bytes(f"{out.folder}/{MODEL_FILE}", dump_model(model))  # restored
 
 
-def test_bundle_probabilities_are_calibrated_and_agree_with_the_threshold(tmp_path: Path) -> None:
-    store = Storage(tmp_path)
-    out = train_detector(store, SVMConfig(C=(1.0,), gamma=("scale",), cv_folds=3), features_stage(
-        store, synthetic(groups=16))
-    )  # fmt: skip
-    meta = store.read_json(f"{out.folder}/{BUNDLE_FILE}")
-    assert meta["backbone"] == "efficientnet_lite0" and meta["calibration"]["a"] > 0
+def test_loaded_detector_scores_as_the_stage_did(trained) -> None:
+    store, _, out = trained
     scored = store.read_parquet(out.manifest)
+    detector = Detector.load(store, out.folder, device="cpu")
+    sample = scored.groupby("label").head(6)
+    again = detector.score_uris(store, list(sample["uri"]))
+    assert np.allclose(again, sample["score"], atol=1e-3)
+    meta = detector.meta
+    said = scored["score"].to_numpy() >= meta["threshold"]
     p = probability(scored["score"].to_numpy(), meta["calibration"])
     assert ((p > 0) & (p < 1)).all()
-    # The label rule in probability terms is the same as in decision values.
-    inpainted = scored["score"].to_numpy() >= meta["threshold"]
-    assert (inpainted == (p >= meta["probability_threshold"] - 1e-12)).all()
-    test = scored[scored["split"] == "test"]
-    brier = np.mean((probability(test["score"], meta["calibration"]) - test["label"]) ** 2)
-    assert brier < 0.1  # well separated synthetic data: confident and mostly right
+    assert (said == (p >= meta["probability_threshold"] - 1e-12)).all()
+    heat = np.asarray(scored["heat"].iloc[0], np.float32)
+    assert heat.shape == (36,)  # every cell of the 48 px image (6 x 6 cells of 8 px)
+
+
+def test_held_out_detectors_never_saw_their_test_records(trained) -> None:
+    store, features, out = trained
+    frame = store.read_parquet(features.manifest)
+    protocols = store.read_json(f"{out.folder}/{PROTOCOLS_FILE}")
+    names = [p["name"] for p in protocols]
+    assert "split 2" in names and any("without exemplar" in n for n in names)
+    by_id = frame.set_index("record_id")
+    for p in protocols:
+        test = by_id.loc[p["test_record_ids"]]
+        assert len(test) == len(p["test_scores"]) and set(test["label"]) == {0, 1}
+        if p["left_out"]:
+            assert set(test.loc[test["label"] == 1, "method"]) == {p["left_out"]}
 
 
 def test_platt_calibration_by_hand() -> None:
@@ -169,10 +213,9 @@ def test_model_file_bytes_are_the_same_in_every_process() -> None:
     import sys
 
     script = (
-        "import hashlib, numpy as np; from deepfake.detector import _dump, build_pipeline; "
-        "from deepfake.config import SVMConfig; X = np.random.RandomState(0).rand(40, 5); "
-        "m = build_pipeline(SVMConfig(pca_components=3)).fit(X, [0, 1] * 20); "
-        "print(hashlib.sha256(_dump(m)).hexdigest())"
+        "import hashlib, numpy as np; from deepfake.detector.model import dump_model, cell_svm; "
+        "X = np.random.RandomState(0).rand(40, 5); m = cell_svm(0.1, 0).fit(X, [0, 1] * 20); "
+        "print(hashlib.sha256(dump_model(m)).hexdigest())"
     )
     digests = {
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).stdout
@@ -186,7 +229,7 @@ def test_parallel_workers_get_only_portable_warning_filters() -> None:
 
     import torch.jit._trace
 
-    from deepfake.detector import _portable_warning_filters
+    from deepfake.detector.model import _portable_warning_filters
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit._trace.TracerWarning)

@@ -19,24 +19,24 @@ def test_binary_metrics_by_hand() -> None:
     assert m["precision"] == pytest.approx(2 / 3)
     assert m["recall"] == pytest.approx(2 / 3)
     assert m["balanced_accuracy"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert m["specificity"] == pytest.approx(1 / 2)
+    assert m["f1"] == pytest.approx(2 * (2 / 3) * (2 / 3) / (2 / 3 + 2 / 3))
     # ranking: positives 2, 3, -0.5 against negatives -1, 0.5 -> 5 of 6 pairs ordered
     assert m["roc_auc"] == pytest.approx(5 / 6)
+    # by score: 3 (+), 2 (+), 0.5 (-), -0.5 (+), -1 (-): precision 1, 1, -, 3/4 at each positive
+    assert m["average_precision"] == pytest.approx((1 + 1 + 3 / 4) / 3)
 
 
 def scored_frame() -> pd.DataFrame:
     rows = []
     for g, split in [("a", "test"), ("b", "test"), ("c", "train")]:
-        rows.append({"group": g, "variant": "real", "label": 0, "score": -1.0, "split": split})
-        rows.append({"group": g, "variant": "random", "label": 1, "score": 1.0, "split": split})
-        rows.append(
-            {
-                "group": g,
-                "variant": "diagonal_upper_left",
-                "label": 1,
-                "score": -2.0 if g == "a" else 2.0,
-                "split": split,
-            }
-        )
+        common = {"group": g, "split": split}
+        rows.append({**common, "variant": "real", "label": 0, "score": -1.0, "coverage": 0.0,
+                     "method": ""})  # fmt: skip
+        rows.append({**common, "variant": "random", "label": 1, "score": 1.0, "coverage": 0.42,
+                     "method": "telea"})  # fmt: skip
+        rows.append({**common, "variant": "diagonal_upper_left", "label": 1, "coverage": 0.5,
+                     "score": -2.0 if g == "a" else 2.0, "method": "exemplar"})  # fmt: skip
     frame = pd.DataFrame(rows)
     frame["source_id"] = frame["group"]
     return frame
@@ -67,8 +67,8 @@ def test_evaluate_reports_required_keys_and_per_mask_type() -> None:
 
 
 def test_plots_are_pngs_and_report_lists_skipped_inputs() -> None:
-    images = curves(scored_frame(), 0.0)
-    assert set(images) == {"roc.png", "pr.png", "confusion_matrix.png"}
+    images = curves(scored_frame(), 0.0, lambda s: 1 / (1 + np.exp(-s)))
+    assert set(images) == {"roc.png", "pr.png", "confusion_matrix.png", "reliability.png"}
     assert all(data.startswith(b"\x89PNG") for data in images.values())
     metrics = evaluate(scored_frame(), 0.0, [0.9, 1.0])
     text = report_markdown(
@@ -77,11 +77,12 @@ def test_plots_are_pngs_and_report_lists_skipped_inputs() -> None:
             "data": "sample",
             "backend": "classical",
             "backbone": "efficientnet_lite0",
-            "best_params": {},
+            "best_params": {"alpha": 0.1, "top_k": 4},
             "skipped": [{"source_id": "broken", "reason": "x.png: empty file"}],
         },
     )
-    assert "broken" in text and "x.png: empty file" in text and "| roc_auc |" in text
+    assert "broken" in text and "x.png: empty file" in text and "| ROC-AUC | 0.7500 |" in text
+    assert "| recall at 5 % false positives |" in text
 
 
 def test_error_rates_by_hand() -> None:
@@ -112,14 +113,72 @@ def test_bootstrap_resamples_whole_groups() -> None:
     assert bootstrap_ci(test, 0, 0) == {}
 
 
-def test_per_area_buckets_use_mask_coverage() -> None:
-    from deepfake.evaluate.metrics import per_area_bucket
+def test_per_area_and_method_figures_set_reals_against_each_part() -> None:
+    metrics = evaluate(scored_frame(), 0.0, [0.9, 1.0])
+    areas = metrics["per_mask_area"]
+    assert set(areas) == {"0.25-0.45", "0.45-0.55"}
+    assert areas["0.25-0.45"]["n_inpainted"] == 2 and areas["0.25-0.45"]["roc_auc"] == 1.0
+    assert areas["0.45-0.55"]["n_real"] == 2 and areas["0.45-0.55"]["recall"] == 0.5
+    assert metrics["per_method"]["exemplar"]["roc_auc"] == pytest.approx(0.5)
+    assert metrics["recall_at_5pct_fpr_small"] is None  # no test edit under 10 %
 
-    frame = scored_frame()
-    frame["coverage"] = [0.0, 0.5, 0.42] * 3
-    buckets = per_area_bucket(frame[frame["split"] == "test"], 0.0)
-    assert set(buckets) == {"0.00-0.45", "0.50-0.55"}
-    assert buckets["0.50-0.55"]["n_inpainted"] == 2 and buckets["0.50-0.55"]["roc_auc"] == 1.0
+
+def test_recall_at_five_percent_false_positives_by_hand() -> None:
+    from deepfake.evaluate.metrics import recall_at_fpr
+
+    y = np.array([0] * 20 + [1] * 4)
+    s = np.r_[np.arange(20.0), 18.5, 19.5, 30.0, 5.0]
+    # 1 real in 20 may be flagged: the bar is the 19th real score (18); 3 of 4 fakes are above
+    assert recall_at_fpr(y, s) == pytest.approx(3 / 4)
+
+
+def test_held_out_figures_are_means_over_splits_by_hand() -> None:
+    from deepfake.evaluate.heldout import held_out
+
+    frame = pd.DataFrame({"record_id": list("abcd"), "label": [0, 1, 0, 1],
+                          "coverage": [0.0, 0.5, 0.0, 0.05]})  # fmt: skip
+    main = {"name": "split 1", "left_out": None, "threshold": 0.0,
+            "test_record_ids": ["a", "b"], "test_scores": [-1.0, 1.0]}  # fmt: skip
+    other = {"name": "split 2", "left_out": None, "threshold": 0.0,
+             "test_record_ids": ["c", "d"], "test_scores": [1.0, -1.0]}  # fmt: skip
+    lomo = {"name": "split 1, without telea", "left_out": "telea", "threshold": 2.0,
+            "test_record_ids": ["a", "b"], "test_scores": [-1.0, 1.0]}  # fmt: skip
+    out = held_out(frame, main, [other, lomo])
+    splits = out["repeated_splits"]
+    assert splits["splits"] == 2 and splits["roc_auc_per_split"] == [1.0, 0.0]
+    assert splits["roc_auc"] == 0.5 and splits["roc_auc_std"] == 0.5
+    assert splits["balanced_accuracy"] == 0.5 and splits["recall_per_split"] == [1.0, 0.0]
+    telea = out["leave_one_method_out"]["telea"]
+    assert telea["roc_auc"] == 1.0 and telea["recall"] == 0.0 and telea["specificity"] == 1.0
+    assert telea["balanced_accuracy"] == 0.5  # at its own threshold, 2.0
+    assert out["balanced_accuracy_at_threshold"] == {
+        "split 1": 1.0, "split 2": 0.0, "split 1, without telea": 0.5,
+    }  # fmt: skip
+
+
+def test_localisation_scores_heat_maps_against_true_masks(tmp_path) -> None:
+    from deepfake.evaluate.localisation import localisation
+    from deepfake.images import encode_png
+    from deepfake.storage import Storage
+
+    store = Storage(tmp_path)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, :8] = 255  # the left half of a 2 x 2 grid of 8-pixel cells
+    store.write_bytes("m.png", encode_png(mask))
+    calibration = {"a": 1.0, "b": 0.0}  # a cell's probability is sigmoid(decision)
+    test = pd.DataFrame({
+        "label": [1, 0], "variant": ["diagonal", "real"], "coverage": [0.5, 0.0],
+        "mask_uri": ["m.png", ""], "grid": [[2, 2], [2, 2]],
+        "heat": [[4.0, -4.0, 4.0, -4.0], [-4.0, -4.0, -4.0, -4.0]],
+    })  # fmt: skip
+    out = localisation(store, test, calibration, 16)
+    assert out["pixel_roc_auc"] == pytest.approx(1.0)
+    # Interpolated between cell centres, the heat crosses 0.5 at the mask's edge exactly.
+    assert out["iou"] == pytest.approx(1.0) and out["pixel_f1"] == pytest.approx(1.0)
+    flipped = test.assign(heat=[[-4.0, 4.0, -4.0, 4.0], [-4.0] * 4])
+    wrong = localisation(store, flipped, calibration, 16)
+    assert wrong["pixel_roc_auc"] <= 0.5 and wrong["iou"] == 0.0
+    assert set(out["per_mask_type"]) == {"diagonal"} and set(out["per_mask_area"]) == {"0.45-0.55"}
 
 
 def test_perturbations_keep_shape_and_change_pixels(textured: np.ndarray) -> None:
@@ -163,7 +222,8 @@ def test_report_compares_frozen_and_fine_tuned() -> None:
         "none": tuned["roc_auc"],
         "jpeg_80": 0.9,
     }
-    notes = {"data": "sample", "backend": "classical", "backbone": "b", "best_params": {}}
+    notes = {"data": "sample", "backend": "classical", "backbone": "b",
+             "best_params": {"alpha": 0.1, "top_k": 4}}  # fmt: skip
     text = report_markdown(tuned, notes)
     assert "## Frozen vs fine-tuned backbone" in text
     assert "| ROC-AUC after jpeg_80 | 0.4000 | 0.9000 |" in text

@@ -10,8 +10,9 @@ from PIL import Image
 
 from deepfake.config import DataConfig, FeaturesConfig, InpaintConfig, MaskConfig
 from deepfake.features.backbones import BACKBONES, WeightsUnavailable, efficientnet_lite0
-from deepfake.features.extractor import FeatureExtractor, crop_starts
-from deepfake.features.stage import extract_features, feature_matrix
+from deepfake.features.extractor import FeatureExtractor
+from deepfake.features.forensics import FORENSIC_CHANNELS, duplicate_map
+from deepfake.features.stage import cell_matrix, extract_features, sample_cells
 from deepfake.inpaint.stage import run_inpaint
 from deepfake.masks.stage import make_masks
 from deepfake.sources.sample import photo_path
@@ -28,12 +29,11 @@ def test_default_backbone_has_real_imagenet_weights() -> None:
     assert top == 285  # ImageNet "Egyptian cat"
 
 
-@pytest.mark.parametrize(("pooling", "dim"), [("multiscale", 16 + 24 + 40 + 112 + 320),
-                                              ("last", 1280)])  # fmt: skip
-def test_extractor_gives_one_vector_per_image(textured: np.ndarray, pooling: str, dim: int) -> None:
-    extractor = FeatureExtractor("efficientnet_lite0", input_size=96, device="cpu", pooling=pooling)
+def test_extractor_gives_one_vector_per_image(textured: np.ndarray) -> None:
+    extractor = FeatureExtractor("efficientnet_lite0", input_size=96, device="cpu")
     out = extractor.transform([textured, textured[::-1].copy(), textured])
-    assert out.shape == (3, dim) == (3, extractor.dim) and out.dtype == np.float32
+    assert out.shape == (3, 16 + 24 + 40 + 112 + 320) == (3, extractor.dim)
+    assert out.dtype == np.float32
     assert np.allclose(out[0], out[2], atol=1e-5)
     assert not np.allclose(out[0], out[1], atol=1e-3)
 
@@ -48,27 +48,48 @@ def test_multiscale_vector_is_the_mean_of_each_stage_map(textured: np.ndarray) -
     assert np.allclose(extractor.transform([textured]), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_crop_grid_covers_the_image() -> None:
-    assert crop_starts(128, 64) == [0, 64]
-    assert crop_starts(100, 64) == [0, 36]  # overlapping, nothing left out
-    assert crop_starts(48, 64) == [0]
-    assert crop_starts(512, 128) == [0, 128, 256, 384]
+def test_cell_features_are_the_stage_maps_over_each_cell(textured: np.ndarray) -> None:
+    extractor = FeatureExtractor("efficientnet_lite0", device="cpu", cell=8)
+    cells = extractor.cells([textured, textured])
+    assert extractor.grid(64, 64) == (8, 8)
+    assert cells.shape == (2, 8, 8, extractor.dim + len(FORENSIC_CHANNELS))
+    x = extractor.preprocess([textured])
+    with torch.inference_mode():
+        maps = extractor.model.forward_intermediates(x, intermediates_only=True)
+    # Stage 2 has stride 4: cell (row 3, column 5) is its 2x2 block at (6, 10).
+    stage2 = maps[1][0, :, 6:8, 10:12].mean((1, 2)).numpy()
+    start = extractor.spec.stage_channels[0]
+    got = cells[0, 3, 5, start : start + extractor.spec.stage_channels[1]]
+    assert np.allclose(got, stage2, rtol=1e-3, atol=1e-3 * np.abs(stage2).max())
 
 
-def test_multi_crop_vector_is_mean_and_max_of_crop_vectors(textured: np.ndarray) -> None:
-    extractor = FeatureExtractor("efficientnet_lite0", device="cpu", crop_size=32)
-    whole = FeatureExtractor("efficientnet_lite0", device="cpu")
-    assert extractor.dim == 2 * whole.dim
-    assert extractor.crop_boxes(64, 64) == [(0, 0, 32, 32), (0, 32, 32, 32), (32, 0, 32, 32),
-                                            (32, 32, 32, 32)]  # fmt: skip
-    crops = [textured[t : t + 32, s : s + 32].copy() for t, s, _, _ in extractor.crop_boxes(64, 64)]
-    per_crop = whole.transform(crops)  # each crop alone, at native resolution
-    vector = extractor.transform([textured])[0]
-    assert np.allclose(vector, np.concatenate([per_crop.mean(0), per_crop.max(0)]), atol=1e-4)
-    # A heat map scores each crop as an image of one crop: its vector twice.
-    alone = extractor.transform_crops(textured)
-    assert alone.shape == (4, extractor.dim)
-    assert np.allclose(alone, np.concatenate([per_crop, per_crop], 1), atol=1e-4)
+def test_copied_texture_is_marked_and_a_straight_edge_is_not(textured: np.ndarray) -> None:
+    noise = np.random.default_rng(0).integers(-12, 12, textured.shape)
+    image = np.clip(textured + noise, 0, 255).astype(np.uint8)  # camera noise: texture anywhere
+    image[40:56, 8:24] = image[4:20, 36:52]  # a 16x16 patch copied elsewhere
+    marked = duplicate_map(image)
+    assert marked[40:56, 8:24].mean() == 1.0 and marked[4:20, 36:52].mean() == 1.0
+    assert marked.mean() < 0.2  # the rest of a photo repeats nothing
+    assert duplicate_map(textured).mean() < 0.01
+    edge = np.zeros((64, 64, 3), np.uint8)
+    edge[:, 32:] = 200  # every 4x4 window across the edge is the same: not a copy
+    assert duplicate_map(edge).sum() == 0
+    # The cells' copy channel is that map pooled per cell.
+    cells = FeatureExtractor("efficientnet_lite0", device="cpu").cells([image])[0]
+    copies = cells[..., -len(FORENSIC_CHANNELS) + FORENSIC_CHANNELS.index("copies_mean")]
+    assert copies[5, 1] == 1.0 and copies[5:7, 1:3].mean() == 1.0
+
+
+def test_training_cells_are_half_inside_the_region_half_clean() -> None:
+    coverage = np.zeros((8, 8))
+    coverage[2:4, 2:4] = 1.0  # 4 cells inside
+    coverage[4, 2:4] = 0.3  # edge cells: never sampled
+    chosen = sample_cells(coverage, 12, seed=1)
+    flat = coverage.ravel()[chosen]
+    assert len(chosen) == 12 and (flat == 1.0).sum() == 4 and (flat == 0).sum() == 8
+    assert np.array_equal(chosen, sample_cells(coverage, 12, seed=1))
+    real = sample_cells(np.zeros((8, 8)), 12, seed=1)
+    assert len(real) == 12 and len(set(real)) == 12
 
 
 def test_torchvision_backbone_without_weights_names_the_file(tmp_path: Path, monkeypatch) -> None:
@@ -107,14 +128,21 @@ def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
     sources = prepare_sources(store, DataConfig(limit=2, image_size=48))
     masks = make_masks(store, MaskConfig(), sources)
     dataset = run_inpaint(store, InpaintConfig(), sources, masks)
-    frozen = FeaturesConfig(input_size=64, batch_size=5, finetune_epochs=0, pooling="last")
+    frozen = FeaturesConfig(input_size=64, batch_size=5, finetune_epochs=0, cells_per_image=6)
     out = extract_features(store, frozen, dataset)
     frame = store.read_parquet(out.manifest)
-    assert len(frame) == 12
-    assert feature_matrix(frame).shape == (12, 1280)
-    assert {"record_id", "group", "variant", "label", "uri", "sha256"} <= set(frame.columns)
     info = store.read_json(f"{out.folder}/features.json")
-    assert (info["dim"], info["image_size"], info["weights"]) == (1280, 48, None)
+    assert len(frame) == len(store.read_parquet(dataset.manifest))
+    assert {"record_id", "group", "variant", "label", "uri", "sha256"} <= set(frame.columns)
+    assert (info["cell_dim"], info["image_size"], info["weights"]) == (516, 48, None)
+    cells, coverage, rows = cell_matrix(frame, info["cell_dim"])
+    assert cells.shape == (6 * len(frame), 516) and np.isfinite(cells).all()
+    assert all(tuple(g) == (8, 8) for g in frame["grid"])  # 64 px input, 8 px cells
+    fakes = frame["label"].to_numpy()[rows] == 1
+    assert (coverage[~fakes] == 0).all()
+    inside = coverage[fakes] >= 0.5
+    assert inside.sum() > 0.3 * fakes.sum() and inside.sum() <= 0.5 * fakes.sum()  # up to half
+    assert ((coverage == 0) | (coverage >= 0.5)).all()  # never an edge cell
     # Batch size is how fast, not what: another batch size reuses the same finished output.
     assert extract_features(store, frozen.model_copy(update={"batch_size": 3}), dataset) == out
 
@@ -155,21 +183,25 @@ def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
     store.reads = []
     out = extract_features(store, TUNED, split)
     info = store.read_json(f"{out.folder}/features.json")
-    extraction = len(frame)  # after fine-tuning, every image is read once for its vector
+    masks = [m for m in frame["mask_uri"] if m]
+    extraction = len(frame) + len(masks)  # after fine-tuning: every image and mask, once
     tuning_reads = store.reads[:-extraction]
     assert len(tuning_reads) == 2 * (frame["split"] == "train").sum()  # two epochs
     assert not test_uris & set(tuning_reads)
-    assert sorted(store.reads[-extraction:]) == sorted(frame["uri"])
+    assert sorted(store.reads[-extraction:]) == sorted([*frame["uri"], *masks])
     weights = store.read_bytes(f"{out.folder}/{WEIGHTS_FILE}")
     assert info["weights_sha256"] == sha256(weights) and len(info["finetune"]["losses"]) == 2
     tuned = FeatureExtractor.from_info(info, read_weights(weights), device="cpu")
     imagenet = FeatureExtractor("efficientnet_lite0", device="cpu")
     first = next(iter(imagenet.model.state_dict()))
     assert not torch.equal(tuned.model.state_dict()[first], imagenet.model.state_dict()[first])
-    # The saved vectors are what the saved backbone computes.
+    # The saved cells are what the saved backbone computes.
     image = np.asarray(Image.open(store.uri(frame["uri"].iloc[0])))
-    stored = feature_matrix(store.read_parquet(out.manifest))[0]
-    assert np.allclose(tuned.transform([image])[0], stored, atol=1e-4)
+    manifest = store.read_parquet(out.manifest)
+    stored, _, rows = cell_matrix(manifest, info["cell_dim"])
+    every = tuned.cells([image])[0].reshape(-1, info["cell_dim"])
+    want = every[np.asarray(manifest["cell_index"].iloc[0])]
+    assert np.allclose(stored[rows == 0], want, rtol=1e-2, atol=1e-2)  # stored as float16
 
 
 def test_fine_tuning_is_reproducible(split_dataset) -> None:
@@ -250,4 +282,7 @@ def test_an_interrupted_stage_redoes_only_unfinished_batches(split_dataset) -> N
     assert Path(store.uri(f"{out.folder}/{FINETUNE_FILE}")).stat().st_mtime_ns == tuning
     frame = store.read_parquet(split.manifest)
     train = set(frame.loc[frame["split"] == "train", "uri"])
-    assert not train & set(store.reads[: -(7 + 7)])  # no fine-tuning pass: only the redone reads
+    assert not set(store.reads) - set(frame["uri"]) - set(frame["mask_uri"])
+    redone = [uri for uri in store.reads if uri in set(frame["uri"])]
+    assert len(redone) == len(frame) - 7 * (len(parts) - 2)  # no fine-tuning pass
+    assert not train & set(redone) - set(frame["uri"].iloc[7 * (len(parts) - 2) :])

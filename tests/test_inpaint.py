@@ -15,14 +15,38 @@ from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
 
 
-@pytest.mark.parametrize("method", ["telea", "ns"])
+@pytest.mark.parametrize("method", ["telea", "ns", "biharmonic", "exemplar"])
 def test_classical_fills_only_the_mask(textured: np.ndarray, method: str) -> None:
     mask = make_mask("random", 64, 64, "x", 0)
-    (out,) = ClassicalInpainter(ClassicalConfig(method=method)).inpaint([textured], [mask], [0])
+    backend = ClassicalInpainter(ClassicalConfig(methods=(method,)))
+    (out,) = backend.inpaint([textured], [mask], [0])
+    assert backend.method(0) == method
     assert out.shape == textured.shape and out.dtype == np.uint8
     outside = mask == 0
     assert np.array_equal(out[outside], textured[outside])
     assert np.abs(out[~outside].astype(int) - textured[~outside]).mean() > 5
+
+
+def test_exemplar_fill_copies_real_texture_and_diffusion_does_not(textured: np.ndarray) -> None:
+    from deepfake.features.forensics import duplicate_map
+
+    noise = np.random.default_rng(0).integers(-12, 12, textured.shape)
+    image = np.clip(textured + noise, 0, 255).astype(np.uint8)  # textured everywhere
+    mask = make_mask("ellipse", 64, 64, "x", 0)
+    inside = mask > 127
+    copied = {}
+    for method in ("exemplar", "telea"):
+        backend = ClassicalInpainter(ClassicalConfig(methods=(method,)))
+        (out,) = backend.inpaint([image], [mask], [0])
+        copied[method] = duplicate_map(out)[inside].mean()
+    assert copied["exemplar"] > 0.3 and copied["telea"] < 0.05
+
+
+def test_methods_are_mixed_over_the_records() -> None:
+    backend = ClassicalInpainter()
+    assert backend.cfg.methods == ("telea", "ns", "biharmonic", "exemplar")
+    chosen = [backend.method(seed) for seed in range(400)]
+    assert {m: chosen.count(m) for m in set(chosen)} == dict.fromkeys(backend.cfg.methods, 100)
 
 
 def test_classical_refuses_mismatched_sizes(textured: np.ndarray) -> None:
@@ -52,7 +76,10 @@ def test_stage_lists_real_and_inpainted_with_equal_format(staged) -> None:
     store, sources, masks = staged
     out = run_inpaint(store, InpaintConfig(backend="classical", batch_size=4), sources, masks)
     frame = store.read_parquet(out.manifest)
-    assert (frame["variant"] == "real").sum() == 3 and (frame["label"] == 1).sum() == 15
+    assert (frame["variant"] == "real").sum() == 3 and (frame["label"] == 1).sum() == 27
+    fakes = frame[frame["label"] == 1]
+    assert set(fakes["method"]) == {"telea", "ns", "biharmonic", "exemplar"}
+    assert (frame.loc[frame["label"] == 0, "method"] == "").all()
     opened = [Image.open(f"{store.root}/{uri}") for uri in frame["uri"]]
     assert {(im.format, im.mode, im.size) for im in opened} == {("PNG", "RGB", (48, 48))}
     assert set(frame.loc[frame["label"] == 1, "backend"]) == {"classical"}
@@ -62,7 +89,7 @@ def test_interrupted_run_redoes_only_unfinished_batches(staged, monkeypatch) -> 
     store, sources, masks = staged
     cfg = InpaintConfig(backend="classical", batch_size=4)
     first_plan = plan(store, cfg, sources, masks)
-    assert (first_plan.batches, first_plan.records) == (4, 15)
+    assert (first_plan.batches, first_plan.records) == (7, 27)
     assert run_planned_batch(store, first_plan, 0)["images"] == 4
     # Killed after writing batch 1's images but before its batch manifest: batch 1 is redone.
     run_planned_batch(store, first_plan, 1)
@@ -72,11 +99,11 @@ def test_interrupted_run_redoes_only_unfinished_batches(staged, monkeypatch) -> 
         if set(store.read_parquet(uri)["record_id"]) == batch1:
             store.delete(uri)
     resumed = plan(store, cfg, sources, masks)
-    assert (resumed.batches, resumed.records) == (3, 11)
+    assert (resumed.batches, resumed.records) == (6, 23)
     monkeypatch.setattr("deepfake.inpaint.stage.make_inpainter", lambda cfg: Counting())
     Counting.calls = 0
     out = run_inpaint(store, cfg, sources, masks)
-    assert Counting.calls == 11
+    assert Counting.calls == 23
     clean = Storage(store.root + "-clean")
     clean_sources = prepare_sources(clean, DataConfig(limit=3, image_size=48))
     clean_masks = make_masks(clean, MaskConfig(), clean_sources)

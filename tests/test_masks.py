@@ -7,7 +7,7 @@ import pytest
 
 from deepfake.config import DataConfig, MaskConfig
 from deepfake.images import encode_png
-from deepfake.masks.shapes import MASK_TYPES, make_mask
+from deepfake.masks.shapes import MASK_TYPES, ORIGINAL_TYPES, make_mask
 from deepfake.masks.stage import make_masks
 from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
@@ -15,7 +15,7 @@ from deepfake.storage import Storage
 
 @pytest.mark.parametrize(("h", "w"), [(64, 64), (48, 80), (101, 37)])
 def test_diagonal_masks_cover_the_named_half(h: int, w: int) -> None:
-    masks = {t: make_mask(t, h, w, "s", 0) > 0 for t in MASK_TYPES if t != "random"}
+    masks = {t: make_mask(t, h, w, "s", 0) > 0 for t in ORIGINAL_TYPES if t != "random"}
     for mask in masks.values():
         assert abs(mask.mean() - 0.5) < 0.05
     # Each name says which corner lies in the white half.
@@ -47,14 +47,34 @@ def test_unknown_mask_type_is_refused() -> None:
         make_mask("triangle", 8, 8, "s", 0)
 
 
-def test_mask_stage_writes_five_masks_per_source(tmp_path: Path) -> None:
+@pytest.mark.parametrize("family", ["ellipse", "blob", "brush", "freeform"])
+def test_the_edits_users_meet_cover_2_to_30_percent(family: str) -> None:
+    areas = []
+    for i in range(40):
+        mask = make_mask(family, 128, 96, f"src{i}", 0)
+        assert set(np.unique(mask)) <= {0, 255}
+        areas.append((mask > 0).mean())
+    assert min(areas) >= 0.02 and max(areas) <= 0.30
+    assert np.mean(np.array(areas) < 0.10) > 0.2  # small edits are common, not a corner case
+    assert len({round(a, 3) for a in areas}) > 30  # shapes and sizes vary
+
+
+def test_the_original_five_are_kept_and_every_family_is_on_by_default() -> None:
+    assert ORIGINAL_TYPES == ("diagonal_upper_left", "diagonal_upper_right", "diagonal_lower_left",
+                              "diagonal_lower_right", "random")  # fmt: skip
+    assert set(MaskConfig().types) == set(MASK_TYPES) and len(MASK_TYPES) == 9
+
+
+def test_mask_stage_writes_every_chosen_type_per_source(tmp_path: Path) -> None:
     store = Storage(tmp_path)
     sources = prepare_sources(store, DataConfig(limit=4, image_size=64))
     out = make_masks(store, MaskConfig(), sources)
     frame = store.read_parquet(out.manifest)
-    assert len(frame) == 20
+    assert len(frame) == 36
     assert (frame["label"] == 1).all()
-    assert frame.groupby("source_id")["variant"].apply(set).map(len).eq(5).all()
+    assert frame.groupby("source_id")["variant"].apply(set).map(len).eq(9).all()
+    chosen = make_masks(store, MaskConfig(types=("ellipse", "brush")), sources)
+    assert set(store.read_parquet(chosen.manifest)["variant"]) == {"ellipse", "brush"}
     other = Storage(tmp_path / "other")
     again = make_masks(
         other, MaskConfig(), prepare_sources(other, DataConfig(limit=4, image_size=64))

@@ -1,7 +1,9 @@
-"""Prediction with a multi-crop detector: probabilities per crop and heat maps."""
+"""Prediction as a user meets it: images the detector never saw, made with a method it was not
+trained on, scored from the command line with heat maps."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from deepfake.config import load_settings
 from deepfake.detector import train_detector
 from deepfake.features.stage import extract_features
 from deepfake.inpaint import run_inpaint
+from deepfake.inpaint.exemplar import exemplar_fill
 from deepfake.masks.stage import make_masks
 from deepfake.predict import Detector
 from deepfake.sources.stage import prepare_sources
@@ -19,63 +22,71 @@ from deepfake.split import split_dataset
 from deepfake.storage import Storage
 from flows.predict import main as predict
 
+# Trained on diffusion fills only: the copy-based edits below are a method it never saw.
 SETTINGS = [
     "data.limit=24",
     "data.image_size=64",
     "inpaint.backend=classical",
-    "features.crop_size=32",
-    "features.finetune_epochs=0",
-    "svm.kernels=[linear]",
-    "svm.C=[1.0]",
+    "inpaint.classical.methods=[telea,ns]",
+    "svm.alpha=[0.1]",
+    "svm.top_k=[1,4]",
     "svm.cv_folds=2",
 ]
 
 
 @pytest.fixture(scope="module")
-def multi_crop(tmp_path_factory) -> tuple[Storage, str]:
-    store = Storage(tmp_path_factory.mktemp("multicrop"))
+def trained(tmp_path_factory) -> tuple[Storage, str, list[np.ndarray]]:
+    """A detector, and real images of photos it was not trained on."""
+    store = Storage(tmp_path_factory.mktemp("predict"))
     cfg = load_settings(overrides=SETTINGS, storage=store.root)
     sources = prepare_sources(store, cfg.data)
     dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
-    features = extract_features(store, cfg.features, split_dataset(store, cfg.split, dataset))
-    return store, train_detector(store, cfg.svm, features).folder
+    split = split_dataset(store, cfg.split, dataset)
+    folder = train_detector(store, cfg.svm, extract_features(store, cfg.features, split)).folder
+    frame = store.read_parquet(split.manifest)
+    unseen = frame[(frame["split"] == "test") & (frame["label"] == 0)]
+    images = [np.asarray(Image.open(store.uri(uri))) for uri in unseen["uri"][:4]]
+    return store, folder, images
 
 
-def test_crop_probabilities_cover_the_image(multi_crop) -> None:
-    store, folder = multi_crop
-    detector = Detector.load(store, folder, device="cpu")
-    image = np.full((64, 64, 3), 120, np.uint8)
-    probabilities, boxes = detector.crop_probabilities(image)
-    assert len(probabilities) == len(boxes) == 4
-    assert ((probabilities >= 0) & (probabilities <= 1)).all()
-    covered = np.zeros((64, 64), bool)
-    for top, left, h, w in boxes:
-        covered[top : top + h, left : left + w] = True
-    assert covered.all()
+def small_copy_edit(image: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An ellipse of about 5 % of the image filled by copying patches from the rest of it."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cy, cx = rng.integers(16, 48, 2)
+    yy, xx = np.mgrid[:64, :64]
+    mask[((yy - cy) / 7) ** 2 + ((xx - cx) / 6) ** 2 <= 1] = 255
+    return exemplar_fill(image, mask), mask
 
 
-def test_predict_writes_a_heat_map_per_image(multi_crop, tmp_path: Path, capsys) -> None:
-    store, folder = multi_crop
-    images = sorted(f for f in store.list_files("inpainted") if f.endswith(".png"))[:3]
-    incoming = tmp_path / "incoming"
+def test_small_copy_edits_of_a_method_never_trained_on_are_caught(
+    trained, tmp_path: Path, capsys
+) -> None:
+    store, folder, images = trained
+    incoming, maps = tmp_path / "incoming", tmp_path / "maps"
     incoming.mkdir()
-    for rel in images:
-        (incoming / Path(rel).name).write_bytes(store.read_bytes(f"inpainted/{rel}"))
+    masks = {}
+    for i, image in enumerate(images):
+        edited, mask = small_copy_edit(image, i)
+        assert 0.03 < (mask > 0).mean() < 0.08
+        Image.fromarray(edited).save(incoming / f"edit{i}.png")
+        Image.fromarray(image).save(incoming / f"real{i}.png")
+        masks[f"edit{i}.png"] = mask
     (incoming / "zero.png").write_bytes(b"")
-    maps = tmp_path / "maps"
-    code = predict(["--model", store.uri(folder), "--heatmaps", str(maps), str(incoming)])
+    code = predict(["--model", store.uri(folder), "--json", "--heatmaps", str(maps), str(incoming)])
     lines = capsys.readouterr().out.splitlines()
-    assert code == 1 and len(lines) == 4 and "empty file" in lines[-1]
-    written = sorted(p.name for p in maps.iterdir())
-    assert written == sorted(f"{Path(rel).name}.heatmap.png" for rel in images)
-    assert Image.open(maps / written[0]).size == (64, 64)
-
-
-def test_heat_maps_need_a_multi_crop_detector(tmp_path: Path, capsys) -> None:
-    from tests.test_detector import features_stage, synthetic
-
-    store = Storage(tmp_path)
-    cfg = load_settings(overrides=["svm.kernels=[linear]", "svm.C=[1.0]", "svm.cv_folds=2"])
-    folder = train_detector(store, cfg.svm, features_stage(store, synthetic())).folder
-    code = predict(["--model", store.uri(folder), "--heatmaps", str(tmp_path / "m"), "x.png"])
-    assert code == 2 and "multi-crop" in capsys.readouterr().err
+    results = {Path(r["path"]).name: r for r in map(json.loads, lines)}
+    assert code == 1 and "empty file" in results["zero.png"]["error"]
+    for name in masks:
+        assert results[name]["label"] == "inpainted", results[name]
+        assert results[name]["score"] > results[name.replace("edit", "real")]["score"]
+    # The heat map puts the edit where it is.
+    detector = Detector.load(store, folder, device="cpu")
+    for name, mask in masks.items():
+        heat = detector.heat(np.asarray(Image.open(incoming / name)))
+        assert heat.shape == mask.shape and ((heat >= 0) & (heat <= 1)).all()
+        assert heat[mask > 0].mean() > heat[mask == 0].mean() + 0.1
+        assert Image.open(maps / f"{name}.heatmap.png").size == (64, 64)
+    assert sorted(p.name for p in maps.iterdir()) == sorted(
+        f"{n}.heatmap.png" for n in results if n != "zero.png"
+    )

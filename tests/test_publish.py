@@ -24,9 +24,9 @@ BASE = [
     "inpaint.backend=classical",
     "svm.cv_folds=2",
 ]
-GOOD = ["svm.kernels=[linear]", "svm.C=[1.0]"]
-# An RBF kernel this narrow memorises the training images: a genuinely worse detector.
-BAD = ["svm.kernels=[rbf]", "svm.C=[1.0]", "svm.gamma=[50.0]"]
+GOOD = ["svm.alpha=[0.1]", "svm.top_k=[1,4]"]
+# Every cell averaged, under a penalty that leaves little of the model: a genuinely worse one.
+BAD = ["svm.alpha=[1000]", "svm.top_k=[10000]"]
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ TINY = [
     "data.limit=16",
     "data.image_size=48",
     "features.input_size=64",
-    "svm.kernels=[linear]",
-    "svm.C=[1.0]",
+    "svm.alpha=[0.1]",
+    "svm.top_k=[1,4]",
     "svm.cv_folds=2",
 ]
 # Fake credentials: moto accepts any; the tests also check they never leak.

@@ -65,15 +65,27 @@ def test_same_seed_same_image_other_seed_other_image(tiny_model: str, batch) -> 
     assert all(np.abs(a.astype(int) - b).mean() > 5 for a, b in zip(first, other, strict=True))
 
 
-def test_paste_back_keeps_unmasked_pixels_exactly(tiny_model: str, batch) -> None:
+def test_one_inpainting_gives_both_variants(tiny_model: str, batch) -> None:
     images, masks, seeds = batch
-    raw = sd2(tiny_model).inpaint(images, masks, seeds)
-    spliced = sd2(tiny_model, paste_back=True).inpaint(images, masks, seeds)
-    for image, mask, r, s in zip(images, masks, raw, spliced, strict=True):
-        outside = mask == 0
-        assert np.array_equal(s[outside], image[outside])
-        assert not np.array_equal(r[outside], image[outside])  # raw output re-encodes everything
-        assert np.array_equal(s[~outside], r[~outside])
+    backend = sd2(tiny_model)
+    for image, mask, out in zip(images, masks, backend.inpaint(images, masks, seeds), strict=True):
+        both = backend.variants_of(image, mask, out)
+        assert list(both) == ["regenerated", "spliced"]
+        outside = mask <= 127
+        assert np.array_equal(both["spliced"][outside], image[outside])
+        assert not np.array_equal(both["regenerated"][outside], image[outside])  # re-encoded
+        assert np.array_equal(both["spliced"][~outside], both["regenerated"][~outside])
+    assert list(sd2(tiny_model, variants=("spliced",)).variants_of(image, mask, out)) == ["spliced"]
+
+
+def test_vae_roundtrip_reconstructs_real_images(tiny_model: str, batch) -> None:
+    images = batch[0][:2]
+    backend = sd2(tiny_model, vae_roundtrip=True)
+    first, again = backend.reconstruct(images), backend.reconstruct(images)
+    assert backend.reconstructs and [r.shape for r in first] == [i.shape for i in images]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # the mean
+    assert all(np.abs(r.astype(int) - i).mean() > 1 for r, i in zip(first, images, strict=True))
+    assert not sd2(tiny_model).reconstructs
 
 
 def test_real_images_get_the_same_resampling_as_fakes(batch) -> None:
@@ -81,7 +93,8 @@ def test_real_images_get_the_same_resampling_as_fakes(batch) -> None:
     real = sd2("unused").real_counterpart(image)
     assert real.shape == image.shape and not np.array_equal(real, image)
     assert np.array_equal(real, roundtrip(image, 64))
-    assert np.array_equal(sd2("unused", paste_back=True).real_counterpart(image), image)
+    # Spliced fakes alone keep the original pixels outside the mask: the reals stay as they are.
+    assert np.array_equal(sd2("unused", variants=("spliced",)).real_counterpart(image), image)
     assert np.array_equal(roundtrip(image[:32, :32], 32), image[:32, :32])
 
 
@@ -136,7 +149,7 @@ def test_sd2_runs_on_cpu_only_when_asked(tiny_model: str) -> None:
 
 
 def test_sd2_stage_resumes_and_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path):
-    tiny = SD2Config(model=tiny_model, device="cpu", steps=2, resolution=64)
+    tiny = SD2Config(model=tiny_model, device="cpu", steps=2, resolution=64, vae_roundtrip=True)
     cfg = InpaintConfig(backend="sd2", batch_size=4, sd2=tiny)
 
     def staged(root: Path):
@@ -146,10 +159,11 @@ def test_sd2_stage_resumes_and_matches_an_uninterrupted_run(tiny_model: str, tmp
 
     store, sources, masks = staged(tmp_path / "a")
     first = plan(store, cfg, sources, masks)
-    assert (first.batches, first.records) == (3, 10)
+    # 2 sources x (9 mask types + 1 VAE reconstruction), in batches of 4
+    assert (first.batches, first.records) == (5, 20)
     run_planned_batch(store, first, 0)  # then the run is killed
     resumed = plan(store, cfg, sources, masks)
-    assert (resumed.batches, resumed.records) == (2, 6)
+    assert (resumed.batches, resumed.records) == (4, 16)
     for index in range(resumed.batches):
         run_planned_batch(store, resumed, index)
     out = collect(store, resumed.cfg, resumed.folder, sources)
@@ -157,8 +171,18 @@ def test_sd2_stage_resumes_and_matches_an_uninterrupted_run(tiny_model: str, tmp
     clean = run_inpaint(clean_store, cfg, clean_sources, clean_masks)
     assert out.digest == clean.digest
     frame = store.read_parquet(out.manifest)
-    assert set(frame.loc[frame.label == 1, "backend"]) == {"sd2"}
+    fakes = frame[frame.label == 1]
+    assert set(fakes["backend"]) == {"sd2"}
     assert frame.loc[frame.label == 0, "uri"].str.contains("/real/").all()
-    settings = json.loads(frame.loc[frame.label == 1, "backend_settings"].iloc[0])
-    assert (settings["steps"], settings["resolution"], settings["paste_back"]) == (2, 64, False)
+    # Each masked inpainting is two records (the TGIF variants); each source one reconstruction.
+    assert fakes["method"].value_counts().to_dict() == {
+        "sd2 regenerated": 18, "sd2 spliced": 18, "sd2 vae": 2,
+    }  # fmt: skip
+    spliced = fakes[fakes["method"] == "sd2 spliced"].iloc[0]
+    assert fakes["record_id"].is_unique and spliced["record_id"].endswith("__spliced")
+    whole = fakes[fakes["method"] == "sd2 vae"]
+    assert (whole["mask_uri"] == "").all() and (whole["coverage"] == 1.0).all()
+    settings = json.loads(fakes["backend_settings"].iloc[0])
+    assert (settings["steps"], settings["resolution"]) == (2, 64)
+    assert settings["variants"] == ["regenerated", "spliced"] and settings["vae_roundtrip"]
     assert make_inpainter(cfg).resamples

@@ -33,7 +33,7 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
     masks = make_masks.fn(root, MaskConfig(), sources)
     cfg = InpaintConfig(backend="classical", batch_size=8)
     inpaint_plan = plan_inpainting.fn(root, cfg, sources, masks)
-    assert inpaint_plan.batches == 8  # 60 masked copies in batches of 8
+    assert inpaint_plan.batches == 14  # 108 masked copies in batches of 8
     dataset = collect_inpainting.fn(root, inpaint_plan.cfg, inpaint_plan.folder, sources)
     assert dataset.records == 12  # nothing inpainted yet: only the real images
     from deepfake.inpaint import run_planned_batch
@@ -45,11 +45,11 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
     split = split_dataset.fn(root, SplitConfig(), dataset)
     features = extract_features.fn(root, FeaturesConfig(finetune_epochs=1), split)
     detector = train_detector.fn(
-        root, SVMConfig(kernels=("linear",), C=(1.0,), cv_folds=2), features
+        root, SVMConfig(alpha=(0.1,), top_k=(1, 4), cv_folds=2), features
     )
     outputs = [sources, masks, dataset, split, features, detector]
     assert all(isinstance(o, StageOutput) for o in outputs)
-    assert [o.records for o in outputs] == [12, 60, 72, 72, 72, 72]
+    assert [o.records for o in outputs] == [12, 108, 120, 120, 120, 120]
     # Tasks pass small things only: a stage name, a folder and a digest.
     assert all(len(o.model_dump_json()) < 300 for o in outputs)
     assert Storage(str(tmp_path)).exists(detector.manifest)

@@ -64,6 +64,7 @@ def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
         "balanced_accuracy": float(balanced_accuracy_score(y, predicted)) if both else None,
         "precision": float(precision_score(y, predicted, zero_division=0)),
         "recall": float(recall_score(y, predicted, zero_division=0)),
+        "specificity": float((predicted[y == 0] == 0).mean()) if (y == 0).any() else None,
         "f1": float(f1_score(y, predicted, zero_division=0)),
         "confusion_matrix": confusion_matrix(y, predicted, labels=[0, 1]).tolist(),
         "n_real": int((y == 0).sum()),
@@ -72,36 +73,50 @@ def binary_metrics(y: np.ndarray, scores: np.ndarray, threshold: float) -> dict[
 
 
 _RATE_KEYS = ("eer", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr")
-AREA_BUCKETS = ((0.0, 0.45), (0.45, 0.5), (0.5, 0.55), (0.55, 1.01))
+# Shares of the image inpainted: small edits, object-sized ones, and the original project's
+# large masks (random rectangles 40-60 %, diagonal halves 50 %).
+AREA_BUCKETS = ((0.0, 0.10), (0.10, 0.25), (0.25, 0.45), (0.45, 0.55), (0.55, 1.01))
 
 
-def per_area_bucket(test: pd.DataFrame, threshold: float) -> dict[str, Any]:
-    """Test real images against the inpaintings whose mask covers a given share of the image."""
+def area_bucket(coverage: float) -> str:
+    for low, high in AREA_BUCKETS:
+        if low <= coverage < high:
+            return f"{low:.2f}-{min(high, 1.0):.2f}"
+    return "outside"
+
+
+def against_reals(test: pd.DataFrame, key: pd.Series, threshold: float) -> dict[str, Any]:
+    """For every value of ``key`` among the test fakes: the test real images against those
+    fakes (metrics at ``threshold``)."""
     real = test[test["label"] == 0]
     out = {}
-    for low, high in AREA_BUCKETS:
-        fakes = test[(test["label"] == 1) & (test["coverage"] >= low) & (test["coverage"] < high)]
-        if len(fakes):
-            part = pd.concat([real, fakes])
-            out[f"{low:.2f}-{min(high, 1.0):.2f}"] = binary_metrics(
-                part["label"].to_numpy(), part["score"].to_numpy(), threshold
-            )
+    for value in sorted(key[test["label"] == 1].unique()):
+        part = pd.concat([real, test[(test["label"] == 1) & (key == value)]])
+        out[str(value)] = binary_metrics(
+            part["label"].to_numpy(), part["score"].to_numpy(), threshold
+        )
     return out
 
 
-def evaluate(scored: pd.DataFrame, threshold: float, cv_scores: list[float]) -> dict[str, Any]:
-    """metrics.json content (without config) from the per-record scores of the detector stage."""
+def recall_at_fpr(y: np.ndarray, scores: np.ndarray, fpr: float = 0.05) -> float | None:
+    """Share of inpainted images caught when at most ``fpr`` of the real ones are flagged."""
+    if not (y == 0).any() or not (y == 1).any():
+        return None
+    reals = np.sort(scores[y == 0])[::-1]
+    # Above the (k+1)-th highest real score, at most k = floor(fpr x reals) reals are flagged.
+    threshold = reals[min(int(np.floor(fpr * len(reals) + 1e-9)), len(reals) - 1)]
+    return float((scores[y == 1] > threshold).mean())
+
+
+def evaluate(scored: pd.DataFrame, threshold: float, held_out_auc: list[float]) -> dict[str, Any]:
+    """metrics.json content (without config) from the per-record scores of the detector stage;
+    ``held_out_auc``: ROC-AUC of each held-out fold of the training split."""
     test = scored[scored["split"] == "test"]
     y, s = test["label"].to_numpy(), test["score"].to_numpy()
     overall = binary_metrics(y, s, threshold)
-    real = test[test["label"] == 0]
-    per_mask = {}
-    for variant in sorted(test.loc[test["label"] == 1, "variant"].unique()):
-        part = pd.concat([real, test[test["variant"] == variant]])
-        per_mask[variant] = binary_metrics(
-            part["label"].to_numpy(), part["score"].to_numpy(), threshold
-        )
     metrics = {k: v for k, v in overall.items() if k not in ("n_real", "n_inpainted")}
+    areas = test["coverage"].map(area_bucket)
+    small = ((test["coverage"] < 0.10) & (test["label"] == 1)) | (test["label"] == 0)
     metrics.update(
         {
             "n_test_real": overall["n_real"],
@@ -110,11 +125,15 @@ def evaluate(scored: pd.DataFrame, threshold: float, cv_scores: list[float]) -> 
             "n_train": int((scored["split"] == "train").sum()),
             "n_train_groups": int(scored.loc[scored["split"] == "train", "group"].nunique()),
             "threshold": threshold,
-            "cv_roc_auc_mean": float(np.mean(cv_scores)),
-            "cv_roc_auc_std": float(np.std(cv_scores)),
-            "cv_roc_auc_folds": [float(v) for v in cv_scores],
-            "per_mask_type": per_mask,
-            "per_mask_area": per_area_bucket(test, threshold) if "coverage" in test else {},
+            "cv_roc_auc_mean": float(np.mean(held_out_auc)),
+            "cv_roc_auc_std": float(np.std(held_out_auc)),
+            "cv_roc_auc_folds": [float(v) for v in held_out_auc],
+            "recall_at_5pct_fpr_small": recall_at_fpr(y[small.to_numpy()], s[small.to_numpy()]),
+            "per_mask_type": against_reals(test, test["variant"], threshold),
+            "per_mask_area": against_reals(test, areas, threshold),
+            "per_method": against_reals(test, test["method"], threshold)
+            if "method" in test
+            else {},
             "test_groups": sorted(test["group"].unique().tolist()),
         }
     )

@@ -4,6 +4,7 @@ robustness, and a grid of example test images with their scores."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -31,8 +32,11 @@ def _png(fig: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def curves(scored: pd.DataFrame, threshold: float) -> dict[str, bytes]:
-    """ROC, precision-recall and confusion-matrix PNGs of the test split."""
+def curves(
+    scored: pd.DataFrame, threshold: float, probabilities: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, bytes]:
+    """ROC, precision-recall, confusion-matrix and reliability PNGs of the test split
+    (``probabilities`` turns scores into the detector's calibrated probabilities)."""
     test = scored[scored["split"] == "test"]
     y, s = test["label"].to_numpy(), test["score"].to_numpy()
     out = {}
@@ -58,28 +62,58 @@ def curves(scored: pd.DataFrame, threshold: float) -> dict[str, bytes]:
     ).plot(ax=ax, colorbar=False)
     ax.set_title("Confusion matrix (test split)")
     out["confusion_matrix.png"] = _png(fig)
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    p = probabilities(s)
+    bins = np.linspace(0, 1, 11)
+    which = np.clip(np.digitize(p, bins) - 1, 0, 9)
+    said = [p[which == b].mean() for b in range(10) if (which == b).any()]
+    seen = [y[which == b].mean() for b in range(10) if (which == b).any()]
+    counts = [int((which == b).sum()) for b in range(10) if (which == b).any()]
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.plot(said, seen, marker="o")
+    for x, v, c in zip(said, seen, counts, strict=True):
+        ax.annotate(str(c), (x, v), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    ax.set(xlabel="predicted probability of inpainting", ylabel="share inpainted",
+           title="Reliability (test split; n per bin)", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+    out["reliability.png"] = _png(fig)
     return out
 
 
-def example_grid(storage: Storage, scored: pd.DataFrame, threshold: float, n: int = 4) -> bytes:
-    """Test images with their scores: the ``n`` most and least confident of each class."""
+def example_grid(storage: Storage, scored: pd.DataFrame, detector: Any, n: int = 6) -> bytes:
+    """Test images side by side with their true mask and the detector's heat map: inpainted
+    ones (the smallest regions first, where localising matters most) and two real ones."""
+    from deepfake.detector.model import probability
     from deepfake.images import decode_png_array
+    from deepfake.predict import heat_pixels
 
-    test = scored[scored["split"] == "test"].sort_values("score")
-    picks = []
-    for label in (0, 1):
-        part = test[test["label"] == label]
-        half = max(1, n // 2)
-        picks += list(
-            pd.concat([part.head(half), part.tail(half)]).drop_duplicates("record_id").itertuples()
-        )
-    fig, axes = plt.subplots(2, len(picks) // 2 or 1, figsize=(2.2 * max(1, len(picks) // 2), 5))
-    for ax, row in zip(np.ravel(axes), picks, strict=False):
-        ax.imshow(decode_png_array(storage.read_bytes(row.uri), row.uri))
-        said = "inpainted" if row.score >= threshold else "real"
-        truth = "real" if row.label == 0 else row.variant
-        ax.set_title(f"{truth}\nscore {row.score:.2f} -> {said}", fontsize=7)
-        ax.axis("off")
+    test = scored[scored["split"] == "test"]
+    fakes = test[test["label"] == 1].sort_values(["coverage", "record_id"])
+    if len(fakes) > n:  # spread over the range of areas
+        fakes = fakes.iloc[np.linspace(0, len(fakes) - 1, n).round().astype(int)]
+    picks = pd.concat([fakes, test[test["label"] == 0].head(2)])
+    fig, axes = plt.subplots(len(picks) or 1, 3, figsize=(6.6, 2.2 * max(1, len(picks))),
+                             squeeze=False)  # fmt: skip
+    calibration = detector.meta["cell_calibration"]
+    for row, (ax_image, ax_mask, ax_heat) in zip(picks.itertuples(), axes, strict=False):
+        image = decode_png_array(storage.read_bytes(row.uri), row.uri)
+        if row.mask_uri:
+            mask = decode_png_array(storage.read_bytes(row.mask_uri), row.mask_uri)
+        else:  # a real image, or a whole-image reconstruction
+            mask = np.full(image.shape[:2], 255 * row.label, np.uint8)
+        rows, cols = (int(v) for v in row.grid)
+        cells = probability(np.asarray(row.heat, np.float32).reshape(rows, cols), calibration)
+        said = "inpainted" if row.score >= float(detector.meta["threshold"]) else "real"
+        truth = "real" if row.label == 0 else f"{row.variant}, {row.method}, {row.coverage:.0%}"
+        ax_image.imshow(image)
+        chance = float(detector.probabilities(np.array([row.score]))[0])
+        ax_image.set_title(f"{truth}\n-> {said} ({chance:.2f})", fontsize=7)
+        ax_mask.imshow(mask, cmap="gray", vmin=0, vmax=255)
+        ax_mask.set_title("true mask", fontsize=7)
+        ax_heat.imshow(heat_pixels(cells, image.shape[:2]), cmap="inferno", vmin=0, vmax=1)
+        ax_heat.set_title("heat map (probability)", fontsize=7)
+        for ax in (ax_image, ax_mask, ax_heat):
+            ax.axis("off")
     return _png(fig)
 
 
@@ -106,4 +140,17 @@ def summary_plots(metrics: dict[str, Any]) -> dict[str, bytes]:
         ax.tick_params(axis="x", rotation=30)
         ax.legend(loc="lower left")
         out["robustness.png"] = _png(fig)
+    lomo = metrics.get("leave_one_method_out")
+    if lomo:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        names = list(lomo)
+        at = np.arange(len(names))
+        for offset, key, label in ((-0.2, "roc_auc", "ROC-AUC"),
+                                   (0.2, "balanced_accuracy", "balanced accuracy")):  # fmt: skip
+            ax.barh(at + offset, [lomo[n][key] or 0 for n in names], height=0.4, label=label,
+                    xerr=[lomo[n][f"{key}_std"] or 0 for n in names])  # fmt: skip
+        ax.set(yticks=at, yticklabels=names, xlim=(0.4, 1.0),
+               title="Each method left out of training (mean, std over splits)")  # fmt: skip
+        ax.legend(loc="lower left", fontsize=7)
+        out["held_out.png"] = _png(fig)
     return out

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from deepfake.evaluate.metrics import COMPARED, HEADLINE_METRICS
+from deepfake.evaluate.metrics import COMPARED, METRICS
 from deepfake.storage import Storage
 
 
@@ -20,14 +20,19 @@ def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _pm(summary: dict[str, Any], key: str) -> str:
+    """mean ± std of a figure over splits."""
+    if summary.get(key) is None:
+        return "n/a"
+    return f"{summary[key]:.4f} ± {summary[f'{key}_std']:.4f}"
+
+
 def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
     """A short human report; ``notes`` carries data, backend, backbone, skipped inputs."""
-
-    def fmt(value: Any) -> str:
-        return (
-            "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-        )
-
     lines = [
         "# Inpainting detector report",
         "",
@@ -37,96 +42,238 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
         f"{metrics['n_test_inpainted']} inpainted images from {metrics['n_test_groups']} groups "
         f"({', '.join(metrics['test_groups'])}); training: {metrics['n_train']} images from "
         f"{metrics['n_train_groups']} groups.",
-        f"- Best SVM: `{notes['best_params']}`; positive class = inpainted.",
+        f"- Detector: linear SVM on cell features (penalty {notes['best_params']['alpha']}); an "
+        f"image's score is the mean of its top {notes['best_params']['top_k']} cells; positive "
+        "class = inpainted.",
         *_features_lines(metrics),
         *(
             [f"- **{notes['backend_note']}**"]
             if "fell back" in notes.get("backend_note", "")
             else []
-        ),
+        ),  # fmt: skip
         "",
-        "| metric | value |",
-        "|---|---|",
+        *_headline(metrics),
+        *_comparison_lines(metrics.get("comparison"), _fmt),
+        *_held_out(metrics),
+        *_groups(metrics),
+        *_localisation(metrics.get("localisation")),
+        *_robustness(metrics.get("robustness")),
+        *_audit(metrics.get("shortcut_audit")),
+        *_images(metrics),
+        *_external(metrics.get("external")),
+        *_skipped(notes.get("skipped", [])),
     ]
-    for key in HEADLINE_METRICS:
-        lines.append(f"| {key} | {fmt(metrics[key])} |")
-    cv_mean, cv_std = metrics["cv_roc_auc_mean"], metrics["cv_roc_auc_std"]
-    lines.append(f"| grouped CV ROC-AUC | {cv_mean:.4f} ± {cv_std:.4f} |")
-    for key in ("eer", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr"):
-        lines.append(f"| {key} | {fmt(metrics.get(key))} |")
+    return "\n".join(lines) + "\n"
+
+
+def _headline(metrics: dict[str, Any]) -> list[str]:
+    rows = [[label, _fmt(metrics[name])] for name, label in METRICS]
+    rows.append(
+        [
+            "ROC-AUC on held-out folds of the training split (photos x methods)",
+            f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}",
+        ]
+    )
+    rates = (("eer", "equal error rate"), ("tpr_at_1pct_fpr", "recall at 1 % false positives"),
+             ("tpr_at_5pct_fpr", "recall at 5 % false positives"))  # fmt: skip
+    rows += [[label, _fmt(metrics.get(key))] for key, label in rates]
+    rows.append(
+        [
+            "recall of edits under 10 % of the image, at 5 % false positives",
+            _fmt(metrics.get("recall_at_5pct_fpr_small")),
+        ]
+    )
     if "roc_auc_ci95" in metrics:
         low, high = metrics["roc_auc_ci95"]
-        lines.append(f"| ROC-AUC 95 % CI (bootstrap by source group) | {low:.4f} - {high:.4f} |")
-    lines.append(
-        f"| threshold (chosen on out-of-fold training scores) | {fmt(metrics['threshold'])} |"
+        rows.append(["ROC-AUC 95 % CI (bootstrap by source group)", f"{low:.4f} - {high:.4f}"])
+    rows.append(
+        [
+            "threshold (chosen on held-out photos and methods of the training split)",
+            _fmt(metrics["threshold"]),
+        ]
     )
     if metrics.get("brier") is not None:
-        lines.append(
-            f"| Brier score of the probabilities (Platt scaling on out-of-fold training scores; "
-            f"threshold = probability {metrics['probability_threshold']:.3f}) | "
-            f"{fmt(metrics['brier'])} |"
+        rows.append(
+            [
+                f"Brier score of the probabilities (threshold = probability "
+                f"{metrics['probability_threshold']:.3f})",
+                _fmt(metrics["brier"]),
+            ]
         )
-    lines += _comparison_lines(metrics.get("comparison"), fmt)
-    lines += [
+    return _table(["metric", "value"], rows)
+
+
+def _held_out(metrics: dict[str, Any]) -> list[str]:
+    lines = []
+    splits = metrics.get("repeated_splits")
+    if splits and splits["splits"] > 1:
+        lines += ["", f"## Over {splits['splits']} grouped splits (mean ± std)", ""]
+        keys = ("roc_auc", "balanced_accuracy", "recall", "specificity", "recall_at_5pct_fpr_small")
+        lines += _table(
+            ["figure", "mean ± std", "per split"],
+            [
+                [k, _pm(splits, k), ", ".join(f"{v:.4f}" for v in splits[f"{k}_per_split"])]
+                for k in keys
+            ],
+        )
+    lomo = metrics.get("leave_one_method_out")
+    if lomo:
+        lines += [
+            "",
+            "## Leave one method out (trained without it, tested on it; mean ± std over splits)",
+            "",
+        ]
+        lines += _table(
+            ["left-out method", "ROC-AUC", "balanced accuracy", "recall", "specificity"],
+            [
+                [
+                    m,
+                    _pm(f, "roc_auc"),
+                    _pm(f, "balanced_accuracy"),
+                    _pm(f, "recall"),
+                    _pm(f, "specificity"),
+                ]
+                for m, f in lomo.items()
+            ],
+        )
+    conditions = metrics.get("balanced_accuracy_at_threshold")
+    if conditions:
+        lines += [
+            "",
+            "Balanced accuracy at each held-out detector's own threshold: "
+            + "; ".join(f"{name} {_fmt(v)}" for name, v in conditions.items())
+            + ".",
+        ]
+    return lines
+
+
+def _groups(metrics: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, title in (
+        ("per_mask_type", "mask type"),
+        ("per_mask_area", "mask area"),
+        ("per_method", "inpainting method"),
+    ):
+        if not metrics.get(key):
+            continue
+        lines += ["", f"## Per {title} (test real images vs those inpaintings)", ""]
+        lines += _table(
+            [title, "ROC-AUC", "recall", "n inpainted"],
+            [
+                [name, _fmt(m["roc_auc"]), _fmt(m["recall"]), str(m["n_inpainted"])]
+                for name, m in metrics[key].items()
+            ],
+        )
+    return lines
+
+
+def _localisation(loc: dict[str, Any] | None) -> list[str]:
+    if not loc:
+        return []
+    lines = [
         "",
-        "## Per mask type (test real images vs that mask type)",
+        "## Where the edit is (heat maps against the true masks)",
         "",
-        "| mask type | ROC-AUC | recall | n inpainted |",
-        "|---|---|---|---|",
+        f"Pixel ROC-AUC {_fmt(loc['pixel_roc_auc'])}, F1 {_fmt(loc['pixel_f1'])}, "
+        f"mean IoU {_fmt(loc['iou'])} (heat map probability 0.5).",
+        "",
     ]
-    for variant, m in metrics["per_mask_type"].items():
-        lines.append(
-            f"| {variant} | {fmt(m['roc_auc'])} | {fmt(m['recall'])} | {m['n_inpainted']} |"
-        )
-    if metrics.get("per_mask_area"):
-        lines += ["", "## Per mask area (share of the image inpainted)", ""]
+    for key, title in (("per_mask_type", "mask type"), ("per_mask_area", "mask area")):
         lines += _table(
-            ["mask area", "ROC-AUC", "recall", "n inpainted"],
-            [[b, fmt(m["roc_auc"]), fmt(m["recall"]), str(m["n_inpainted"])]
-             for b, m in metrics["per_mask_area"].items()],
-        )  # fmt: skip
-    if metrics.get("robustness"):
-        lines += ["", "## Robustness (the test split degraded, real and inpainted alike)", ""]
-        lines += _table(
+            [title, "pixel ROC-AUC", "F1", "IoU"],
+            [
+                [n, _fmt(m["pixel_roc_auc"]), _fmt(m["pixel_f1"]), _fmt(m["iou"])]
+                for n, m in loc[key].items()
+            ],
+        ) + [""]
+    return lines
+
+
+def _robustness(table: dict[str, Any] | None) -> list[str]:
+    if not table:
+        return []
+    return [
+        "",
+        "## Robustness (the test split degraded, real and inpainted alike)",
+        "",
+        *_table(
             ["degradation", "ROC-AUC", "balanced accuracy", "recall"],
-            [[n, fmt(m["roc_auc"]), fmt(m["balanced_accuracy"]), fmt(m["recall"])]
-             for n, m in metrics["robustness"].items()],
-        )  # fmt: skip
-    audit = metrics.get("shortcut_audit")
-    if audit:
-        lines += ["", "## Shortcut audit", "",
-                  f"A logistic regression on metadata only ({', '.join(audit['features'])}), same "
-                  f"grouped protocol: ROC-AUC {audit['roc_auc']:.4f}."]  # fmt: skip
-        if audit["warning"]:
-            lines.append(
-                "**Warning: far from 0.5.** Crude file statistics already separate the classes "
-                "(inpainted regions are smoother, so their PNGs are smaller); compare the "
-                "detector's figures with this one."
-            )
-    images = ["![ROC](roc.png)", "![PR](pr.png)", "![Confusion matrix](confusion_matrix.png)",
-              "![Per mask type](per_mask.png)", "![Examples](examples.png)"]  # fmt: skip
+            [
+                [n, _fmt(m["roc_auc"]), _fmt(m["balanced_accuracy"]), _fmt(m["recall"])]
+                for n, m in table.items()
+            ],
+        ),
+    ]
+
+
+def _audit(audit: dict[str, Any] | None) -> list[str]:
+    if not audit:
+        return []
+    lines = [
+        "",
+        "## Shortcut audit",
+        "",
+        f"A logistic regression on metadata only ({', '.join(audit['features'])}), same "
+        f"grouped protocol: ROC-AUC {audit['roc_auc']:.4f}.",
+    ]
+    if audit["warning"]:
+        lines.append(
+            "**Warning: far from 0.5.** Crude file statistics already separate the classes "
+            "(inpainted regions are smoother, so their PNGs are smaller); compare the "
+            "detector's figures with this one."
+        )
+    return lines
+
+
+def _images(metrics: dict[str, Any]) -> list[str]:
+    images = [
+        "![ROC](roc.png)",
+        "![PR](pr.png)",
+        "![Confusion matrix](confusion_matrix.png)",
+        "![Reliability](reliability.png)",
+        "![Per mask type](per_mask.png)",
+    ]
+    if metrics.get("leave_one_method_out"):
+        images.append("![Leave one method out](held_out.png)")
     if metrics.get("robustness"):
         images.append("![Robustness](robustness.png)")
-    lines += ["", " ".join(images), ""]
-    external = metrics.get("external")
-    if external:
-        lines += ["## External test set", "", external["description"] + ".", ""]
-        if external["n_external_inpainted"]:
-            lines += ["| metric | value |", "|---|---|"]
-            for key in ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "recall"):
-                lines.append(f"| {key} | {fmt(external[key])} |")
-            lines += [
-                f"| n (real / external inpainted) | {external['n_test_real']} / "
-                f"{external['n_external_inpainted']} |",
-                "",
+    return [
+        "",
+        " ".join(images),
+        "",
+        "Examples: each test image, its true mask and the detector's heat map.",
+        "",
+        "![Examples](examples.png)",
+        "",
+    ]
+
+
+def _external(external: dict[str, Any] | None) -> list[str]:
+    if not external:
+        return []
+    lines = ["## External test set", "", external["description"] + ".", ""]
+    if external["n_external_inpainted"]:
+        rows = [
+            [k, _fmt(external[k])]
+            for k in ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "recall")
+        ]
+        rows.append(
+            [
+                "n (real / external inpainted)",
+                f"{external['n_test_real']} / {external['n_external_inpainted']}",
             ]
-    skipped = notes.get("skipped", [])
-    lines += ["## Skipped inputs", ""]
+        )
+        lines += [*_table(["metric", "value"], rows), ""]
+    return lines
+
+
+def _skipped(skipped: list[dict[str, str]]) -> list[str]:
+    lines = ["## Skipped inputs", ""]
     if skipped:
-        lines += [f"- `{s.get('source_id') or s.get('record_id')}`: {s['reason']}" for s in skipped]
-    else:
-        lines.append("None: every input image was readable.")
-    return "\n".join(lines) + "\n"
+        return lines + [
+            f"- `{s.get('source_id') or s.get('record_id')}`: {s['reason']}" for s in skipped
+        ]
+    return lines + ["None: every input image was readable."]
 
 
 def _features_lines(metrics: dict[str, Any]) -> list[str]:
@@ -134,17 +281,16 @@ def _features_lines(metrics: dict[str, Any]) -> list[str]:
     if not features:
         return []
     size = features.get("input_size") or "native resolution"
-    crop = features.get("crop_size")
-    crops = f", crops of {crop} px (mean and max)" if crop else ""
-    lines = [f"- Features: {features['backbone']}, {features['pooling']} pooling, {size}{crops}, "
-             f"{features['dim']} dimensions."]  # fmt: skip
+    lines = [f"- Features: {features['backbone']} at {size}, cells of {features['cell']} px, "
+             f"{features['cell_dim']} numbers per cell (every backbone stage's mean over the "
+             "cell, and the copy and noise-residual statistics)."]  # fmt: skip
     if tune:
         losses = ", ".join(f"{v:.3f}" for v in tune["losses"])
         lines.append(
             f"- Backbone fine-tuned on the training split only: {tune['epochs']} epochs, "
             f"{tune['train_images']} images from {tune['train_groups']} groups, lr {tune['lr']}, "
-            f"augmentation {tune['augmentation']}; loss per epoch {losses}. The grouped CV "
-            "figure is optimistic for a fine-tuned backbone: it saw every training fold."
+            f"augmentation {tune['augmentation']}; loss per epoch {losses}. The held-out "
+            "fold figures are optimistic for a fine-tuned backbone: it saw every training fold."
         )
     return lines
 

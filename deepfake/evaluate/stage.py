@@ -10,6 +10,9 @@ import numpy as np
 import pandas as pd
 
 from deepfake.config import Settings
+from deepfake.detector.stage import PROTOCOLS_FILE
+from deepfake.evaluate.heldout import held_out
+from deepfake.evaluate.localisation import localisation
 from deepfake.evaluate.metrics import comparison, evaluate
 from deepfake.evaluate.plots import curves, example_grid, summary_plots
 from deepfake.evaluate.protocols import bootstrap_ci, external_metrics, robustness, shortcut_audit
@@ -35,17 +38,25 @@ def detector_metrics(
     search = storage.read_json(f"{detector_stage.folder}/search.json")
     detector = Detector.load(storage, detector_stage.folder, settings.features.device)
     threshold = float(search["threshold"])
-    metrics = evaluate(scored, threshold, search["cv_roc_auc"])
+    metrics = evaluate(scored, threshold, list(search["held_out_roc_auc"].values()))
     test = scored[scored["split"] == "test"]
     metrics.update(bootstrap_ci(test, settings.evaluate.bootstrap, settings.evaluate.seed))
     probabilities = detector.probabilities(test["score"].to_numpy())
     metrics["brier"] = float(np.mean((probabilities - test["label"].to_numpy()) ** 2))
     metrics["probability_threshold"] = detector.meta["probability_threshold"]
-    metrics["best_params"] = search["best_params"]
+    metrics["best_params"] = {"alpha": search["alpha"], "top_k": search["top_k"]}
     metrics["features"] = {
-        k: detector.meta.get(k) for k in ("backbone", "pooling", "input_size", "crop_size", "dim")
+        k: detector.meta.get(k) for k in ("backbone", "input_size", "cell", "cell_dim")
     }
     metrics["finetune"] = detector.meta.get("finetune")
+    metrics["localisation"] = localisation(storage, test, detector.meta["cell_calibration"],
+                                           detector.image_size)  # fmt: skip
+    protocols_uri = f"{detector_stage.folder}/{PROTOCOLS_FILE}"
+    if storage.exists(protocols_uri):
+        main = {"name": "split 1", "left_out": None, "threshold": threshold,
+                "test_record_ids": list(test["record_id"]),
+                "test_scores": list(test["score"])}  # fmt: skip
+        metrics.update(held_out(scored, main, storage.read_json(protocols_uri)))
     if settings.evaluate.robustness:
         metrics["robustness"] = robustness(storage, detector, test, threshold, which)
     return metrics, scored, detector
@@ -99,8 +110,8 @@ def evaluate_detector(
             "best_params": metrics["best_params"],
             "skipped": skipped,
         }
-        images = curves(scored, metrics["threshold"]) | summary_plots(metrics)
-        images["examples.png"] = example_grid(storage, scored, metrics["threshold"])
+        images = curves(scored, metrics["threshold"], model.probabilities) | summary_plots(metrics)
+        images["examples.png"] = example_grid(storage, scored, model, settings.evaluate.examples)
         write_report(storage, folder, metrics, images, report_markdown(metrics, notes))
         log.info(
             "evaluation: held-out ROC-AUC %.4f, accuracy %.4f (%d real, %d inpainted test images)",

@@ -1,12 +1,12 @@
-"""The feature extractor: a backbone of the registry turned into image vectors, whole images or
-crops, at native resolution or resized, in float32 or a faster precision; with batch norms folded
-into the convolutions for inference."""
+"""The feature extractor: a backbone of the registry turned into cell features (the CNN's
+multi-scale maps and the forensic maps, pooled over cells of a few pixels), at native resolution
+or resized, in float32 or a faster precision; with batch norms folded into the convolutions for
+inference."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from torch import nn
 
 from deepfake.devices import resolve_device
 from deepfake.features.backbones import Backbone, get_backbone
+from deepfake.features.forensics import FORENSIC_CHANNELS, forensic_cells
 
 log = logging.getLogger("deepfake")
 
@@ -45,32 +46,24 @@ def read_weights(data: bytes, name: str = WEIGHTS_FILE) -> dict[str, torch.Tenso
         raise ValueError(f"{name}: not a safetensors file ({type(exc).__name__})") from None
 
 
-def crop_starts(side: int, crop: int) -> list[int]:
-    """Offsets of evenly spaced crops of ``crop`` pixels covering ``side`` pixels (overlapping
-    where ``side`` is not a multiple of ``crop``); one crop of the whole side when it is smaller."""
-    if crop >= side:
-        return [0]
-    count = math.ceil(side / crop)
-    return [round(i * (side - crop) / (count - 1)) for i in range(count)]
-
-
 class FeatureExtractor:
-    """Turns batches of RGB uint8 images into image vectors (float32, one row per image)."""
+    """Turns RGB uint8 images into cell features: the image is cut into cells of ``cell`` pixels
+    (of the backbone's input), and each cell gets the spatial mean of every backbone stage's
+    feature map over it (the early stages keep the fine texture that inpainting disturbs, the late
+    ones the content around it) and the forensic statistics of ``forensics``. Also the image's
+    multi-scale vector (every stage's mean, concatenated), which fine-tuning trains on."""
 
     def __init__(
         self,
         backbone: str,
         input_size: int | None = None,
         device: str = "auto",
-        pooling: str = "multiscale",
-        crop_size: int | None = None,
+        cell: int = 8,
         weights: dict[str, torch.Tensor] | None = None,
         precision: str = "float32",
     ) -> None:
-        if pooling not in ("multiscale", "last"):
-            raise ValueError(f"unknown pooling {pooling!r}; choose multiscale or last")
         self.spec: Backbone = get_backbone(backbone)
-        self.input_size, self.pooling, self.crop_size = input_size, pooling, crop_size
+        self.input_size, self.cell = input_size, cell
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = self.spec.build().eval()
@@ -95,34 +88,30 @@ class FeatureExtractor:
         precision = info.get("precision", "float32")
         if resolve_precision("auto", resolve_device(device)) == "float32":
             precision = "float32"
-        return cls(
-            info["backbone"],
-            info.get("input_size"),
-            device,
-            pooling=info.get("pooling", "last"),
-            crop_size=info.get("crop_size"),
-            weights=weights,
-            precision=precision,
-        )
+        return cls(info["backbone"], info.get("input_size"), device, cell=info["cell"],
+                   weights=weights, precision=precision)  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         return {
             "backbone": self.spec.name,
             "input_size": self.input_size,
-            "pooling": self.pooling,
-            "crop_size": self.crop_size,
+            "cell": self.cell,
             "precision": self.precision,
-            "dim": self.dim,
-            "aggregation": "mean and max over crops, concatenated" if self.crop_size else None,
+            "cell_dim": self.cell_dim,
+            "cell_channels": {
+                "cnn": sum(self.spec.stage_channels),
+                "forensic": list(FORENSIC_CHANNELS),
+            },  # fmt: skip
         }
 
     @property
-    def crop_dim(self) -> int:
-        return sum(self.spec.stage_channels) if self.pooling == "multiscale" else self.spec.features
+    def dim(self) -> int:
+        """Length of the image's multi-scale vector."""
+        return sum(self.spec.stage_channels)
 
     @property
-    def dim(self) -> int:
-        return self.crop_dim * (2 if self.crop_size else 1)
+    def cell_dim(self) -> int:
+        return self.dim + len(FORENSIC_CHANNELS)
 
     def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
         """uint8 HxWx3 arrays of one size -> a normalised float batch on the device."""
@@ -139,28 +128,14 @@ class FeatureExtractor:
         batch = (batch - self._mean) / self._std
         return batch.contiguous(memory_format=torch.channels_last)
 
-    def crop_boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
-        """(top, left, height, width) of every crop of an image this size, row by row."""
-        if self.crop_size is None:
-            return [(0, 0, height, width)]
-        c = self.crop_size
-        return [
-            (top, left, min(c, height), min(c, width))
-            for top in crop_starts(height, c)
-            for left in crop_starts(width, c)
-        ]
-
-    def _pool(
+    def _maps(
         self, model: torch.nn.Module, x: torch.Tensor, precision: str | None = None
-    ) -> torch.Tensor:
+    ) -> list[torch.Tensor]:
         precision = precision or self.precision
         with torch.autocast(
             self.device.type, dtype=getattr(torch, precision), enabled=precision != "float32"
         ):
-            if self.pooling == "last":
-                return model(x).float()
-            maps = self.spec.stages(model, x)
-            return torch.cat([fmap.float().mean(dim=(2, 3)) for fmap in maps], 1)
+            return [fmap.float() for fmap in self.spec.stages(model, x)]
 
     def inference_model(self, example: torch.Tensor) -> torch.nn.Module:
         """The backbone with its batch norms folded into the convolutions (about 1.7x faster on
@@ -168,8 +143,10 @@ class FeatureExtractor:
         if self._inference is None:
             folded = fold_batchnorm(copy.deepcopy(self.model).eval())
             with torch.inference_mode():  # the same function, checked in full precision
-                want = self._pool(self.model, example, "float32")
-                got = self._pool(folded, example, "float32")
+                want = torch.cat(
+                    [m.mean((2, 3)) for m in self._maps(self.model, example, "float32")], 1
+                )
+                got = torch.cat([m.mean((2, 3)) for m in self._maps(folded, example, "float32")], 1)
             close = torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
             if not close:
                 log.warning("features: folding batch norms changed %s's outputs; not folded",
@@ -181,39 +158,42 @@ class FeatureExtractor:
         """Call after changing the backbone's weights: the folded copy is made again."""
         self._inference = None
 
-    def embed_crops(self, x: torch.Tensor, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """(n, crops, crop_dim) vectors of a preprocessed batch (differentiable with the
-        default ``model``, the trainable backbone)."""
-        n, _, height, width = x.shape
-        boxes = self.crop_boxes(height, width)
-        crops = torch.stack([x[:, :, t : t + h, s : s + w] for t, s, h, w in boxes], 1)
-        vectors = self._pool(model or self.model, crops.flatten(0, 1))
-        return vectors.view(n, len(boxes), -1)
-
-    def aggregate(self, crops: torch.Tensor) -> torch.Tensor:
-        """(n, crops, crop_dim) -> (n, dim) image vectors."""
-        if self.crop_size is None:
-            return crops[:, 0]
-        return torch.cat([crops.mean(1), crops.amax(1)], 1)
-
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.aggregate(self.embed_crops(x))
+        """(n, dim) multi-scale vectors of a preprocessed batch, differentiable (the trainable
+        backbone): what fine-tuning trains on."""
+        return torch.cat([m.mean((2, 3)) for m in self._maps(self.model, x)], 1)
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """(rows, columns) of cells of an image this size."""
+        side_h, side_w = (self.input_size,) * 2 if self.input_size else (height, width)
+        return max(1, side_h // self.cell), max(1, side_w // self.cell)
+
+    @torch.inference_mode()
+    def cells(self, images: list[np.ndarray]) -> np.ndarray:
+        """(n, rows, columns, cell_dim) float32 cell features of images of one size."""
+        if not images:
+            return np.zeros((0, 1, 1, self.cell_dim), np.float32)
+        x = self.preprocess(images)
+        rows, cols = self.grid(*images[0].shape[:2])
+        pooled = []
+        for fmap in self._maps(self.inference_model(x[:1]), x):
+            if fmap.shape[-2] >= rows and fmap.shape[-1] >= cols:
+                pooled.append(F.adaptive_avg_pool2d(fmap, (rows, cols)))
+            else:  # a late stage coarser than the cells: its value at each cell's centre
+                pooled.append(F.interpolate(fmap, size=(rows, cols), mode="bilinear",
+                                            align_corners=False))  # fmt: skip
+        cnn = torch.cat(pooled, 1).permute(0, 2, 3, 1).cpu().numpy()
+        forensic = np.stack([forensic_cells(image, (rows, cols)) for image in images])
+        return np.concatenate([cnn, forensic.transpose(0, 2, 3, 1)], -1).astype(np.float32)
 
     @torch.inference_mode()
     def transform(self, images: list[np.ndarray]) -> np.ndarray:
+        """(n, dim) multi-scale vectors of images of one size."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = self.preprocess(images)
-        model = self.inference_model(x[:1])
-        return self.aggregate(self.embed_crops(x, model)).float().cpu().numpy()
-
-    @torch.inference_mode()
-    def transform_crops(self, image: np.ndarray) -> np.ndarray:
-        """(crops, dim): each crop of one image as if it were a whole image of one crop (the
-        vector a heat map scores)."""
-        x = self.preprocess([image])
-        crops = self.embed_crops(x, self.inference_model(x))[0]
-        return self.aggregate(crops[:, None]).float().cpu().numpy()
+        maps = self._maps(self.inference_model(x[:1]), x)
+        return torch.cat([m.mean((2, 3)) for m in maps], 1).cpu().numpy()
 
     def weights_bytes(self) -> bytes:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}

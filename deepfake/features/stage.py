@@ -1,17 +1,17 @@
-"""The features stage: CNN features of every real and inpainted image, batched.
+"""The features stage: cell features of every real and inpainted image, batched.
 
-An image becomes one vector. By default (``pooling="multiscale"``) that is the spatial mean of
-every backbone stage's feature map, concatenated: the early stages keep the fine texture that
-inpainting smooths away, the late ones the content. Images are used at their native resolution
-unless ``input_size`` is set. In multi-crop mode (``crop_size``) an image is cut into a grid of
-crops at that resolution; each crop gets its own vector and the image vector is their mean and
-their maximum, concatenated (the maximum keeps a small inpainted region from being averaged
-away). With ``finetune_epochs > 0`` the backbone is first fine-tuned on the training split.
+An image is cut into cells of ``features.cell`` pixels (at its native resolution unless
+``input_size`` is set); each cell gets the backbone's multi-scale features over it and forensic
+statistics (exact copies, noise residual); see ``extractor`` and ``forensics``. The detector
+learns to tell inpainted cells from real ones, so it sees an edit however small the region.
 
-The stage manifest carries the usual columns plus ``features`` (one float32 vector per image);
-``features.json`` says how they were made, and a fine-tuned backbone is saved beside it as
-``backbone.safetensors`` (tensors only: loading it runs no code) with ``finetune.json``. Each
-extraction batch is written to ``parts/`` as it finishes, so a killed run, restarted, reuses the
+The stage keeps, per image, a sample of ``cells_per_image`` training cells (half inside the
+inpainted region when there is one, half clean) with their coverage, in the manifest
+(``cells``: float16 bytes, ``cell_index``, ``cell_coverage``, ``grid``): enough to train the
+detector without keeping every cell of every image. ``features.json`` says how the features were
+made. With ``finetune_epochs > 0`` the backbone is first fine-tuned on the training split and
+saved as ``backbone.safetensors`` (tensors only: loading it runs no code) with ``finetune.json``.
+Each batch is written to ``parts/`` as it finishes, so a killed run, restarted, reuses the
 fine-tuned backbone and every finished batch.
 """
 
@@ -31,7 +31,8 @@ from deepfake.features.extractor import (
     read_weights,
     resolve_precision,
 )
-from deepfake.hashing import digest_of, sha256
+from deepfake.features.forensics import pool_cells
+from deepfake.hashing import digest_of, seed_of, sha256
 from deepfake.images import ImageError, decode_read
 from deepfake.split import split_rows
 from deepfake.stages import Progress, StageOutput, chunks, prefetch, run_stage, stage_folder
@@ -131,12 +132,34 @@ def _part_name(index: int, rows: list[Any]) -> str:
     return f"{index:05d}-{digest_of([r.record_id for r in rows])[:12]}.parquet"
 
 
+def sample_cells(coverage: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Indices (into the flattened grid) of up to ``count`` training cells of one image: half of
+    them inside the inpainted region (coverage >= 0.5) when it has one, the rest clean (coverage
+    0); cells on the region's edge teach nothing clear and are left out."""
+    rng = np.random.default_rng(seed)
+    flat = coverage.ravel()
+    inside, clean = np.flatnonzero(flat >= 0.5), np.flatnonzero(flat == 0)
+    take_in = rng.choice(inside, min(len(inside), count // 2), replace=False)
+    take_out = rng.choice(clean, min(len(clean), count - len(take_in)), replace=False)
+    return np.sort(np.concatenate([take_in, take_out])).astype(np.int64)
+
+
+def mask_coverage(mask: np.ndarray | None, grid: tuple[int, int], fake: bool) -> np.ndarray:
+    """The share of each cell inpainted: zeros for a real image, ones for a fake without a mask
+    (a whole-image reconstruction)."""
+    if mask is None:
+        return np.full(grid, 1.0 if fake else 0.0, np.float32)
+    return pool_cells((mask > 127).astype(np.float32), grid)
+
+
 def _extract(
     storage: Storage, cfg: FeaturesConfig, extractor: FeatureExtractor, frame: pd.DataFrame,
     folder: str,
 ) -> pd.DataFrame:  # fmt: skip
-    """``record_id``, ``features`` and ``side`` (None when unreadable) and ``reason`` of every
-    row, one part file per batch: a killed run, restarted, redoes only the batch it was in."""
+    """For every row: ``record_id``, the sampled training ``cells`` (float16 bytes of
+    (count, cell_dim)), their ``cell_index`` and ``cell_coverage``, the image's ``grid`` and
+    ``side`` (None when unreadable, with the ``reason``); one part file per batch, so that a
+    killed run, restarted, redoes only the batch it was in."""
     rows = list(frame.itertuples(index=False))
     batches = list(enumerate(chunks(rows, cfg.batch_size)))
     present = storage.list_files(f"{folder}/parts")
@@ -147,23 +170,39 @@ def _extract(
                  storage.uri(folder))  # fmt: skip
     progress = Progress("features", sum(len(b) for _, b in todo))
 
-    def load(item: tuple[int, list[Any]]) -> list[np.ndarray | Exception]:
-        return read_images(storage, [row.uri for row in item[1]])
+    def load(item: tuple[int, list[Any]]) -> tuple[list, list]:
+        batch = item[1]
+        masks = [row.mask_uri for row in batch if getattr(row, "mask_uri", "")]
+        read = dict(zip(masks, read_images(storage, masks), strict=True))
+        return read_images(storage, [row.uri for row in batch]), [
+            read.get(getattr(row, "mask_uri", "")) for row in batch
+        ]
 
     written = {}
-    for (index, batch), images in zip(todo, prefetch(todo, load), strict=True):
-        good = [image for image in images if not isinstance(image, Exception)]
-        vectors = iter(extractor.transform(good))
+    for (index, batch), (images, masks) in zip(todo, prefetch(todo, load), strict=True):
+        bad = [next((x for x in (image, mask) if isinstance(x, Exception)), None)
+               for image, mask in zip(images, masks, strict=True)]  # fmt: skip
+        good = [image for image, why in zip(images, bad, strict=True) if why is None]
+        cells = iter(extractor.cells(good))
         part = []
-        for row, image in zip(batch, images, strict=True):
-            if isinstance(image, Exception):
-                log.warning("features: skipping %s: %s", row.uri, image)
-            bad = isinstance(image, Exception)
+        for row, image, mask, why in zip(batch, images, masks, bad, strict=True):
+            if why is not None:
+                log.warning("features: skipping %s: %s", row.uri, why)
+                part.append({"record_id": row.record_id, "reason": str(why)})
+                continue
+            grid = extractor.grid(*image.shape[:2])
+            coverage = mask_coverage(mask, grid, fake=row.label == 1)
+            chosen = sample_cells(coverage, cfg.cells_per_image,
+                                  seed_of(f"{cfg.seed}:{row.record_id}", 4))  # fmt: skip
+            values = next(cells).reshape(-1, extractor.cell_dim)[chosen]
             part.append({
                 "record_id": row.record_id,
-                "features": None if bad else next(vectors),
-                "side": None if bad else int(image.shape[0]),
-                "reason": str(image) if bad else None,
+                "cells": values.astype(np.float16).tobytes(),
+                "cell_index": chosen.tolist(),
+                "cell_coverage": coverage.ravel()[chosen].astype(float).tolist(),
+                "grid": list(grid),
+                "side": int(image.shape[0]),
+                "reason": None,
             })  # fmt: skip
         written[index] = pd.DataFrame(part)
         storage.write_parquet(f"{folder}/parts/{_part_name(index, batch)}", written[index])
@@ -185,12 +224,7 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
     def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
         frame = storage.read_parquet(dataset.manifest)
         extractor = FeatureExtractor(
-            cfg.backbone,
-            cfg.input_size,
-            cfg.device,
-            pooling=cfg.pooling,
-            crop_size=cfg.crop_size,
-            precision=cfg.precision,
+            cfg.backbone, cfg.input_size, cfg.device, cell=cfg.cell, precision=cfg.precision
         )
         info: dict[str, Any] = {**extractor.info(), "weights": None, "finetune": None}
         files = [INFO_FILE, SKIPPED_FILE]
@@ -200,16 +234,15 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
                         weights_sha256=tuning["weights_sha256"])  # fmt: skip
             files.append(WEIGHTS_FILE)
         log.info("features: %s on %s, %d images", cfg.backbone, extractor.device, len(frame))
-        vectors = _extract(storage, cfg, extractor, frame, folder)
-        readable = vectors["features"].notna().to_numpy()
-        unreadable = vectors.loc[~readable, ["record_id", "reason"]].itertuples(index=False)
+        extracted = _extract(storage, cfg, extractor, frame, folder)
+        readable = extracted["reason"].isna().to_numpy()
+        unreadable = extracted.loc[~readable, ["record_id", "reason"]].itertuples(index=False)
         skipped = [{"record_id": r, "reason": why} for r, why in unreadable]
-        out = frame[frame["record_id"].isin(set(vectors.loc[readable, "record_id"]))].copy()
-        by_record = dict(zip(vectors["record_id"], vectors["features"], strict=True))
+        cells = extracted[readable].drop(columns=["reason", "side"])
+        out = frame.merge(cells, on="record_id", how="inner")
         out["backbone"] = cfg.backbone
-        out["features"] = [np.asarray(by_record[r], dtype=np.float32) for r in out["record_id"]]
         if readable.any():
-            info["image_size"] = int(vectors.loc[readable, "side"].iloc[0])
+            info["image_size"] = int(extracted.loc[readable, "side"].iloc[0])
         storage.write_json(f"{folder}/{SKIPPED_FILE}", skipped)
         storage.write_json(f"{folder}/{INFO_FILE}", info)
         return out, files
@@ -217,6 +250,12 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
     return run_stage(storage, STAGE, output_folder(cfg, dataset), work)
 
 
-def feature_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """The ``features`` column as an (n, d) float32 array."""
-    return np.stack(frame["features"].to_numpy()).astype(np.float32)
+def cell_matrix(frame: pd.DataFrame, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sampled training cells of ``frame``'s rows: (cells (n, dim) float32, their coverage
+    (n,), the position in ``frame`` of the row each cell came from (n,))."""
+    blocks = [np.frombuffer(b, np.float16).reshape(-1, dim) for b in frame["cells"]]
+    rows = np.concatenate([np.full(len(b), i) for i, b in enumerate(blocks)]) if blocks else []
+    cells = np.concatenate(blocks).astype(np.float32) if blocks else np.zeros((0, dim), np.float32)
+    coverage = np.concatenate([np.asarray(c, np.float32) for c in frame["cell_coverage"]]) \
+        if blocks else np.zeros(0, np.float32)  # fmt: skip
+    return cells, coverage, np.asarray(rows, np.int64)

@@ -40,6 +40,8 @@ class Inpainter(ABC):
     # True when outputs are resampled (e.g. to a model resolution and back): real images must
     # then go through ``real_counterpart`` so both classes share one resampling history.
     resamples: bool = False
+    # True when the backend also makes whole-image reconstructions of real images as fakes.
+    reconstructs: bool = False
 
     @classmethod
     def unavailable(cls, cfg: BackendConfig) -> str | None:
@@ -50,6 +52,20 @@ class Inpainter(ABC):
     def inpaint(
         self, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]
     ) -> list[np.ndarray]: ...
+
+    def method(self, seed: int) -> str:
+        """The inpainting method a record with this seed gets (a backend may mix several)."""
+        return self.name
+
+    def variants_of(
+        self, original: np.ndarray, mask: np.ndarray, output: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The records one inpainting makes, by variant name ("" = the record itself)."""
+        return {"": output}
+
+    def reconstruct(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Whole-image reconstructions of real images (only when ``reconstructs``)."""
+        raise NotImplementedError(f"the {self.name} backend makes no reconstructions")
 
     def real_counterpart(self, image: np.ndarray) -> np.ndarray:
         """The real image as the detector should see it beside this backend's outputs."""

@@ -3,9 +3,10 @@
 Like the original project, each source is resized to the model resolution (512) for the pipeline
 and the output is resized back to the source size. Both resizes use Lanczos. So that resizing
 cannot give a fake away, the real counterpart of every source goes through the same round trip
-(``roundtrip``): real and inpainted images end with the same resampling history. With
-``paste_back`` the original pixels are restored outside the mask (exactly), and the real
-counterpart is the original image itself.
+(``roundtrip``): real and inpainted images end with the same resampling history. One inpainting
+yields both of TGIF's variants: regenerated (the whole output) and spliced (the original pixels
+restored outside the mask, exactly); ``vae_roundtrip`` adds real images passed through the VAE
+alone.
 
 Loaded pipelines are kept per process, so batches that run one after another in the same worker
 load the weights once.
@@ -62,8 +63,17 @@ class SD2Config(BackendConfig):
         "auto", description="Weights dtype (auto = float16 on CUDA, float32 on CPU)."
     )
     device: str = Field("auto", description="torch device (auto = CUDA; CPU only when set to cpu).")
-    paste_back: bool = Field(
-        False, description="Restore the original pixels outside the mask (the spliced variant)."
+    variants: tuple[Literal["regenerated", "spliced"], ...] = Field(
+        ("regenerated", "spliced"),
+        min_length=1,
+        description="What one SD2 inpainting yields, each a record of its own (TGIF's two "
+        "variants): regenerated = the whole output (every pixel went through the VAE); spliced "
+        "= the original pixels restored outside the mask.",
+    )
+    vae_roundtrip: bool = Field(
+        False,
+        description="Also add every real image passed only through the pipeline's VAE (encoded "
+        "and decoded, nothing generated) as a fake: cheap, hard training fakes.",
     )
     compile: bool = Field(False, description="torch.compile the UNet (CUDA).")
 
@@ -198,7 +208,9 @@ class SD2Inpainter(Inpainter):
     def __init__(self, cfg: SD2Config | None = None, max_batch: int | None = None) -> None:
         self.cfg = cfg or SD2Config()
         self.max_batch = max_batch or self.default_batch_size
-        self.resamples = not self.cfg.paste_back
+        # Real images share the fakes' resampling history when any fake went through it all.
+        self.resamples = "regenerated" in self.cfg.variants or self.cfg.vae_roundtrip
+        self.reconstructs = self.cfg.vae_roundtrip
 
     @classmethod
     def unavailable(cls, cfg: BackendConfig) -> str | None:
@@ -220,7 +232,34 @@ class SD2Inpainter(Inpainter):
         return load_pipeline(self.cfg.model, device, dtype, self.cfg.scheduler, self.cfg.compile)
 
     def real_counterpart(self, image: np.ndarray) -> np.ndarray:
-        return image if self.cfg.paste_back else roundtrip(image, self.cfg.resolution)
+        return roundtrip(image, self.cfg.resolution) if self.resamples else image
+
+    def variants_of(
+        self, original: np.ndarray, mask: np.ndarray, output: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The regenerated output, and the spliced one (original pixels outside the mask)."""
+        spliced = np.where((mask > 127)[..., None], output, original).astype(np.uint8)
+        both = {"regenerated": output, "spliced": spliced}
+        return {name: both[name] for name in self.cfg.variants}
+
+    def reconstruct(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Each image through the VAE alone (the posterior's mean, so deterministic), at the
+        pipeline's resolution and back."""
+        import torch
+
+        pipe, side = self.pipeline(), self.cfg.resolution
+        out = []
+        for image in images:
+            height, width = image.shape[:2]
+            small = Image.fromarray(image).resize((side, side), Image.Resampling.LANCZOS)
+            x = pipe.image_processor.preprocess(small).to(pipe.vae.device, pipe.vae.dtype)
+            with torch.inference_mode():
+                latents = pipe.vae.encode(x).latent_dist.mean
+                decoded = pipe.vae.decode(latents).sample
+            picture = pipe.image_processor.postprocess(decoded, output_type="pil")[0]
+            back = picture.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+            out.append(np.ascontiguousarray(np.asarray(back), dtype=np.uint8))
+        return out
 
     def inpaint(
         self, images: list[np.ndarray], masks: list[np.ndarray], seeds: list[int]
@@ -278,17 +317,15 @@ class SD2Inpainter(Inpainter):
             output_type="pil",
         ).images
         results = []
-        for original, mask, generated in zip(images, masks, output, strict=True):
+        for original, generated in zip(images, output, strict=True):
             height, width = original.shape[:2]
             back = np.asarray(
                 generated.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
             )
-            if self.cfg.paste_back:
-                back = np.where((mask > 127)[..., None], back, original)
             results.append(np.ascontiguousarray(back, dtype=np.uint8))
         return results
 
     def describe(self) -> dict[str, Any]:
         shaping = {"model", "prompt", "negative_prompt", "steps", "guidance_scale", "scheduler",
-                   "resolution", "paste_back"}  # fmt: skip
+                   "resolution", "variants", "vae_roundtrip"}  # fmt: skip
         return {"backend": self.name, **self.cfg.model_dump(mode="json", include=shaping)}

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
@@ -30,6 +31,8 @@ log = logging.getLogger("deepfake")
 
 STAGE = "inpainted"
 BACKEND_NOTE = "backend.json"
+# The variant (mask type column) of a whole-image reconstruction of a real image.
+RECONSTRUCTED = "vae_roundtrip"
 
 
 class InpaintPlan(BaseModel):
@@ -71,7 +74,7 @@ def _done_records(storage: Storage, folder: str) -> pd.DataFrame:
         if rel.startswith("batches/")
     ]
     if not frames:
-        return pd.DataFrame(columns=["record_id", "uri"])
+        return pd.DataFrame(columns=["record_id", "planned_id", "uri"])
     done = pd.concat(frames, ignore_index=True).drop_duplicates("record_id", keep="last")
     present = done["uri"].map(lambda u: u[len(folder) + 1 :] in files)
     return done[present]
@@ -104,12 +107,21 @@ def plan(
     cfg, note = resolve_backend(cfg)
     log.info("%s", note)
     folder = output_folder(cfg, sources, masks)
-    storage.write_json(f"{folder}/{BACKEND_NOTE}", {"backend": cfg.backend, "note": note})
+    record, uri = {"backend": cfg.backend, "note": note}, f"{folder}/{BACKEND_NOTE}"
+    if not storage.exists(uri) or storage.read_json(uri) != record:  # a rerun touches nothing
+        storage.write_json(uri, record)
     if finished(storage, STAGE, folder):
         return InpaintPlan(folder=folder, plan_file=None, batches=0, records=0, cfg=cfg)
-    _write_reals(storage, make_inpainter(cfg), folder, sources)
-    frame = storage.read_parquet(masks.manifest).sort_values("record_id")
-    done = set(_done_records(storage, folder)["record_id"])
+    inpainter = make_inpainter(cfg)
+    _write_reals(storage, inpainter, folder, sources)
+    frame = storage.read_parquet(masks.manifest)
+    if inpainter.reconstructs:  # whole-image reconstructions of every source, as fakes
+        real = storage.read_parquet(sources.manifest)
+        frame = pd.concat([frame, real.assign(
+            record_id=real["source_id"] + f"__{RECONSTRUCTED}", variant=RECONSTRUCTED,
+            source_uri=real["uri"], uri="", coverage=1.0, label=1)[frame.columns]])  # fmt: skip
+    frame = frame.sort_values("record_id")
+    done = set(_done_records(storage, folder)["planned_id"])
     todo = frame[~frame["record_id"].isin(done)]
     if done:
         log.info("inpainting: %d of %d records already done in %s", len(done), len(frame), folder)
@@ -137,18 +149,39 @@ def plan(
     )
 
 
+def _outputs(
+    inpainter: Inpainter, records: list[dict[str, Any]], images: list[np.ndarray],
+    masks: list[np.ndarray | None],
+) -> list[dict[str, np.ndarray]]:  # fmt: skip
+    """Every record's outputs by variant name: the masked ones inpainted (a backend may make
+    several variants of one), the reconstructions reconstructed."""
+    masked = [i for i, m in enumerate(masks) if m is not None]
+    whole = [i for i, m in enumerate(masks) if m is None]
+    out: list[dict[str, np.ndarray]] = [{} for _ in records]
+    if masked:
+        filled = inpainter.inpaint([images[i] for i in masked], [masks[i] for i in masked],
+                                   [int(records[i]["seed"]) for i in masked])  # fmt: skip
+        for i, result in zip(masked, filled, strict=True):
+            out[i] = inpainter.variants_of(images[i], masks[i], result)
+    if whole:
+        for i, result in zip(whole, inpainter.reconstruct([images[i] for i in whole]), strict=True):
+            out[i] = {"": result}
+    return out
+
+
 def run_batch(
     storage: Storage, inpainter: Inpainter, folder: str, batch: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Inpaint one batch; returns counts and images/s. Unreadable inputs are skipped, logged."""
     start = time.monotonic()
     images, masks, kept, failed = [], [], [], []
-    uris = [u for rec in batch for u in (rec["source_uri"], rec["mask_uri"])]
+    uris = [u for rec in batch for u in (rec["source_uri"], rec["mask_uri"]) if u]
     contents = dict(zip(uris, storage.read_many(uris), strict=True))
     for rec in batch:
         try:
             image = decode_read(contents[rec["source_uri"]], rec["source_uri"])
-            mask = decode_read(contents[rec["mask_uri"]], rec["mask_uri"])
+            mask = decode_read(contents[rec["mask_uri"]], rec["mask_uri"]) if rec["mask_uri"] \
+                else None  # fmt: skip
         except (ImageError, OSError) as exc:
             log.warning("inpainting: skipping %s: %s", rec["record_id"], exc)
             failed.append({"record_id": rec["record_id"], "reason": str(exc)})
@@ -156,14 +189,20 @@ def run_batch(
         images.append(image)
         masks.append(mask)
         kept.append(rec)
-    outputs = inpainter.inpaint(images, masks, [int(r["seed"]) for r in kept]) if kept else []
+    outputs = _outputs(inpainter, kept, images, masks) if kept else []
     backend = _backend_columns(inpainter)
     rows, written = [], {}
-    for rec, result in zip(kept, outputs, strict=True):
-        data = encode_png(result)
-        uri = f"{folder}/images/{rec['record_id']}.png"
-        written[uri] = data
-        rows.append({**rec, "uri": uri, "sha256": sha256(data), "label": 1, **backend})
+    for rec, variants in zip(kept, outputs, strict=True):
+        method = inpainter.method(int(rec["seed"]))
+        for name, result in variants.items():
+            record_id = f"{rec['record_id']}__{name}" if name else rec["record_id"]
+            data = encode_png(result)
+            uri = f"{folder}/images/{record_id}.png"
+            written[uri] = data
+            rows.append({**rec, "record_id": record_id, "planned_id": rec["record_id"],
+                         "uri": uri, "sha256": sha256(data), "label": 1,
+                         "method": f"{method} {name}".strip() if rec["mask_uri"]
+                         else f"{method} vae", **backend})  # fmt: skip
     storage.write_many(written)
     if rows:
         key = digest_of([r["record_id"] for r in rows])[:16]
@@ -202,11 +241,11 @@ def collect(storage: Storage, cfg: InpaintConfig, folder: str, sources: StageOut
         if make_inpainter(cfg).resamples:
             real["uri"] = [f"{folder}/real/{sid}.png" for sid in real["source_id"]]
             real["sha256"] = [sha256(storage.read_bytes(uri)) for uri in real["uri"]]
-        real = real.assign(mask_uri="", coverage=0.0, backend="", backend_settings="")
+        real = real.assign(mask_uri="", coverage=0.0, method="", backend="", backend_settings="")
         fakes = _done_records(storage, folder)
         columns = [
             "record_id", "source_id", "group", "variant", "label", "uri", "sha256",
-            "mask_uri", "coverage", "backend", "backend_settings",
+            "mask_uri", "coverage", "method", "backend", "backend_settings",
         ]  # fmt: skip
         parts = [real[columns], fakes.reindex(columns=columns)] if len(fakes) else [real[columns]]
         return pd.concat(parts, ignore_index=True), []

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from deepfake.hashing import seed_of
+from deepfake.masks.families import blob, brush, ellipse, freeform
 
 RANDOM_COVERAGE = (0.40, 0.60)
 
@@ -89,7 +90,20 @@ MASK_TYPES: dict[str, MaskShape] = {
     "diagonal_lower_left": diagonal_lower_left,
     "diagonal_lower_right": diagonal_lower_right,
     "random": random_rectangles,
+    # The edits users meet: objects, strokes, free-form regions, 2-30 % of the image.
+    "ellipse": ellipse,
+    "blob": blob,
+    "brush": brush,
+    "freeform": freeform,
 }
+# The original project's five: what the first detector was trained and judged on.
+ORIGINAL_TYPES = (
+    "diagonal_upper_left",
+    "diagonal_upper_right",
+    "diagonal_lower_left",
+    "diagonal_lower_right",
+    "random",
+)
 
 
 def make_mask(mask_type: str, height: int, width: int, source_id: str, seed: int) -> np.ndarray:

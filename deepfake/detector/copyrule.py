@@ -1,0 +1,66 @@
+"""The copy rule: a fixed, training-free detector of exemplar (copy-based) fills, beside the SVM.
+
+An exemplar fill (Criminisi, PatchMatch, content-aware fill) builds the region from exact copies of
+patches found elsewhere in the same image, so it leaves no generator trace for the SVM to learn;
+and an SVM trained without such fills gives them no weight (leave-one-method-out ROC-AUC 0.52 on
+the offline default). But a photo almost never repeats a textured patch exactly (at most 0.6 %
+of any real image of the offline default is such repeats), so the share of
+the image made of exact copies (``forensics.duplicate_map``, pooled per cell as the
+``copies_mean`` channel) is strong evidence that needs no example of the method.
+
+The rule is calibrated on real training images only: it fires when the copied share exceeds
+``threshold``, the 99th percentile of the training real images' shares (at least 0.5 %). It never
+lowers a score and leaves the images it does not flag alone: a flagged image's score is
+``max(svm, svm_threshold + GAIN * (share - threshold))``, over the SVM's threshold by one SVM
+margin per 10 % of the image copied beyond the rule's. Cells of an image the rule fires on are
+lit in its heat map by their own copied share. Exact copies do not survive lossy compression:
+after JPEG the rule stays silent and the SVM alone decides.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deepfake.features.forensics import FORENSIC_CHANNELS
+
+GAIN = 10.0  # SVM margin units per unit of copied share beyond the threshold
+FALSE_ALARMS = 0.01  # share of training real images allowed above the threshold
+FLOOR = 0.005  # never fire on less than 0.5 % of the image copied
+CHANNEL = "copies_mean"
+
+
+def channel_weights(cell_dim: int) -> np.ndarray:
+    """(cell_dim,) weights whose product with a cell's features is its copied share."""
+    weights = np.zeros(cell_dim)
+    weights[cell_dim - len(FORENSIC_CHANNELS) + FORENSIC_CHANNELS.index(CHANNEL)] = 1.0
+    return weights
+
+
+def shares(copied_cells: np.ndarray) -> np.ndarray:
+    """Images' copied shares from their cells' (n, cells) copied shares."""
+    return copied_cells.mean(axis=1)
+
+
+def calibrate(real_shares: np.ndarray) -> float:
+    """The rule's threshold from the copied shares of real training images."""
+    if len(real_shares) == 0:
+        return 1.0
+    return max(FLOOR, float(np.quantile(real_shares, 1 - FALSE_ALARMS, method="higher")))
+
+
+def fuse(
+    svm_scores: np.ndarray, copied_shares: np.ndarray, svm_threshold: float, threshold: float
+) -> np.ndarray:
+    """Image scores with the rule applied (see the module's docstring)."""
+    excess = np.asarray(copied_shares) - threshold
+    return np.where(excess >= 0, np.maximum(svm_scores, svm_threshold + GAIN * excess), svm_scores)
+
+
+def fuse_cells(
+    svm_cells: np.ndarray, copied_cells: np.ndarray, copied_shares: np.ndarray, threshold: float
+) -> np.ndarray:
+    """Cell decision values (n, cells) with the cells of images the rule fires on lit by their
+    copied share (a cell half made of copies sits at the cell margin, 0)."""
+    fires = (np.asarray(copied_shares) >= threshold)[:, None]
+    lit = np.maximum(svm_cells, GAIN * (copied_cells - 0.5))
+    return np.where(fires, lit, svm_cells)

@@ -1,0 +1,133 @@
+"""The held-out detectors that the evaluation reports, trained with the main one so that one pass
+over the images scores them all:
+
+- **repeated splits**: the same training on ``evaluate.repeats`` grouped train/test splits
+  (``split.seed``, ``split.seed + 1``, ...; the first is the main split), so that a figure is a
+  mean and a spread, not one lucky split;
+- **leave one method out**: on each of those splits, for every inpainting method, a detector
+  trained without that method's images and tested on the split's real test images against that
+  method's.
+
+Each is trained exactly as the main detector (``training``), with the main search's penalty; its k,
+threshold and calibration are chosen on its own training data only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepfake.config import SVMConfig
+from deepfake.detector import copyrule
+from deepfake.detector.model import top_k_mean
+from deepfake.detector.training import (
+    Fold,
+    LinearModel,
+    choose,
+    fit_folds,
+    fit_many,
+    held_out_folds,
+)
+from deepfake.split import grouped_split
+
+
+@dataclass
+class Protocol:
+    """A detector trained on ``train`` and tested on ``test`` (positions in the whole frame)."""
+
+    name: str
+    repeat: int
+    left_out: str | None
+    train: np.ndarray
+    test: np.ndarray
+    folds: list[Fold] = field(default_factory=list)
+    final: LinearModel | None = None
+
+
+def plan(
+    frame: pd.DataFrame, repeats: int, test_size: float, seed: int, leave_one_method_out: bool
+) -> list[Protocol]:
+    """Every protocol's training and test images (no model yet); the first is the main split."""
+    groups = frame["group"].to_numpy()
+    is_real = frame["label"].to_numpy() == 0
+    methods = sorted(frame.loc[~is_real, "method"].unique()) if "method" in frame else []
+    out = []
+    for repeat in range(repeats):
+        train, test = grouped_split(groups, test_size, seed + repeat)
+        out.append(Protocol(f"split {repeat + 1}", repeat, None, train, test))
+        if not leave_one_method_out or len(methods) < 2:
+            continue
+        method = frame["method"].to_numpy()
+        for m in methods:
+            keep = train[is_real[train] | (method[train] != m)]
+            held = test[is_real[test] | (method[test] == m)]
+            out.append(Protocol(f"split {repeat + 1}, without {m}", repeat, m, keep, held))
+    return out
+
+
+def fit(
+    protocols: list[Protocol], frame: pd.DataFrame, X: np.ndarray, y: np.ndarray,
+    cell_rows: np.ndarray, alpha: float, cfg: SVMConfig,
+) -> list[Protocol]:  # fmt: skip
+    """Each protocol with its held-out folds and final model (cells of its training images)."""
+    fitted = []
+    for protocol in protocols:
+        subset = frame.iloc[protocol.train].reset_index(drop=True)
+        # Left-out-method detectors choose k and threshold on folds of photos only: they have
+        # one method less to cross with, and their point is the method they never saw.
+        folds = held_out_folds(subset, cfg, by_method=protocol.left_out is None)
+        absolute = [replace(f, held_out=protocol.train[f.held_out], train=protocol.train[f.train])
+                    for f in folds]  # fmt: skip
+        cells = np.isin(cell_rows, protocol.train)
+        final = fit_many([(X[cells], y[cells])], alpha, cfg)[0]
+        fitted.append(replace(protocol, folds=fit_folds(absolute, X, y, cell_rows, alpha, cfg),
+                              final=final))  # fmt: skip
+    return fitted
+
+
+def models(protocols: list[Protocol]) -> list[LinearModel]:
+    """Every model of ``protocols``, in the order ``results`` expects their decisions."""
+    return [m for p in protocols for m in [*(f.model for f in p.folds), p.final]]
+
+
+def results(
+    protocols: list[Protocol],
+    decisions: np.ndarray,
+    copied: np.ndarray,
+    frame: pd.DataFrame,
+    top_k: tuple[int, ...],
+) -> list[dict[str, Any]]:
+    """Each protocol's choices (on its training data) and its test records' scores, from
+    ``decisions`` (all images, cells, ``models(protocols)``) and the cells' copied shares
+    ``copied`` (all images, cells) that the copy rule reads."""
+    labels = frame["label"].to_numpy()
+    share = copyrule.shares(copied)
+
+    def rule_threshold(train: np.ndarray) -> float:
+        return copyrule.calibrate(share[train][labels[train] == 0])
+
+    out, column = [], 0
+    for protocol in protocols:
+        held, fires = {}, {}
+        for fold in protocol.folds:
+            held[fold.name] = decisions[fold.held_out, :, column]
+            fires[fold.name] = share[fold.held_out] >= rule_threshold(fold.train)
+            column += 1
+        chosen = choose(protocol.folds, held, labels, top_k, fires)
+        chosen["copy_threshold"] = rule_threshold(protocol.train)
+        svm = top_k_mean(decisions[protocol.test, :, column], chosen["top_k"])
+        scores = copyrule.fuse(svm, share[protocol.test], chosen["threshold"],
+                               chosen["copy_threshold"])  # fmt: skip
+        column += 1
+        out.append({
+            "name": protocol.name,
+            "repeat": protocol.repeat,
+            "left_out": protocol.left_out,
+            **chosen,
+            "test_record_ids": frame["record_id"].to_numpy()[protocol.test].tolist(),
+            "test_scores": scores.astype(float).tolist(),
+        })  # fmt: skip
+    return out

@@ -1,0 +1,192 @@
+"""The detector stage: a linear SVM on cell features, trained on the training split; an image's
+score is the mean of its k highest cell decision values (see ``training`` for how its penalty, k and
+threshold are chosen on held-out data only).
+
+The stage folder is a complete detector bundle: ``svm.skops`` (the fitted cell pipeline),
+``detector.json`` (how cells are made, the aggregation, threshold, probability calibrations,
+digests) and, for a fine-tuned backbone, ``backbone.safetensors``. Its manifest gives every
+record its score and heat map (the cells' decision values), test images included.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from deepfake.config import SVMConfig
+from deepfake.detector import copyrule, heldout
+from deepfake.detector.model import (
+    MODEL_FILE,
+    cell_svm,
+    dump_model,
+    platt_calibration,
+    probability,
+    top_k_mean,
+)
+from deepfake.detector.scoring import score_uris
+from deepfake.detector.training import Fold, cell_labels, search_alpha
+from deepfake.features.extractor import WEIGHTS_FILE, FeatureExtractor, read_weights
+from deepfake.features.stage import INFO_FILE, cell_matrix
+from deepfake.hashing import digest_of, sha256
+from deepfake.images import decode_png_array
+from deepfake.stages import Progress, StageOutput, run_stage, stage_folder
+from deepfake.storage import Storage
+
+log = logging.getLogger("deepfake")
+
+STAGE = "detector"
+BUNDLE_FILE = "detector.json"
+PROTOCOLS_FILE = "protocols.json"
+CELL_COLUMNS = ["cells", "cell_index", "cell_coverage"]
+
+
+class HeldOut(BaseModel):
+    """The held-out detectors trained beside the main one (see ``heldout``): ``repeats`` grouped
+    splits of ``test_size`` from ``seed`` on, each with a detector per left-out method."""
+
+    model_config = ConfigDict(frozen=True)
+
+    repeats: int = 1
+    test_size: float = 0.25
+    seed: int = 0
+    leave_one_method_out: bool = False
+
+
+def load_extractor(storage: Storage, features: StageOutput, info: dict[str, Any],
+                   device: str = "auto") -> FeatureExtractor:  # fmt: skip
+    """The extractor that made ``features`` (with its fine-tuned weights, if any)."""
+    weights = None
+    if info.get("weights"):
+        weights = read_weights(storage.read_bytes(f"{features.folder}/{info['weights']}"))
+    return FeatureExtractor.from_info(info, weights, device)
+
+
+def _cell_calibration(
+    frame: pd.DataFrame, folds: list[Fold], decisions: np.ndarray
+) -> dict[str, float]:
+    """Platt scaling of held-out cell decision values (the sampled cells of each fold's
+    held-out images, under the fold's model): a heat map's probability per cell."""
+    ys, ds = [], []
+    for index, fold in enumerate(folds):
+        for position in fold.held_out:
+            row = frame.iloc[position]
+            ds.append(decisions[position, np.asarray(row["cell_index"]), index])
+            ys.append(cell_labels(np.asarray(row["cell_coverage"])))
+    return platt_calibration(np.concatenate(ys), np.concatenate(ds))
+
+
+def train_detector(
+    storage: Storage,
+    cfg: SVMConfig,
+    features: StageOutput,
+    protocols: HeldOut | None = None,
+) -> StageOutput:
+    """Search, choose on held-out data, refit on the training split; score every record. With
+    ``protocols``, also the held-out detectors the evaluation reports (``protocols.json``)."""
+    protocols = protocols or HeldOut()
+
+    def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
+        frame = storage.read_parquet(features.manifest)
+        info = storage.read_json(f"{features.folder}/{INFO_FILE}")
+        X, coverage, cell_rows = cell_matrix(frame, int(info["cell_dim"]))
+        y = cell_labels(coverage)
+        planned = heldout.plan(frame, protocols.repeats, protocols.test_size, protocols.seed,
+                               protocols.leave_one_method_out)  # fmt: skip
+        main = planned[0]
+        if not np.array_equal(np.flatnonzero(frame["split"].to_numpy() == "train"), main.train):
+            raise ValueError("the held-out protocols' first split is not the split stage's")
+        progress = Progress("svm search", 10, unit="tenths", log=False)
+        in_main = np.isin(cell_rows, main.train)
+        log.info("detector: %d training cells from %d images", int(in_main.sum()), len(main.train))
+        groups = frame["group"].to_numpy()[cell_rows]
+        alpha, alpha_auc = search_alpha(X[in_main], y[in_main], groups[in_main], cfg)
+        progress.advance(2)
+        fitted = heldout.fit(planned, frame, X, y, cell_rows, alpha, cfg)
+        pipeline = cell_svm(alpha, cfg.seed).fit(X[in_main], y[in_main])
+        progress.advance(2)
+        log.info("detector: alpha %s (grouped CV cell ROC-AUC %.4f); %d held-out detectors",
+                 alpha, alpha_auc[alpha], len(fitted) - 1)  # fmt: skip
+        every = heldout.models(fitted)
+        # The copy rule's channel is one more column: each cell's copied share.
+        weights = np.stack([*(m.weights for m in every), copyrule.channel_weights(X.shape[1])], 1)
+        biases = np.array([*(m.bias for m in every), 0.0])
+        # One pass over every image scores it under every model.
+        extractor = load_extractor(storage, features, info)
+        uris = list(frame["uri"])
+        decisions = score_uris(
+            extractor,
+            storage,
+            uris,
+            weights,
+            biases,
+            read=lambda uri, data: decode_png_array(data, uri),
+        )
+        progress.advance(5)
+        copied = decisions[..., -1]
+        outcomes = heldout.results(fitted, decisions, copied, frame, cfg.top_k)
+        chosen = {k: v for k, v in outcomes[0].items() if not k.startswith("test_")}
+        chosen["cell_calibration"] = _cell_calibration(frame, fitted[0].folds, decisions)
+        log.info("detector: top-%d aggregation, threshold %.4f (chosen on held-out photos and "
+                 "methods)", chosen["top_k"], chosen["threshold"])  # fmt: skip
+        model_bytes = dump_model(pipeline)
+        storage.write_bytes(f"{folder}/{MODEL_FILE}", model_bytes)
+        search = {
+            "alpha": alpha,
+            "alpha_cell_roc_auc": alpha_auc,
+            **chosen,
+            "model_sha256": sha256(model_bytes),
+            "threshold_rule": "max mean balanced accuracy over held-out (photos x inpainting "
+            "method) folds of the training split",
+        }
+        storage.write_json(f"{folder}/search.json", search)
+        files = [MODEL_FILE, BUNDLE_FILE, "search.json"]
+        if len(outcomes) > 1:
+            storage.write_json(f"{folder}/{PROTOCOLS_FILE}", outcomes[1:])
+            files.append(PROTOCOLS_FILE)
+        if info.get("weights"):
+            tuned = storage.read_bytes(f"{features.folder}/{info['weights']}")
+            storage.write_bytes(f"{folder}/{WEIGHTS_FILE}", tuned)
+            files.append(WEIGHTS_FILE)
+        storage.write_json(f"{folder}/{BUNDLE_FILE}", _bundle(info, alpha, chosen, model_bytes))
+        final = decisions[..., len(fitted[0].folds)]  # the main detector's final model
+        share = copyrule.shares(copied)
+        score = copyrule.fuse(top_k_mean(final, chosen["top_k"]), share, chosen["threshold"],
+                              chosen["copy_threshold"])  # fmt: skip
+        heat = copyrule.fuse_cells(final, copied, share, chosen["copy_threshold"])
+        out = frame.drop(columns=[c for c in CELL_COLUMNS if c in frame]).assign(
+            score=score,
+            copied=share,
+            heat=[row.astype(np.float16).tolist() for row in heat],
+        )
+        progress.advance()
+        return out, files
+
+    folder = stage_folder(STAGE, digest_of([cfg.result_dict(), protocols.model_dump()]), features)
+    return run_stage(storage, STAGE, folder, work)
+
+
+def _bundle(
+    info: dict[str, Any], alpha: float, chosen: dict[str, Any], model: bytes
+) -> dict[str, Any]:
+    return {
+        **info,
+        "alpha": alpha,
+        "top_k": chosen["top_k"],
+        "threshold": chosen["threshold"],
+        "calibration": {"method": "Platt, even odds, held-out scores", **chosen["calibration"]},
+        "cell_calibration": chosen["cell_calibration"],
+        "copy_rule": {
+            "threshold": chosen["copy_threshold"],
+            "gain": copyrule.GAIN,
+            "channel": copyrule.CHANNEL,
+        },  # fmt: skip
+        "probability_threshold": float(probability(chosen["threshold"], chosen["calibration"])),
+        "score": "probability of inpainting (Platt-scaled mean of the image's top-k cell "
+        "decision values, lifted by the copy rule, even odds); label inpainted when that value "
+        ">= threshold",
+        "svm_sha256": sha256(model),
+    }

@@ -1,0 +1,196 @@
+"""Training a detector: the cell SVM, and the choices made on held-out data only.
+
+1. ``search_alpha``: the SVM's penalty, by grouped cross-validation on the training cells
+   (cell ROC-AUC).
+2. ``held_out_folds``: folds whose held-out part is both other photos and another inpainting
+   method (when the training data has several): each fold's model is trained on the other
+   photos' images of the other methods, and scores its photos' real images and the method it
+   never saw. The aggregation ``k`` and the decision threshold are chosen on those scores, so
+   they hold on a method the detector has not seen, not only in distribution.
+3. ``choose``: ``k`` maximising the mean ROC-AUC over the held-out conditions; the threshold
+   maximising their mean balanced accuracy (with the copy rule's verdicts, see ``copyrule``);
+   Platt scaling of the pooled held-out scores.
+
+Every split is grouped by source photo: an image and every inpainting of it are on one side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GroupKFold
+
+from deepfake.config import SVMConfig
+from deepfake.detector.model import (
+    _portable_warning_filters,
+    cell_svm,
+    linear_form,
+    platt_calibration,
+    top_k_mean,
+    validation_threshold,
+)
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """A fitted cell SVM as weights and bias (see ``linear_form``)."""
+
+    weights: np.ndarray
+    bias: float
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A held-out condition: the images ``held_out`` (positions in the training frame) are
+    scored by ``model``, trained without them, without their photos and without ``method``."""
+
+    name: str
+    method: str | None
+    held_out: np.ndarray
+    train: np.ndarray
+    model: LinearModel | None = None
+
+
+def cell_labels(coverage: np.ndarray) -> np.ndarray:
+    """1 for a sampled cell inside an inpainted region, 0 for a clean one."""
+    return (coverage >= 0.5).astype(int)
+
+
+def _fit(X: np.ndarray, y: np.ndarray, alpha: float, seed: int) -> LinearModel:
+    return LinearModel(*linear_form(cell_svm(alpha, seed).fit(X, y)))
+
+
+def fit_many(
+    jobs: list[tuple[np.ndarray, np.ndarray]], alpha: float, cfg: SVMConfig
+) -> list[LinearModel]:
+    """One cell SVM per (cells, labels), fitted in parallel."""
+    with _portable_warning_filters():
+        return Parallel(n_jobs=cfg.n_jobs)(delayed(_fit)(X, y, alpha, cfg.seed) for X, y in jobs)
+
+
+def search_alpha(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: SVMConfig
+) -> tuple[float, dict[float, float]]:
+    """The alpha with the best mean cell ROC-AUC over grouped folds of the training cells."""
+    folds = min(cfg.cv_folds, len(np.unique(groups)))
+    if folds < 2:
+        raise ValueError("cross-validation needs at least 2 source groups in the training split")
+    splits = list(
+        GroupKFold(n_splits=folds, shuffle=True, random_state=cfg.seed).split(X, y, groups)
+    )
+    results = {}
+    for alpha in cfg.alpha:
+        models = fit_many([(X[tr], y[tr]) for tr, _ in splits], alpha, cfg)
+        pairs = zip(splits, models, strict=True)
+        aucs = [roc_auc_score(y[te], X[te] @ m.weights + m.bias) for (_, te), m in pairs
+                if len(np.unique(y[te])) == 2]  # fmt: skip
+        results[float(alpha)] = float(np.mean(aucs)) if aucs else float("nan")
+    best = max(results, key=lambda a: (np.nan_to_num(results[a], nan=-1), a))
+    return best, results
+
+
+def held_out_folds(frame: pd.DataFrame, cfg: SVMConfig, by_method: bool = True) -> list[Fold]:
+    """Grouped folds of the training images, each crossed with every inpainting method when
+    there are several and ``by_method`` (see the module's docstring)."""
+    groups = frame["group"].to_numpy()
+    folds = min(cfg.cv_folds, len(np.unique(groups)))
+    if folds < 2:
+        raise ValueError("cross-validation needs at least 2 source groups in the training split")
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
+    is_real = frame["label"].to_numpy() == 0
+    methods = sorted(frame.loc[~is_real, "method"].unique()) if "method" in frame else []
+    if not by_method:
+        methods = []
+    out = []
+    for number, (train, test) in enumerate(splitter.split(np.zeros(len(frame)), groups=groups), 1):
+        if len(methods) < 2:
+            out.append(Fold(f"fold {number}", None, test, train))
+            continue
+        method = frame["method"].to_numpy()
+        for m in methods:
+            held = test[is_real[test] | (method[test] == m)]
+            kept = train[is_real[train] | (method[train] != m)]
+            out.append(Fold(f"fold {number}, {m}", m, held, kept))
+    return out
+
+
+def fit_folds(
+    folds: list[Fold], X: np.ndarray, y: np.ndarray, cell_rows: np.ndarray, alpha: float,
+    cfg: SVMConfig,
+) -> list[Fold]:  # fmt: skip
+    """Each fold with its model, trained on the sampled cells of its training images."""
+    jobs = []
+    for fold in folds:
+        cells = np.isin(cell_rows, fold.train)
+        jobs.append((X[cells], y[cells]))
+    models = fit_many(jobs, alpha, cfg)
+    return [
+        Fold(f.name, f.method, f.held_out, f.train, m) for f, m in zip(folds, models, strict=True)
+    ]
+
+
+def choose(
+    folds: list[Fold],
+    decisions: dict[str, np.ndarray],
+    labels: np.ndarray,
+    top_k: tuple[int, ...],
+    fires: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """k, threshold and calibration from the held-out scores. ``decisions[fold.name]`` holds
+    the cell decision values (held-out images, cells) of the fold's model; ``fires[fold.name]``
+    marks the held-out images that the copy rule (calibrated on the fold's training images)
+    labels inpainted whatever the threshold."""
+    conditions = [(f, labels[f.held_out]) for f in folds if len(np.unique(labels[f.held_out])) == 2]
+    if not conditions:
+        raise ValueError("no held-out fold has both real and inpainted images")
+    auc = {
+        k: float(
+            np.mean([roc_auc_score(y, top_k_mean(decisions[f.name], k)) for f, y in conditions])
+        )
+        for k in top_k
+    }
+    k = max(auc, key=lambda key: (auc[key], -key))
+    scores = [top_k_mean(decisions[f.name], k) for f, _ in conditions]
+    ys = [y for _, y in conditions]
+    fired = [(fires or {}).get(f.name, np.zeros(len(y), bool)) for f, y in conditions]
+    threshold = _threshold_for_conditions(ys, scores, fired)
+    pooled_y, pooled_s = np.concatenate(ys), np.concatenate(scores)
+    return {
+        "top_k": k,
+        "top_k_roc_auc": {str(key): value for key, value in auc.items()},
+        "threshold": threshold,
+        "calibration": platt_calibration(pooled_y, pooled_s),
+        "held_out_roc_auc": {
+            f.name: float(roc_auc_score(y, s)) for (f, y), s in zip(conditions, scores, strict=True)
+        },
+        "held_out_balanced_accuracy": {
+            f.name: _balanced_accuracy(y, s, threshold, on)
+            for (f, y), s, on in zip(conditions, scores, fired, strict=True)
+        },
+    }
+
+
+def _balanced_accuracy(
+    y: np.ndarray, scores: np.ndarray, threshold: float, fires: np.ndarray
+) -> float:
+    said = (scores >= threshold) | fires
+    return float(((said[y == 1]).mean() + (~said[y == 0]).mean()) / 2)
+
+
+def _threshold_for_conditions(
+    ys: list[np.ndarray], scores: list[np.ndarray], fires: list[np.ndarray]
+) -> float:
+    """The threshold with the best mean balanced accuracy over the held-out conditions (each
+    condition counts once, however many images it has); candidates are each condition's own
+    best threshold and the quantiles of all scores."""
+    pooled = np.concatenate(scores)
+    candidates = {validation_threshold(y, s) for y, s in zip(ys, scores, strict=True)}
+    candidates = sorted(candidates | set(np.quantile(pooled, np.linspace(0, 1, 201)).tolist()))
+    mean_ba = [np.mean([_balanced_accuracy(y, s, t, on) for y, s, on in
+                        zip(ys, scores, fires, strict=True)]) for t in candidates]  # fmt: skip
+    return float(candidates[int(np.argmax(mean_ba))])

@@ -1,0 +1,68 @@
+"""Figures of the held-out detectors trained in the detector stage (``protocols.json``): the same
+detector on other grouped splits, and without each inpainting method in turn.
+
+Each protocol's figures are at its own threshold (chosen on its own training data). A figure
+over protocols is given as mean, std and the values per split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepfake.evaluate.metrics import binary_metrics, recall_at_fpr
+
+# What every protocol reports.
+FIGURES = ("roc_auc", "balanced_accuracy", "recall", "specificity", "tpr_at_5pct_fpr")
+
+
+def protocol_figures(
+    scored: pd.DataFrame, record_ids: list[str], scores: list[float], threshold: float
+) -> dict[str, Any]:
+    """One protocol's figures on its test records."""
+    rows = scored.set_index("record_id").loc[record_ids]
+    y, s = rows["label"].to_numpy(), np.asarray(scores)
+    figures = {k: v for k, v in binary_metrics(y, s, threshold).items() if k in FIGURES}
+    small = (rows["label"].to_numpy() == 0) | (rows["coverage"].to_numpy() < 0.10)
+    figures["recall_at_5pct_fpr_small"] = recall_at_fpr(y[small], s[small])
+    figures["n_real"], figures["n_inpainted"] = int((y == 0).sum()), int((y == 1).sum())
+    return figures
+
+
+def summarise(per_split: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std (over splits) of every figure, and the values."""
+    out: dict[str, Any] = {"splits": len(per_split)}
+    for key in (*FIGURES, "recall_at_5pct_fpr_small"):
+        values = [p[key] for p in per_split if p.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+        out[f"{key}_std"] = float(np.std(values)) if values else None
+        out[f"{key}_per_split"] = values
+    return out
+
+
+def held_out(
+    scored: pd.DataFrame, main: dict[str, Any], protocols: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``repeated_splits`` (the main split and the others) and ``leave_one_method_out``
+    (method -> figures over the splits). ``main``: the main detector's test records, scores
+    and threshold, in the protocols' form."""
+    everything = [main, *protocols]
+    figures = [protocol_figures(scored, p["test_record_ids"], p["test_scores"], p["threshold"])
+               for p in everything]  # fmt: skip
+    splits = [f for p, f in zip(everything, figures, strict=True) if p["left_out"] is None]
+    methods = sorted({p["left_out"] for p in everything if p["left_out"]})
+    conditions = {
+        p["name"]: f["balanced_accuracy"] for p, f in zip(everything, figures, strict=True)
+    }
+    return {
+        "repeated_splits": summarise(splits),
+        "leave_one_method_out": {
+            m: summarise(
+                [f for p, f in zip(everything, figures, strict=True) if p["left_out"] == m]
+            )  # fmt: skip
+            for m in methods
+        },
+        "balanced_accuracy_at_threshold": conditions,
+    }
