@@ -171,17 +171,18 @@ MOVED = {
     for field in backend.Config.model_fields
 }
 # Keys of earlier detectors, and what replaced them.
+_METHODS = "inpaint.classical.methods (a list: the methods mixed over the records)"
+_VARIANTS = "inpaint.sd2.variants (regenerated, spliced or both)"
+_SVM = "svm.alpha and svm.top_k (the detector is a linear SVM on cell features)"
+_CELLS = "features.cell (every image is scored cell by cell, at native resolution)"
 RETIRED = {
-    "inpaint.method": "inpaint.classical.methods (a list: the methods mixed over the records)",
-    "inpaint.classical.method": "inpaint.classical.methods (a list: the methods mixed over the "
-    "records)",
-    "inpaint.paste_back": "inpaint.sd2.variants (regenerated, spliced or both)",
-    "inpaint.sd2.paste_back": "inpaint.sd2.variants (regenerated, spliced or both)",
-    **{f"svm.{key}": "svm.alpha and svm.top_k (the detector is a linear SVM on cell features)"
-       for key in ("C", "kernels", "gamma", "pca_components", "search")},  # fmt: skip
-    "features.pooling": "features.cell (features are pooled over cells of that many pixels)",
-    "features.crop_size": "features.cell (every image is scored cell by cell at native "
-    "resolution)",
+    "inpaint.method": _METHODS,
+    "inpaint.classical.method": _METHODS,
+    "inpaint.paste_back": _VARIANTS,
+    "inpaint.sd2.paste_back": _VARIANTS,
+    **{f"svm.{key}": _SVM for key in ("C", "kernels", "gamma", "pca_components", "search")},
+    "features.pooling": _CELLS,
+    "features.crop_size": _CELLS,
 }
 
 

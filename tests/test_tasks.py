@@ -44,9 +44,7 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
     dataset = collect_inpainting.fn(root, inpaint_plan.cfg, inpaint_plan.folder, sources)
     split = split_dataset.fn(root, SplitConfig(), dataset)
     features = extract_features.fn(root, FeaturesConfig(finetune_epochs=1), split)
-    detector = train_detector.fn(
-        root, SVMConfig(alpha=(0.1,), top_k=(1, 4), cv_folds=2), features
-    )
+    detector = train_detector.fn(root, SVMConfig(alpha=(0.1,), top_k=(1, 4), cv_folds=2), features)
     outputs = [sources, masks, dataset, split, features, detector]
     assert all(isinstance(o, StageOutput) for o in outputs)
     assert [o.records for o in outputs] == [12, 108, 120, 120, 120, 120]
