@@ -143,8 +143,20 @@ def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
     inside = coverage[fakes] >= 0.5
     assert inside.sum() > 0.3 * fakes.sum() and inside.sum() <= 0.5 * fakes.sum()  # up to half
     assert ((coverage == 0) | (coverage >= 0.5)).all()  # never an edge cell
-    # Batch size is how fast, not what: another batch size reuses the same finished output.
+    # Batch size is how fast, not what: another batch size reuses the same finished output...
     assert extract_features(store, frozen.model_copy(update={"batch_size": 3}), dataset) == out
+    # ... and computes the same cells from scratch, in a storage root of its own.
+    other = Storage(tmp_path / "other")
+    again_sources = prepare_sources(other, DataConfig(limit=2, image_size=48))
+    again_dataset = run_inpaint(other, InpaintConfig(), again_sources,
+                                make_masks(other, MaskConfig(), again_sources))  # fmt: skip
+    redone = extract_features(other, frozen.model_copy(update={"batch_size": 3}), again_dataset)
+    assert len(other.list_files(f"{redone.folder}/parts")) == -(-len(frame) // 3)
+    theirs = other.read_parquet(redone.manifest)
+    assert list(theirs["record_id"]) == list(frame["record_id"])
+    for column in ("cell_index", "cell_coverage"):
+        assert theirs[column].map(list).tolist() == frame[column].map(list).tolist()
+    assert theirs["cells"].tolist() == frame["cells"].tolist()
 
 
 class ReadLog(Storage):

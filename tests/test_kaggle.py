@@ -59,17 +59,23 @@ def test_tar_links_and_escapes_are_refused(tmp_path: Path) -> None:
             ("../up.png", tarfile.REGTYPE),
             ("ok/link.png", tarfile.SYMTYPE),
             ("ok/hard.png", tarfile.LNKTYPE),
+            ("ok/tty.png", tarfile.CHRTYPE),  # a character device
+            ("ok/disk.png", tarfile.BLKTYPE),  # a block device
+            ("ok/pipe.png", tarfile.FIFOTYPE),
         ]
         for name, kind in members:
             info = tarfile.TarInfo(name)
             info.type = kind
-            info.linkname = "/etc/passwd" if kind != tarfile.REGTYPE else ""
+            info.linkname = "/etc/passwd" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
             info.size = 3 if kind == tarfile.REGTYPE else 0
             tar.addfile(info, io.BytesIO(b"abc") if kind == tarfile.REGTYPE else None)
     result = {name: (data, problem) for name, data, problem in read_members(path, bool, 100)}
     assert result["ok/a.png"] == (b"abc", None)
     assert "leaves the extraction folder" in result["../up.png"][1]
     assert "link" in result["ok/link.png"][1] and "link" in result["ok/hard.png"][1]
+    for device in ("ok/tty.png", "ok/disk.png", "ok/pipe.png"):
+        data, problem = result[device]
+        assert data is None and problem.endswith(f"'{device}' refused: it is not a regular file")
 
 
 def test_prune_keeps_originals_and_the_external_set(archive, tmp_path: Path) -> None:
@@ -189,10 +195,62 @@ def test_official_client_without_credentials_says_where_they_go(no_kaggle_creden
     assert err.value.__cause__ is None
 
 
-def test_official_client_network_failure_keeps_secrets_out(no_kaggle_credentials, monkeypatch):
+class ApiFailure(Exception):
+    """An error as the kaggle client raises it: an HTTP response, and text that echoes a key."""
+
+    def __init__(self, status: int | None, text: str) -> None:
+        super().__init__(text)
+        self.response = type("Response", (), {"status_code": status})() if status else None
+
+
+@pytest.fixture
+def kaggle_api(no_kaggle_credentials, monkeypatch):
+    """The real ``KaggleApi`` (real authentication from the environment) whose one network call,
+    the download, is replaced: the Kaggle API is outside this machine."""
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-kaggle-key-123")
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    calls = []
+
+    def answer(failure: Exception | None):
+        def download(self, dataset, path, quiet, unzip):  # noqa: ANN001, ANN202
+            calls.append(dataset)
+            if failure is not None:
+                raise failure
+            (Path(path) / "deepfakeart.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)
+
+        monkeypatch.setattr(KaggleApi, "dataset_download_files", download)
+
+    return answer, calls
+
+
+def test_official_client_network_failure_keeps_secrets_out(kaggle_api, tmp_path) -> None:
+    answer, calls = kaggle_api
+    answer(ConnectionError("connection reset while sending key=s3cr3t-kaggle-key-123"))
     with pytest.raises(KaggleDownloadError) as err:
-        download_with_retries(OfficialKaggleClient(), "danielmao2019/deepfakeart",
-                              no_kaggle_credentials, attempts=2, sleep=lambda s: None)  # fmt: skip
+        download_with_retries(OfficialKaggleClient(), "danielmao2019/deepfakeart", tmp_path,
+                              attempts=2, sleep=lambda s: None)  # fmt: skip
+    assert calls == ["danielmao2019/deepfakeart"] * 2  # retried, then given up
     assert "s3cr3t" not in repr(err.value) and err.value.__cause__ is None
+    assert "ConnectionError" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "words"),
+    [(401, KaggleAuthError, "KAGGLE_API_TOKEN"), (403, KaggleAuthError, "kaggle.json"),
+     (404, FileNotFoundError, "was not found")],
+)  # fmt: skip
+def test_official_client_maps_http_errors(kaggle_api, tmp_path, status, error, words) -> None:
+    answer, calls = kaggle_api
+    answer(ApiFailure(status, "denied for key s3cr3t-kaggle-key-123"))
+    with pytest.raises(error) as err:
+        download_with_retries(OfficialKaggleClient(), "o/d", tmp_path, sleep=lambda s: None)
+    assert calls == ["o/d"]  # never retried
+    assert words in str(err.value) and "s3cr3t" not in str(err.value)
+
+
+def test_official_client_returns_the_archive_it_wrote(kaggle_api, tmp_path) -> None:
+    answer, calls = kaggle_api
+    answer(None)
+    assert OfficialKaggleClient().download("o/d", tmp_path) == tmp_path / "deepfakeart.zip"

@@ -199,6 +199,15 @@ def test_secrets_stay_out_of_logs_artifacts_and_files(
     import logging
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.types import DateTime
 
     from tests.kaggle_archive import build_archive
 
@@ -213,15 +222,36 @@ def test_secrets_stay_out_of_logs_artifacts_and_files(
     caplog.set_level(logging.DEBUG)
     settings = [*TINY, f"storage.endpoint_url={s3}", "data.source=kaggle",
                 f"data.kaggle_archive=s3://{BUCKET}/raw/deepfakeart.zip"]  # fmt: skip
+    started = DateTime.now("UTC")
     code = main(["--storage", f"s3://{BUCKET}/secrets", *sum((["--set", s] for s in settings), [])])
     printed = capsys.readouterr()
     assert code == 0, printed.err[-2000:]
     texts = {"stdout": printed.out, "stderr": printed.err, "log records": caplog.text}
     with get_client(sync_client=True) as client:
-        texts["prefect logs"] = "\n".join(log.message for log in client.read_logs())
-        texts["prefect artifacts"] = "\n".join(
-            json.dumps(a.data, default=str) + (a.description or "") for a in client.read_artifacts()
+        # This run's flow runs only (the test server is shared), and every page of their logs
+        # (the server answers at most 200 records at a time; pages of 10 here).
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=started))
         )
+        ids = [r.id for r in runs]
+        logs, page = [], 10
+        while True:
+            batch = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=page, offset=len(logs)
+            )
+            logs += batch
+            if len(batch) < page:
+                break
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=ids))
+        )
+    assert len(logs) > page  # more than one page: the paging was needed
+    assert any(log.name == "deepfake" for log in logs)  # the library's own lines among them
+    assert {a.key for a in artifacts} >= {"detector-metrics", "detector-report"}
+    texts["prefect logs"] = "\n".join(log.message for log in logs)
+    texts["prefect artifacts"] = "\n".join(
+        json.dumps(a.data, default=str) + (a.description or "") for a in artifacts
+    )
     store = Storage(f"s3://{BUCKET}/secrets", endpoint_url=s3)
     keys = sorted(store.list_files(""))
     assert any(k.startswith("reports/latest/") for k in keys)

@@ -20,6 +20,7 @@ from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import is_transient
 from tasks.detector import train_detector
+from tasks.evaluate import evaluate_detector
 from tasks.features import extract_features
 from tasks.inpaint import collect_inpainting, plan_inpainting
 from tasks.masks import make_masks
@@ -53,12 +54,52 @@ def test_stage_tasks_chain_by_storage_uris(tmp_path: Path) -> None:
     assert Storage(str(tmp_path)).exists(detector.manifest)
 
 
-def test_tasks_have_retries_and_a_cache_policy() -> None:
-    stages = (prepare_sources, make_masks, collect_inpainting, split_dataset, extract_features,
-              train_detector)  # fmt: skip
-    for t in stages:
-        assert t.retries >= 1
-        assert t.cache_policy is not None and t.persist_result
+STAGE_TASKS = (prepare_sources, make_masks, plan_inpainting, collect_inpainting, split_dataset,
+               extract_features, train_detector, evaluate_detector)  # fmt: skip
+
+
+def test_every_stage_task_retries_transient_errors_only() -> None:
+    for t in STAGE_TASKS:
+        assert t.retries == 2 and t.retry_delay_seconds, t.name
+        assert t.retry_condition_fn is is_transient, t.name
+    for t in set(STAGE_TASKS) - {plan_inpainting}:  # planning always looks again
+        assert t.cache_policy is not None and t.persist_result, t.name
+
+
+@flow
+def split_flow(root: StorageConfig, dataset: StageOutput) -> StageOutput:
+    return split_dataset.with_options(retry_delay_seconds=0)(root, SplitConfig(), dataset)
+
+
+@pytest.mark.parametrize(
+    ("limit", "fault", "calls", "completed"),
+    [
+        (1, None, 1, False),  # one source, one photo: the split raises ValueError, never retried
+        (12, ConnectionResetError, 2, True),  # the storage drops a connection once: retried
+    ],
+)
+def test_a_real_task_is_retried_only_on_transient_errors(
+    prefect_server, tmp_path, monkeypatch, limit, fault, calls, completed
+) -> None:
+    from deepfake import split
+
+    root = StorageConfig(root=str(tmp_path))
+    sources = prepare_sources.fn(root, DataConfig(limit=limit, image_size=48))
+    seen = []
+    real_split = split.grouped_split
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(1)
+        if fault is not None and len(seen) == 1:
+            raise fault("connection reset by peer")
+        return real_split(*args, **kwargs)
+
+    monkeypatch.setattr(split, "grouped_split", counting)
+    state = split_flow(root, sources, return_state=True)
+    assert len(seen) == calls and state.is_completed() is completed
+    if not completed:
+        with pytest.raises(ValueError, match="at least 2 source groups"):
+            state.result()
 
 
 attempts: list[str] = []
