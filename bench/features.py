@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,8 +120,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precisions", nargs="+", default=["float32", "auto"])
+    parser.add_argument("--limit", type=int, help="sources to use (default: all, as data.limit)")
+    parser.add_argument("--out", help="JSON file [bench/results/features.json]")
     args = parser.parse_args()
-    cfg = load_settings(overrides=["inpaint.backend=classical", "features.finetune_epochs=0"])
+    overrides = ["inpaint.backend=classical", "features.finetune_epochs=0"]
+    if args.limit:
+        overrides.append(f"data.limit={args.limit}")
+    cfg = load_settings(overrides=overrides)
     store = Storage(args.storage)
     sources = prepare_sources(store, cfg.data)
     dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
@@ -188,13 +194,14 @@ def main() -> None:
                 flush=True,
             )
     save(
-        "features",
+        Path(args.out).stem if args.out else "features",
         {
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch": torch.__version__,
             "repeats": args.repeats,
             "rows": rows,
         },
+        Path(args.out).parent if args.out else None,
     )
 
 

@@ -22,9 +22,10 @@ def machine() -> dict[str, Any]:
     }
 
 
-def save(name: str, result: dict[str, Any]) -> Path:
-    """Write ``result`` (with the machine's facts first) to ``bench/results/<name>.json``."""
-    out = RESULTS / f"{name}.json"
+def save(name: str, result: dict[str, Any], folder: Path | None = None) -> Path:
+    """Write ``result`` (with the machine's facts first) to ``bench/results/<name>.json`` (or
+    ``folder``)."""
+    out = (folder or RESULTS) / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({**machine(), **result}, indent=2, default=str))
     print(f"wrote {out}")

@@ -69,6 +69,9 @@ class FeatureExtractor:
         self.model = self.spec.build().eval()
         if weights is not None:
             self.model.load_state_dict(weights)
+        if self.device.type == "cuda":
+            # Every batch has the same shape: let cuDNN time its algorithms once and keep the best.
+            torch.backends.cudnn.benchmark = True
         # Channels-last lets oneDNN and cuDNN pick their fastest convolutions.
         self.model.to(self.device, memory_format=torch.channels_last)
         self._inference: torch.nn.Module | None = None

@@ -167,6 +167,15 @@ def load_pipeline(
     return pipe
 
 
+def release_pipelines() -> None:
+    """Forget every loaded pipeline and give their GPU memory back."""
+    _PIPELINES.clear()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _check_tokenizer(pipe: Any, model: str) -> None:
     """A hub name resolved offline can yield a default tokenizer that encodes nothing useful."""
     tokenizer = pipe.tokenizer
@@ -274,17 +283,18 @@ class SD2Inpainter(Inpainter):
             part = slice(start, start + size)
             try:
                 results += self._run(images[part], masks[part], seeds[part])
+                start += size
+                continue
             except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
                 if not is_out_of_memory(exc) or size == 1:
                     raise
-                self.max_batch = max(1, size // 2)
-                log.warning(
-                    "sd2: out of GPU memory at batch %d; going on with %d", size, self.max_batch
-                )
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            start += size
+            # Here, out of the except block, the traceback that held the failed call's tensors
+            # is gone, so emptying the cache really returns their memory.
+            self.max_batch = max(1, size // 2)
+            log.warning("sd2: out of GPU memory at batch %d; going on with %d",
+                        size, self.max_batch)  # fmt: skip
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         return results
 
     def _run(

@@ -1,0 +1,39 @@
+"""The GPU benchmark runs on a GPU only rarely: its dry run here keeps it from rotting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_bench_dry_run_measures_every_part(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        ["bash", "bench/gpu.sh", "--dry-run", "--results", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu-dry-run.json").read_text())
+    assert result["dry_run"] and {"sd2", "features", "finetune", "end_to_end", "oom"} <= set(result)
+    sd2 = result["sd2"]
+    assert {(r["compile"], r["batch_size"]) for r in sd2["rows"]} == {
+        (False, 1), (False, 2), (True, 1), (True, 2),
+    }  # fmt: skip
+    assert all(r["images_per_s"] > 0 and r["achieved_tflops"] > 0 for r in sd2["rows"])
+    assert sd2["flops"]["unet_step_both"] > 0 and sd2["flops"]["vae"] > 0
+    assert "AttnProcessor2_0" in sd2["attention_processors"]  # PyTorch's SDPA
+    features = result["features"]["rows"]
+    assert {r["precision"] for r in features} >= {"float32"}
+    assert all(r["share_of_forward_only"] > 0 and r["max_relative_difference_from_naive"] < 0.05
+               for r in features if r["precision"] == "float32")  # fmt: skip
+    tune = result["finetune"]
+    assert tune["steps"] > 0 and tune["steps_per_s"] > 0 and len(tune["epoch_losses"]) == 2
+    assert tune["grad_scaler"] is (tune["precision"] == "float16")
+    assert result["end_to_end"]["backend"] == result["end_to_end"]["expected_backend"]
+    assert "needs CUDA" in result["oom"]["skipped"]
+    assert "| SD2 64 px, 2 steps, batch 1 |" in done.stdout
