@@ -6,8 +6,10 @@ deployment tests and the browser tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,9 +25,10 @@ BIN = Path(sys.executable).parent
 # and the robustness evaluation.
 SETTINGS = {
     "data": {"limit": 12, "image_size": 48},
+    "masks": {"types": ["random", "ellipse"]},
     "inpaint": {
         "backend": "classical",
-        "batch_size": 10,
+        "batch_size": 4,
         "deployment": "inpaint-batch/batch-local",
     },  # fmt: skip
     "features": {"input_size": 64, "finetune_epochs": 1},
@@ -66,6 +69,7 @@ class Stack:
                 env=self.env,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped with its children
             )  # fmt: skip
         )
 
@@ -87,14 +91,18 @@ class Stack:
                 time.sleep(1)
         raise TimeoutError((self.home / "server.log").read_text()[-3000:])
 
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
+    def stop(self, grace: float = 8.0) -> None:
+        """SIGTERM to every process group at once, SIGKILL to what is left after ``grace``."""
         for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
+            time.sleep(0.2)
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def run_pipeline_deployment(stack: Stack):

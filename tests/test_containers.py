@@ -36,16 +36,24 @@ pytestmark = pytest.mark.skipif(
 
 IMAGES = ("deepfake-worker:cpu", "deepfake-worker:cuda")
 TINY_SD2 = "/home/worker/.cache/huggingface/tiny-sd2"
-# The offline sample, small: 12 sources x 5 masks, 3 batches of 20; no fine-tuning.
+# The offline sample, small: 12 sources x 2 mask types, 3 batches of 8; no fine-tuning.
 SMALL = {
     "data": {"limit": 12, "image_size": 48},
+    "masks": {"types": ["random", "ellipse"]},
     "features": {"finetune_epochs": 0},
     "svm": {"alpha": [0.1], "top_k": [1, 4], "cv_folds": 2},
-    "evaluate": {"robustness": False, "bootstrap": 50, "compare_frozen": False},
+    "evaluate": {
+        "robustness": False,
+        "bootstrap": 50,
+        "compare_frozen": False,
+        "repeats": 1,
+        "leave_one_method_out": False,
+        "shortcut_audit": False,
+    },
 }
 # On the stack the batches go to the GPU worker, which runs a tiny SD2 pipeline on its CPU.
 SD2_ON_GPU_WORKER = {
-    "backend": "sd2", "batch_size": 20, "deployment": "inpaint-batch/batch-stack",
+    "backend": "sd2", "batch_size": 8, "deployment": "inpaint-batch/batch-stack",
     "sd2": {"model": TINY_SD2, "device": "cpu", "steps": 2, "resolution": 64},
 }  # fmt: skip
 STAGE_TASKS = {"prepare-sources", "make-masks", "collect-inpainting", "split-dataset",

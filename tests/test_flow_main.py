@@ -220,16 +220,14 @@ def test_changing_one_setting_recomputes_only_downstream(first_run, setting: str
 
 def test_cache_whose_files_are_gone_is_not_trusted(first_run) -> None:
     storage, _, _ = first_run
-    store = Storage(storage)
-    source = (
-        storage
-        / "sources"
-        / sorted(f for f in store.list_files("sources") if f.endswith(".png"))[0]
-    )
-    fake = (
-        storage
-        / "inpainted"
-        / sorted(f for f in store.list_files("inpainted") if f.endswith(".png"))[0]
+    # Other tests add stage folders for other settings: take the files of the first run's
+    # folders, whose manifests are the oldest.
+    source, fake = (
+        min(
+            (p for p in (storage / stage).rglob("*.png") if p.parent.name == "images"),
+            key=lambda p: ((p.parent.parent / "manifest.parquet").stat().st_mtime_ns, p.name),
+        )
+        for stage in ("sources", "inpainted")
     )
     source.unlink()
     fake.unlink()

@@ -22,7 +22,11 @@ BASE = [
     "data.image_size=48",
     "features.input_size=64",
     "inpaint.backend=classical",
+    "masks.types=[random,ellipse]",
     "svm.cv_folds=2",
+    "evaluate.repeats=1",
+    "evaluate.leave_one_method_out=false",
+    "evaluate.robustness=false",
 ]
 GOOD = ["svm.alpha=[0.1]", "svm.top_k=[1,4]"]
 # Every cell averaged, under a penalty that leaves little of the model: a genuinely worse one.

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(
     reason="no Chromium here: .ci/run installs Debian's chromium package as root",
 )
 # Written by the library (deepfake/) inside tasks: they must reach the run's logs in the UI.
-LIBRARY_LINES = ("fine-tuning: epoch 1/1", "detector: searching on", "robustness: jpeg_80")
+LIBRARY_LINES = ("fine-tuning: epoch 1/1", "training cells from", "robustness: jpeg_80")
 PROGRESS = ("inpainting-progress", "fine-tuning-progress", "features-progress",
             "svm-search-progress", "robustness-progress")  # fmt: skip
 
@@ -80,7 +80,7 @@ def test_library_log_lines_are_in_the_run_logs(ui, browser, tmp_path) -> None:
         assert found and all(log.task_run_id for log in found), line
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{ui['base']}/runs/flow-run/{ui['run'].id}", wait_until="networkidle")
-    line = page.get_by_text("detector: searching on", exact=False).first
+    line = page.get_by_text("training cells from", exact=False).first
     line.wait_for(timeout=30_000)
     line.scroll_into_view_if_needed()
     _shoot(page, tmp_path, "flow-run-logs")
