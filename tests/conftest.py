@@ -26,6 +26,15 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server) -> str:
+    """That server's API, for commands run in processes of their own (which would otherwise
+    each start a temporary server: seconds apiece)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 @pytest.fixture
 def textured() -> np.ndarray:
     """A 64x64 RGB image with texture everywhere (a crop of a real photo)."""

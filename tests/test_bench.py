@@ -11,8 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_bench_dry_run_measures_every_part(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+def test_gpu_bench_dry_run_measures_every_part(prefect_api_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": "",
+           "PREFECT_API_URL": prefect_api_url}  # fmt: skip
     done = subprocess.run(
         ["bash", "bench/gpu.sh", "--dry-run", "--results", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,

@@ -31,6 +31,14 @@ TINY = [
     "evaluate.repeats=2",
     "evaluate.bootstrap=200",
 ]
+# For tests about one part of the run (a backend, a source), the slow protocols off.
+QUICK = [
+    "masks.types=[random,ellipse]",
+    "features.finetune_epochs=0",
+    "evaluate.repeats=1",
+    "evaluate.leave_one_method_out=false",
+    "evaluate.robustness=false",
+]
 STAGE_FOLDERS = ("sources", "masks", "inpainted", "split", "features", "detector", "evaluation")
 
 
@@ -259,7 +267,7 @@ def test_flow_with_tiny_sd2_pipeline(prefect_server, tmp_path: Path) -> None:
     storage = tmp_path / "store"
     sd2 = ["inpaint.backend=sd2", f"inpaint.sd2.model={model}", "inpaint.sd2.device=cpu",
            "inpaint.sd2.steps=2", "inpaint.sd2.resolution=64", "data.limit=16"]  # fmt: skip
-    summary, states = run(storage, *sd2)
+    summary, states = run(storage, *sd2, *QUICK)
     assert set(states.values()) == {"Completed"}
     store = Storage(storage)
     metrics = store.read_json(f"reports/{summary['run_id']}/metrics.json")
@@ -293,7 +301,7 @@ def test_flow_on_a_kaggle_archive_reports_the_external_set(prefect_server, tmp_p
     archive = tmp_path / "deepfakeart.zip"
     info = build_archive(archive, folders=30, size=64)
     kaggle = ["data.source=kaggle", f"data.kaggle_archive={archive}", "data.limit="]
-    summary, states = run(tmp_path / "store", *kaggle)
+    summary, states = run(tmp_path / "store", *kaggle, *QUICK)
     assert set(states.values()) == {"Completed"}
     store = Storage(tmp_path / "store")
     metrics = store.read_json(f"reports/{summary['run_id']}/metrics.json")

@@ -7,6 +7,8 @@ the area is drawn uniformly from ``AREA`` and reached within a few percent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -17,23 +19,34 @@ def _cover(mask: np.ndarray) -> float:
     return float((mask > 0).mean())
 
 
-def ellipse(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """One to a few ellipses of any orientation (an object's outline), until the area is met."""
-    target = rng.uniform(*AREA)
-    mask = np.zeros((height, width), np.uint8)
+def _add_until_covered(
+    mask: np.ndarray, target: float, draw: Callable[[np.ndarray], None]
+) -> np.ndarray:
+    """Draw shapes onto copies of ``mask`` (up to 50), keeping each one that leaves the area
+    within ``AREA``, until ``target`` is covered."""
     for _ in range(50):
-        a = rng.uniform(0.25, 1.0) * np.sqrt(target * height * width / np.pi)
-        b = a * rng.uniform(0.4, 1.0)
-        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
         trial = mask.copy()
-        axes = (max(1, round(a)), max(1, round(b)))
-        cv2.ellipse(trial, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+        draw(trial)
         if _cover(trial) > AREA[1]:
             continue
         mask = trial
         if _cover(mask) >= target:
             break
     return mask
+
+
+def ellipse(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """One to a few ellipses of any orientation (an object's outline), until the area is met."""
+    target = rng.uniform(*AREA)
+
+    def draw(trial: np.ndarray) -> None:
+        a = rng.uniform(0.25, 1.0) * np.sqrt(target * height * width / np.pi)
+        b = a * rng.uniform(0.4, 1.0)
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        axes = (max(1, round(a)), max(1, round(b)))
+        cv2.ellipse(trial, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, -1)
+
+    return _add_until_covered(np.zeros((height, width), np.uint8), target, draw)
 
 
 def blob(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -62,8 +75,8 @@ def blob(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
 def brush(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Thick brush strokes (polylines of a few segments), until the area is met."""
     target = rng.uniform(*AREA)
-    mask = np.zeros((height, width), np.uint8)
-    for _ in range(50):
+
+    def draw(trial: np.ndarray) -> None:
         thickness = int(rng.integers(max(2, width // 32), max(3, width // 10) + 1))
         x, y = rng.uniform(0, width), rng.uniform(0, height)
         points = [(x, y)]
@@ -72,14 +85,9 @@ def brush(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
             x = float(np.clip(x + step * np.cos(angle), 0, width - 1))
             y = float(np.clip(y + step * np.sin(angle), 0, height - 1))
             points.append((x, y))
-        trial = mask.copy()
         cv2.polylines(trial, [np.round(points).astype(np.int32)], False, 255, thickness)
-        if _cover(trial) > AREA[1]:
-            continue
-        mask = trial
-        if _cover(mask) >= target:
-            break
-    return mask
+
+    return _add_until_covered(np.zeros((height, width), np.uint8), target, draw)
 
 
 def freeform(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
