@@ -92,17 +92,22 @@ class Stack:
         raise TimeoutError((self.home / "server.log").read_text()[-3000:])
 
     def stop(self, grace: float = 8.0) -> None:
-        """SIGTERM to every process group at once, SIGKILL to what is left after ``grace``."""
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs):
-            time.sleep(0.2)
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_groups(self.procs, grace)
+
+
+def stop_groups(procs: list[subprocess.Popen], grace: float = 8.0) -> None:
+    """SIGTERM to every process group (each started with ``start_new_session``) at once, SIGKILL
+    to what is left after ``grace``: a worker that takes its time to shut down holds up no test."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def run_pipeline_deployment(stack: Stack):

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.containers.stack import BIN, ROOT, Stack, build_standins, runs_of, sh, wait_for_run
+from tests.loopback import stop_groups
 
 pytestmark = pytest.mark.skipif(
     shutil.which("docker") is None
@@ -274,14 +275,13 @@ def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> N
         [str(BIN / "prefect"), "worker", "start",
          "--pool", "cpu-docker", "--type", "docker", "--name", "docker-host-worker"],
         cwd=ROOT, env=stack.cli_env(PREFECT_WORKER_QUERY_SECONDS="2"), stdout=log,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         run = _run_pipeline(stack, "deepfake-pipeline/pipeline",
                             {"settings": settings("b", backend="classical")})  # fmt: skip
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        stop_groups([worker])
     worker_log = (tmp_path / "docker-worker.log").read_text()
     assert run.state.is_completed(), (run.state, worker_log[-3000:])
     containers = json.loads(sh("docker", "ps", "-a", "--filter",
