@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,9 +211,6 @@ def test_model_file_with_foreign_types_is_refused(tmp_path: Path) -> None:
 
 
 def test_model_file_bytes_are_the_same_in_every_process() -> None:
-    import subprocess
-    import sys
-
     script = (
         "import hashlib, numpy as np; from deepfake.detector.model import dump_model, cell_svm; "
         "X = np.random.RandomState(0).rand(40, 5); m = cell_svm(0.1, 0).fit(X, [0, 1] * 20); "
@@ -240,3 +239,18 @@ def test_parallel_workers_get_only_portable_warning_filters() -> None:
             assert "torch" not in modules and "builtins" in modules
             assert any(f[1] is not None and f[1].pattern == "keep me" for f in warnings.filters)
         assert warnings.filters == before
+
+
+def test_parallel_fit_workers_do_not_load_torch() -> None:
+    """Each of the detector's parallel workers imports the module of the fit function it runs;
+    torch there would cost ~0.6 GB a worker (skops.io, which imports it, is loaded lazily)."""
+    probe = (
+        "import numpy as np; from joblib import Parallel, delayed; "
+        "from deepfake.detector.training import _fit; "
+        "X, y = np.random.default_rng(0).normal(size=(40, 4)), np.arange(40) % 2; "
+        "Parallel(n_jobs=2)(delayed(_fit)(X, y, 0.1, 0) for _ in range(2)); "
+        "print(Parallel(n_jobs=2)(delayed(eval)(\"'torch' in __import__('sys').modules\") "
+        "for _ in range(4)))"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert found.stdout.strip() == "[False, False, False, False]", found.stdout + found.stderr

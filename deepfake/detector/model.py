@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import skops.io as sio
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.metrics import roc_curve
 from sklearn.pipeline import Pipeline
@@ -98,6 +97,10 @@ def probability(scores: np.ndarray, calibration: dict[str, float]) -> np.ndarray
 
 def dump_model(model: Any) -> bytes:
     # skops, not pickle: loading a model file must never run code that came with the file.
+    # Imported here, not at the top: skops.io imports every scikit-learn module (and so torch),
+    # and the detector's parallel workers import this module to fit models.
+    import skops.io as sio
+
     return canonical_skops(sio.dumps(model))
 
 
@@ -132,6 +135,8 @@ def canonical_skops(data: bytes) -> bytes:
 def load_model(storage: Storage, folder: str, expected_sha256: str | None = None) -> Any:
     """Load a fitted pipeline; refuses a file whose digest differs from ``expected_sha256``, and
     any file holding a type outside scikit-learn's and numpy's own (skops' default trust)."""
+    import skops.io as sio  # see dump_model
+
     data = storage.read_bytes(f"{folder}/{MODEL_FILE}")
     name = f"{storage.uri(folder)}/{MODEL_FILE}"
     if expected_sha256 is not None and sha256(data) != expected_sha256:
