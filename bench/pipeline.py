@@ -8,7 +8,9 @@ loopback so that the runs' timings can be read back from its API afterwards:
 - flow: the pipeline flow run, from its start to its end;
 - task bodies: the running time of every task run and inpainting subflow run of that flow;
 - Prefect overhead: flow minus task bodies (orchestration, state changes, caching, artifacts);
-- peak RSS: the largest resident memory of the command's process (and of its process tree).
+- peak RSS: the largest resident memory of the command's process; and the peak of its process
+  tree's proportional set size (PSS: pages shared between processes, as in a child just forked,
+  counted once in all, not once per process).
 
 Prints a table and writes bench/results/pipeline.json.
 
@@ -66,7 +68,7 @@ def start_server(home: Path, env: dict[str, str]) -> subprocess.Popen:
 def run_pipeline(storage: Path, overrides: list[str], env: dict[str, str]) -> dict:
     command = [sys.executable, "flows/main.py", "--storage", str(storage)]
     command += [arg for o in overrides for arg in ("--set", o)]
-    peak_tree, breakdown = 0, {}
+    peak_tree, breakdown = 0, {}  # PSS
     start = time.perf_counter()
     process = psutil.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL)  # fmt: skip
@@ -76,13 +78,13 @@ def run_pipeline(storage: Path, overrides: list[str], env: dict[str, str]) -> di
         nonlocal peak_tree, breakdown
         while not done.is_set():
             try:
-                tree = {p: p.memory_info().rss for p in [process, *process.children(True)]}
+                tree = {p: p.memory_full_info().pss for p in [process, *process.children(True)]}
             except psutil.Error:
                 continue
             if sum(tree.values()) > peak_tree:
                 peak_tree = sum(tree.values())
-                breakdown = {f"{p.pid} {' '.join(p.cmdline()[1:3])[:60]}": round(rss / 2**30, 2)
-                             for p, rss in tree.items()}  # fmt: skip
+                breakdown = {f"{p.pid} {' '.join(p.cmdline()[1:3])[:60]}": round(pss / 2**30, 2)
+                             for p, pss in tree.items()}  # fmt: skip
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -98,7 +100,7 @@ def run_pipeline(storage: Path, overrides: list[str], env: dict[str, str]) -> di
     return {
         "wall_s": wall,
         "peak_rss_gib": usage.ru_maxrss / 2**20,  # kilobytes on Linux
-        "peak_tree_rss_gib": peak_tree / 2**30,
+        "peak_tree_pss_gib": peak_tree / 2**30,
         "peak_tree_processes_gib": breakdown,
         "roc_auc": summary["roc_auc"],
         "run_id": summary["run_id"],
@@ -165,7 +167,7 @@ def main() -> None:
                 f"{name:6s} wall {row['wall_s']:6.1f} s  flow {row['flow_s']:6.1f} s  "
                 f"task bodies {row['task_bodies_s']:6.1f} s  Prefect overhead "
                 f"{row['prefect_overhead_s']:5.1f} s  peak RSS {row['peak_rss_gib']:.2f} GiB "
-                f"(tree {row['peak_tree_rss_gib']:.2f} GiB)  ROC-AUC {row['roc_auc']:.4f}",
+                f"(tree PSS {row['peak_tree_pss_gib']:.2f} GiB)  ROC-AUC {row['roc_auc']:.4f}",
                 flush=True,
             )
     finally:
