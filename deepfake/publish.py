@@ -15,9 +15,10 @@ from typing import Any, Literal
 from sklearn.metrics import roc_auc_score
 
 from deepfake.config import Settings
+from deepfake.detector.bundle import Detector, bundle_files, has_bundle
 from deepfake.evaluate.report import embed_images
-from deepfake.predict import BUNDLE_FILE, Detector, bundle_files
-from deepfake.stages import MANIFEST, StageOutput
+from deepfake.evaluate.stage import REPORT_FILE, evaluation_files, evaluation_metrics
+from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -31,15 +32,16 @@ def new_run_id(settings: Settings) -> str:
 
 
 def promotion_decision(
-    storage: Storage, settings: Settings, detector: StageOutput, new_auc: float, promote: Promote
+    storage: Storage, detector: StageOutput, new_auc: float, promote: Promote, device: str
 ) -> dict[str, Any]:
-    """Whether the new detector becomes ``models/latest``, and why."""
+    """Whether the new detector becomes ``models/latest``, and why (the current one is loaded
+    on ``device`` to score the same test records)."""
     if promote == "always":
         return {"promote": True, "policy": promote, "reason": "policy: always promote"}
-    if not storage.exists(f"models/latest/{BUNDLE_FILE}"):
+    if not has_bundle(storage, "models/latest"):
         return {"promote": True, "policy": promote, "reason": "there is no current detector"}
     try:
-        current = Detector.load(storage, "models/latest", settings.features.device)
+        current = Detector.load(storage, "models/latest", device)
     except Exception as exc:  # a broken current bundle must not block a sound new one
         return {"promote": True, "policy": promote, "reason": f"current detector unusable: {exc}"}
     test = storage.read_parquet(detector.manifest).query("split == 'test'")
@@ -85,27 +87,27 @@ def replace_folder(
 
 def publish_run(
     storage: Storage,
-    settings: Settings,
     run_id: str,
     evaluation: StageOutput,
     detector: StageOutput,
     promote: Promote = "always",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Copy report and bundle to ``reports/<run id>``, ``models/<run id>`` and, when promoted,
-    ``reports/latest`` and ``models/latest`` (each replaced as a whole)."""
-    metrics = storage.read_json(f"{evaluation.folder}/metrics.json")
-    decision = promotion_decision(storage, settings, detector, metrics["roc_auc"], promote)
+    ``reports/latest`` and ``models/latest`` (each replaced as a whole). ``device`` is where the
+    current detector is loaded for the comparison ``promote="if_better"`` makes."""
+    metrics = evaluation_metrics(storage, evaluation)
+    decision = promotion_decision(storage, detector, metrics["roc_auc"], promote, device)
     log.info("promotion of run %s: %s (%s)", run_id, decision["promote"], decision["reason"])
     run = {"run_id": run_id, "evaluation": evaluation.folder, "detector": detector.folder}
-    report = storage.read_bytes(f"{evaluation.folder}/report.md").decode()
+    reports = evaluation_files(storage, evaluation)
+    report = reports[REPORT_FILE].decode()
     report += f"\n## Promotion\n\n{'Promoted' if decision['promote'] else 'Not promoted'} to "
     report += f"`models/latest`: {decision['reason']}.\n"
-    evaluation_files = storage.list_files(evaluation.folder) - {MANIFEST}
-    reports = {name: storage.read_bytes(f"{evaluation.folder}/{name}") for name in evaluation_files}
     reports |= {
         "run.json": _json(run),
         "promotion.json": _json(decision),
-        "report.md": report.encode(),
+        REPORT_FILE: report.encode(),
     }
     bundle = bundle_files(
         storage, detector.folder, {"run_id": run_id, "roc_auc": metrics["roc_auc"]}
@@ -133,7 +135,7 @@ def self_contained_report(storage: Storage, summary: dict[str, Any]) -> str:
     pngs = sorted(name for name in storage.list_files(folder) if name.endswith(".png"))
     found = storage.read_many([f"{folder}/{name}" for name in pngs])
     images = {name: data for name, data in zip(pngs, found, strict=True) if isinstance(data, bytes)}
-    report = embed_images(storage.read_bytes(f"{folder}/report.md").decode(), images)
+    report = embed_images(storage.read_bytes(f"{folder}/{REPORT_FILE}").decode(), images)
     latest = " (also `models/latest`)" if summary["promoted"] else " (not promoted)"
     return (
         f"{report}\n## Where this run is\n\n- Report and plots: `{summary['report']}`\n"

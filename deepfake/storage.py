@@ -1,7 +1,9 @@
 """One storage layer over fsspec URLs: a local folder or ``s3://bucket/prefix``.
 
 Every write is atomic: a local file is written under a temporary name in the same folder and
-renamed into place; an object store gets one PUT. A reader never sees half a file.
+renamed into place; an object store gets one PUT. A reader never sees half a file. pandas and
+pyarrow are imported by the Parquet methods only, so that the sources (which the settings read)
+can use storage without loading them.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class StorageError(OSError):
@@ -235,6 +237,9 @@ class Storage:
     ) -> bytes:
         """Write ``frame`` as Parquet, with optional key-value ``metadata`` in its schema; returns
         the bytes written (for digests)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         table = pa.Table.from_pandas(frame, preserve_index=False)
         if metadata:
             extra = {k.encode(): v.encode() for k, v in metadata.items()}
@@ -246,15 +251,14 @@ class Storage:
         return data
 
     def read_parquet(self, uri: str) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.read_parquet(io.BytesIO(self.read_bytes(uri)), engine="pyarrow")
 
     @staticmethod
     def parquet_metadata(data: bytes) -> dict[str, str]:
         """The key-value metadata that ``write_parquet`` stored in a file's schema."""
+        import pyarrow.parquet as pq
+
         meta = pq.read_schema(io.BytesIO(data)).metadata or {}
         return {k.decode(): v.decode() for k, v in meta.items() if k != b"pandas"}
-
-    def copy_tree(self, src: str, dst: str) -> None:
-        """Copy every file below ``src`` to ``dst`` (each file written atomically)."""
-        for rel in sorted(self.list_files(src)):
-            self.write_bytes(posixpath.join(dst, rel), self.read_bytes(posixpath.join(src, rel)))

@@ -38,7 +38,12 @@ from deepfake.config import InpaintConfig, StorageConfig
 from deepfake.inpaint.stage import InpaintPlan, run_planned_batch
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
+from tasks._common import prepare_process
 from tasks.inpaint import collect_inpainting, plan_inpainting
+
+# Whoever runs these flows (this command, a worker) first readies the process: logs redacted
+# and sent to the run, progress as artifacts.
+prepare_process()
 
 
 @flow(name="inpaint-batch", retries=2, retry_delay_seconds=10, result_serializer="json")

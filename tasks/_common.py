@@ -1,4 +1,9 @@
-"""What every task shares: the stage cache policy, the retry rule, and the run logs."""
+"""What every task shares: the stage cache policy, the retry rule, and the run logs.
+
+Nothing happens when this module is imported. A process that runs the pipeline's flows calls
+``prepare_process()`` once, before its first run (every flow module does, when it is imported:
+that is also what a worker does before it runs a flow).
+"""
 
 from __future__ import annotations
 
@@ -19,15 +24,23 @@ from prefect.logging.handlers import APILogHandler
 
 from deepfake.config import StorageConfig
 from deepfake.hashing import digest_of
+from deepfake.progress import add_progress_listener
 from deepfake.secrets import redact_logs
-from deepfake.stages import CODE_VERSION, StageOutput, add_progress_listener, finished
+from deepfake.stages import CODE_VERSION, StageOutput, finished
 from deepfake.storage import Storage
 
-# The temporary local server otherwise logs an ERROR on every offline run when its usage
-# telemetry cannot be sent; set it to true to send it.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# No credential reaches a log line, whichever library writes it (botocore's debug log would).
-redact_logs()
+
+def prepare_process() -> None:
+    """Ready this process to run the pipeline (idempotent): credentials redacted from every log
+    record, library logs sent to the Prefect run logs, progress shown as run artifacts, and no
+    usage telemetry from a temporary local server."""
+    # The temporary local server otherwise logs an ERROR on every offline run when its usage
+    # telemetry cannot be sent; set it to true to send it.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # No credential reaches a log line, whichever library writes it (botocore's debug log would).
+    redact_logs()
+    send_library_logs_to_runs()
+    add_progress_listener(_PROGRESS_ARTIFACTS)
 
 
 def _inside_a_run(record: logging.LogRecord) -> bool:
@@ -53,11 +66,8 @@ def send_library_logs_to_runs() -> None:
     logger.addHandler(handler)
 
 
-send_library_logs_to_runs()
-
-
 class ProgressArtifacts:
-    """Every long loop of the library (``deepfake.stages.Progress``) as a progress artifact of
+    """Every long loop of the library (``deepfake.progress.Progress``) as a progress artifact of
     the task or flow run it runs in (``<what>-progress``, e.g. ``features-progress``), moved at
     most every ``every`` seconds and always at the end, so that it stands at 100 % when done."""
 
@@ -92,7 +102,7 @@ class ProgressArtifacts:
                 self._artifacts[(run_id, what)] = (known[0], now)
 
 
-add_progress_listener(ProgressArtifacts())
+_PROGRESS_ARTIFACTS = ProgressArtifacts()
 
 _KEYED = INPUTS + TASK_SOURCE
 

@@ -12,19 +12,11 @@ from prefect.cache_policies import NO_CACHE
 
 from deepfake.config import Settings, StorageConfig
 from deepfake.evaluate import stage
-from deepfake.evaluate.metrics import HEADLINE_METRICS
+from deepfake.evaluate.metrics import SUMMARY
 from deepfake.publish import Promote, publish_run, self_contained_report
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
-
-_HEADLINE = (
-    *HEADLINE_METRICS,
-    "cv_roc_auc_mean",
-    "cv_roc_auc_std",
-    "n_test_real",
-    "n_test_inpainted",
-)
 
 
 @task(name="evaluate-detector", **TASK_DEFAULTS)
@@ -46,17 +38,18 @@ def evaluate_detector(
 @task(name="publish-run", **{**TASK_DEFAULTS, "cache_policy": NO_CACHE, "persist_result": False})
 def publish(
     storage: StorageConfig,
-    settings: Settings,
     run_id: str,
     evaluation: StageOutput,
     detector: StageOutput,
     promote: Promote = "always",
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Report and detector under the run id (and ``latest`` when promoted); UI artifacts."""
+    """Report and detector under the run id (and ``latest`` when promoted, the current one
+    compared on ``device``); UI artifacts."""
     store = Storage.open(storage)
-    summary = publish_run(store, settings, run_id, evaluation, detector, promote)
+    summary = publish_run(store, run_id, evaluation, detector, promote, device)
     metrics = summary["metrics"]
-    rows = [{"metric": k, "value": metrics[k]} for k in _HEADLINE]
+    rows = [{"metric": k, "value": metrics[k]} for k in SUMMARY]
     rows += [
         {"metric": f"roc_auc[{t}]", "value": m["roc_auc"]}
         for t, m in metrics["per_mask_type"].items()
@@ -81,4 +74,4 @@ def publish(
                              link_text=f"report of run {run_id}")  # fmt: skip
         create_link_artifact(key="detector-bundle", link=summary["model"],
                              link_text=f"detector of run {run_id}")  # fmt: skip
-    return {k: v for k, v in summary.items() if k != "metrics"} | {k: metrics[k] for k in _HEADLINE}
+    return {k: v for k, v in summary.items() if k != "metrics"} | {k: metrics[k] for k in SUMMARY}

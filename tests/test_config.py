@@ -52,6 +52,10 @@ def test_yaml_file_then_overrides(tmp_path: Path) -> None:
         ("features.crop_size=32", ["features.crop_size", "features.cell"]),
         ("inpaint.backend=dalle", ["dalle"]),
         ("data.source=web", ["web"]),
+        ("data.path=/x", ["data.path", "data.folder.path"]),
+        ("data.kaggle_archive=/x.zip", ["data.kaggle_archive", "data.kaggle.archive"]),
+        ("data.max_tiles_per_image=3", ["data.max_tiles_per_image", "data.sample."]),
+        ("data.kaggle.path=/x", ["data.kaggle.path", "archive"]),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(override: str, words: list[str]) -> None:
@@ -84,6 +88,38 @@ def test_old_flat_keys_in_a_settings_file_name_their_new_place(tmp_path: Path) -
     path.write_text("inpaint:\n  steps: 4\n")
     with pytest.raises(ConfigError, match="inpaint.steps is now inpaint.sd2.steps"):
         load_settings(path)
+    path.write_text("data:\n  source: kaggle\n  kaggle_archive: /x.zip\n")
+    with pytest.raises(ConfigError, match="data.kaggle_archive is now data.kaggle.archive"):
+        load_settings(path)
+
+
+def test_only_the_chosen_source_names_the_sources_folder() -> None:
+    sample = Settings().data
+    other_kaggle = load_settings(overrides=["data.kaggle.dataset=me/mine"]).data
+    other_folder = load_settings(overrides=["data.folder.path=/photos"]).data
+    assert sample.digest() == other_kaggle.digest() == other_folder.digest()
+    assert load_settings(overrides=["data.sample.max_tiles_per_image=3"]).data.digest() != (
+        sample.digest()
+    )
+    kaggle = load_settings(overrides=["data.source=kaggle"]).data
+    renamed = load_settings(overrides=["data.source=kaggle", "data.kaggle.dataset=me/m"]).data
+    assert kaggle.digest() != renamed.digest() != sample.digest()
+
+
+def test_every_section_shares_one_base() -> None:
+    from deepfake.section import Section
+
+    def sections(model: type, path: str = "") -> list[tuple[str, type]]:
+        out = []
+        for name, field in model.model_fields.items():
+            kind = field.annotation
+            if isinstance(kind, type) and hasattr(kind, "model_fields"):
+                out += [(f"{path}{name}", kind), *sections(kind, f"{path}{name}.")]
+        return out
+
+    found = dict(sections(Settings))
+    assert {"data.kaggle", "data.folder", "inpaint.sd2", "svm", "evaluate"} <= set(found)
+    assert all(issubclass(kind, Section) for kind in found.values()), found
 
 
 def test_recorded_settings_leave_out_where_and_how_fast() -> None:

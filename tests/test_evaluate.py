@@ -95,7 +95,7 @@ def test_error_rates_by_hand() -> None:
 
 
 def test_bootstrap_resamples_whole_groups() -> None:
-    from deepfake.evaluate.protocols import bootstrap_ci
+    from deepfake.evaluate.checks import bootstrap_ci
 
     rng = np.random.default_rng(0)
     rows = []
@@ -133,7 +133,7 @@ def test_recall_at_five_percent_false_positives_by_hand() -> None:
 
 
 def test_held_out_figures_are_means_over_splits_by_hand() -> None:
-    from deepfake.evaluate.heldout import held_out
+    from deepfake.evaluate.protocol_figures import held_out
 
     frame = pd.DataFrame({"record_id": list("abcd"), "label": [0, 1, 0, 1],
                           "coverage": [0.0, 0.5, 0.0, 0.05]})  # fmt: skip
@@ -191,7 +191,7 @@ def test_perturbations_keep_shape_and_change_pixels(textured: np.ndarray) -> Non
 
 
 def test_shortcut_audit_flags_metadata_that_separates_classes(tmp_path) -> None:
-    from deepfake.evaluate.protocols import shortcut_audit
+    from deepfake.evaluate.checks import shortcut_audit
     from deepfake.images import encode_png
     from deepfake.storage import Storage
 

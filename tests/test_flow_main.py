@@ -300,7 +300,7 @@ def test_flow_on_a_kaggle_archive_reports_the_external_set(prefect_server, tmp_p
 
     archive = tmp_path / "deepfakeart.zip"
     info = build_archive(archive, folders=30, size=64)
-    kaggle = ["data.source=kaggle", f"data.kaggle_archive={archive}", "data.limit="]
+    kaggle = ["data.source=kaggle", f"data.kaggle.archive={archive}", "data.limit="]
     summary, states = run(tmp_path / "store", *kaggle, *QUICK)
     assert set(states.values()) == {"Completed"}
     store = Storage(tmp_path / "store")

@@ -82,7 +82,7 @@ def test_prune_keeps_originals_and_the_external_set(archive, tmp_path: Path) -> 
     path, info = archive
     store = Storage(tmp_path)
     out = prepare_sources(
-        store, DataConfig(source="kaggle", kaggle_archive=str(path), image_size=64)
+        store, DataConfig(source="kaggle", kaggle={"archive": str(path)}, image_size=64)
     )
     frame = store.read_parquet(out.manifest)
     assert sorted(frame["record_id"]) == sorted(info["good"])  # record id = folder id
@@ -108,10 +108,10 @@ def test_extracted_folder_gives_the_same_records(archive, tmp_path: Path) -> Non
                 (folder / name).parent.mkdir(parents=True, exist_ok=True)
                 (folder / name).write_bytes(zf.read(name))
     a = prepare_sources(
-        Storage(tmp_path / "a"), DataConfig(source="kaggle", kaggle_archive=str(path))
+        Storage(tmp_path / "a"), DataConfig(source="kaggle", kaggle={"archive": str(path)})
     )
     b = prepare_sources(
-        Storage(tmp_path / "b"), DataConfig(source="kaggle", kaggle_archive=str(folder))
+        Storage(tmp_path / "b"), DataConfig(source="kaggle", kaggle={"archive": str(folder)})
     )
     frame_a = Storage(tmp_path / "a").read_parquet(a.manifest)
     frame_b = Storage(tmp_path / "b").read_parquet(b.manifest)
@@ -120,7 +120,7 @@ def test_extracted_folder_gives_the_same_records(archive, tmp_path: Path) -> Non
 
 def test_limit_takes_the_same_folders_every_time(archive, tmp_path: Path) -> None:
     path, _ = archive
-    cfg = DataConfig(source="kaggle", kaggle_archive=str(path), limit=4, image_size=32)
+    cfg = DataConfig(source="kaggle", kaggle={"archive": str(path)}, limit=4, image_size=32)
     first = Storage(tmp_path / "a").read_parquet(
         prepare_sources(Storage(tmp_path / "a"), cfg).manifest
     )

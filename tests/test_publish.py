@@ -50,11 +50,11 @@ def train(store: Storage, svm: list[str]):
 
 def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) -> None:
     cfg, evaluation, detector = train(store, GOOD)
-    first = publish_run(store, cfg, "run-a", evaluation, detector)
+    first = publish_run(store, "run-a", evaluation, detector)
     assert first["promoted"] and store.read_json("models/latest/detector.json")["run_id"] == "run-a"
 
     cfg_bad, evaluation_bad, detector_bad = train(store, BAD)
-    worse = publish_run(store, cfg_bad, "run-b", evaluation_bad, detector_bad, "if_better")
+    worse = publish_run(store, "run-b", evaluation_bad, detector_bad, "if_better")
     decision = store.read_json("reports/run-b/promotion.json")
     assert not worse["promoted"] and not decision["promote"]
     assert decision["current_roc_auc"] > decision["new_roc_auc"]
@@ -63,7 +63,7 @@ def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) ->
     assert store.exists("models/run-b/svm.skops")  # kept under its run id
     assert "Not promoted" in store.read_bytes("reports/run-b/report.md").decode()
 
-    same = publish_run(store, cfg, "run-c", evaluation, detector, "if_better")
+    same = publish_run(store, "run-c", evaluation, detector, "if_better")
     decision = store.read_json("reports/run-c/promotion.json")
     assert same["promoted"] and decision["new_roc_auc"] == pytest.approx(
         decision["current_roc_auc"]
@@ -74,5 +74,5 @@ def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) ->
 def test_first_detector_is_promoted_when_there_is_none(tmp_path: Path) -> None:
     store = Storage(tmp_path)
     cfg, evaluation, detector = train(store, GOOD)
-    assert publish_run(store, cfg, "only", evaluation, detector, "if_better")["promoted"]
+    assert publish_run(store, "only", evaluation, detector, "if_better")["promoted"]
     assert "no current detector" in store.read_json("reports/only/promotion.json")["reason"]

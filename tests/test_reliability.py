@@ -274,7 +274,7 @@ def test_bad_images_are_handled_or_quarantined_and_predict_names_them(
     folder = tmp_path / "incoming"
     usable, unusable = bad_image_folder(folder)
     assert len((folder / "bomb.png").read_bytes()) < 2_000_000  # small file, 400 Mpx image
-    settings = [*SMALL, "data.source=folder", f"data.path={folder}"]
+    settings = [*SMALL, "data.source=folder", f"data.folder.path={folder}"]
     cfg = load_settings(overrides=settings, storage=str(tmp_path / "storage"))
     summary = pipeline(settings=cfg.model_dump(mode="json"))
     store = Storage(tmp_path / "storage")

@@ -63,8 +63,7 @@ def test_storage_round_trip_on_s3(s3: str, tmp_path: Path) -> None:
     assert store.read_many(["many/3.bin", "nope.bin", "a/one.bin"])[0] == bytes([3]) * 10
     assert isinstance(store.read_many(["nope.bin"])[0], StorageError)
     store.write_json("j/m.json", {"x": 1})
-    store.copy_tree("j", "k")
-    assert store.read_json("k/m.json") == {"x": 1}
+    assert store.read_json("j/m.json") == {"x": 1}
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(3 * 2**20))
     store.put_file(big, "files/big.bin")
@@ -225,7 +224,7 @@ def test_secrets_stay_out_of_logs_artifacts_and_files(
     raw.put_file(tmp_path / "deepfakeart.zip", "deepfakeart.zip")
     caplog.set_level(logging.DEBUG)
     settings = [*TINY, f"storage.endpoint_url={s3}", "data.source=kaggle",
-                f"data.kaggle_archive=s3://{BUCKET}/raw/deepfakeart.zip"]  # fmt: skip
+                f"data.kaggle.archive=s3://{BUCKET}/raw/deepfakeart.zip"]  # fmt: skip
     started = DateTime.now("UTC")
     code = main(["--storage", f"s3://{BUCKET}/secrets", *sum((["--set", s] for s in settings), [])])
     printed = capsys.readouterr()

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from deepfake.config import DataConfig
+from deepfake.section import Unavailable
 from deepfake.sources.common import choose_subset
 from deepfake.sources.sample import SAMPLE_PHOTOS, tile_positions
-from deepfake.sources.stage import prepare_sources, skipped_sources
+from deepfake.sources.stage import preflight_source, prepare_sources, skipped_sources
 from deepfake.stages import MANIFEST_COLUMNS
 from deepfake.storage import Storage
 
@@ -50,7 +51,9 @@ def test_limit_takes_the_same_subset_every_time(tmp_path: Path) -> None:
 
 def test_folder_source_recurses_and_skips_bad_files(tmp_path: Path, image_folder: Path) -> None:
     store = Storage(tmp_path / "store")
-    out = prepare_sources(store, DataConfig(source="folder", path=str(image_folder), image_size=48))
+    out = prepare_sources(
+        store, DataConfig(source="folder", folder={"path": str(image_folder)}, image_size=48)
+    )
     frame = store.read_parquet(out.manifest)
     assert len(frame) == 6
     assert frame["group"].is_unique  # each file is its own source photo
@@ -62,12 +65,15 @@ def test_folder_source_recurses_and_skips_bad_files(tmp_path: Path, image_folder
 
 
 def test_folder_source_needs_a_real_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        prepare_sources(
-            Storage(tmp_path), DataConfig(source="folder", path=str(tmp_path / "nowhere"))
-        )
-    with pytest.raises(ValueError, match="data.path"):
-        prepare_sources(Storage(tmp_path), DataConfig(source="folder"))
+    store = Storage(tmp_path / "store")
+    nowhere = DataConfig(source="folder", folder={"path": str(tmp_path / "nowhere")})
+    unset = DataConfig(source="folder")
+    for check in (preflight_source, prepare_sources):  # refused before any work, and in it
+        with pytest.raises(Unavailable, match=r"data.folder.path .*nowhere: no such folder"):
+            check(store, nowhere)
+        with pytest.raises(Unavailable, match=r"needs data.folder.path=DIR"):
+            check(store, unset)
+    assert store.list_files("") == set()
 
 
 def test_finished_sources_are_reused_and_deleted_files_redone(tmp_path: Path) -> None:

@@ -26,14 +26,14 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert store.list_files("") == {"x.bin"}
 
 
-def test_json_parquet_round_trip_and_copy(tmp_path: Path) -> None:
+def test_json_and_parquet_round_trip(tmp_path: Path) -> None:
     store = Storage(str(tmp_path))
     store.write_json("r/m.json", {"b": 1, "a": [1, 2]})
     frame = pd.DataFrame({"record_id": ["x", "y"], "label": [0, 1]})
-    store.write_parquet("r/t.parquet", frame)
-    store.copy_tree("r", "copy")
-    assert store.read_json("copy/m.json") == {"a": [1, 2], "b": 1}
-    pd.testing.assert_frame_equal(store.read_parquet("copy/t.parquet"), frame)
+    data = store.write_parquet("r/t.parquet", frame, {"deepfake.files": "[]"})
+    assert store.read_json("r/m.json") == {"a": [1, 2], "b": 1}
+    pd.testing.assert_frame_equal(store.read_parquet("r/t.parquet"), frame)
+    assert Storage.parquet_metadata(data) == {"deepfake.files": "[]"}
 
 
 def test_missing_file_error_names_it(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def split_flow(root: StorageConfig, dataset: StageOutput) -> StageOutput:
 def test_a_real_task_is_retried_only_on_transient_errors(
     prefect_server, tmp_path, monkeypatch, limit, fault, calls, completed
 ) -> None:
-    from deepfake import split
+    from deepfake.split import stage as split
 
     root = StorageConfig(root=str(tmp_path))
     sources = prepare_sources.fn(root, DataConfig(limit=limit, image_size=48))

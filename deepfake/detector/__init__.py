@@ -1,17 +1,23 @@
 """The detector: a linear SVM on cell features (``model``), trained and tuned on held-out data
-only (``training``), scoring images (``scoring``), and the detector stage (``stage``)."""
+only (``training``), the held-out detectors the evaluation reports (``heldout``), scoring
+(``scoring``), the bundle that holds a trained detector (``bundle``), the settings
+(``settings``: ``svm.*``) and the detector stage (``stage``)."""
 
 from deepfake._exports import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "MODEL_FILE": "model",
+        "BUNDLE_FILE": "bundle",
+        "MODEL_FILE": "bundle",
+        "Detector": "bundle",
+        "load_detector": "bundle",
         "load_model": "model",
         "probability": "model",
         "top_k_mean": "model",
+        "SVMConfig": "settings",
         "STAGE": "stage",
-        "BUNDLE_FILE": "stage",
+        "HeldOut": "stage",
         "train_detector": "stage",
     },
 )

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepfake.config import SVMConfig
 from deepfake.detector import copyrule
 from deepfake.detector.model import top_k_mean
+from deepfake.detector.settings import SVMConfig
 from deepfake.detector.training import (
     Fold,
     LinearModel,
@@ -31,7 +31,7 @@ from deepfake.detector.training import (
     fit_many,
     held_out_folds,
 )
-from deepfake.split import grouped_split
+from deepfake.split.stage import grouped_split
 
 
 @dataclass

@@ -19,9 +19,6 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from deepfake.hashing import sha256
-from deepfake.storage import Storage
-
-MODEL_FILE = "svm.skops"
 
 
 def cell_svm(alpha: float, seed: int) -> Pipeline:
@@ -132,13 +129,12 @@ def canonical_skops(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def load_model(storage: Storage, folder: str, expected_sha256: str | None = None) -> Any:
-    """Load a fitted pipeline; refuses a file whose digest differs from ``expected_sha256``, and
-    any file holding a type outside scikit-learn's and numpy's own (skops' default trust)."""
+def load_model(data: bytes, name: str, expected_sha256: str | None = None) -> Any:
+    """A fitted pipeline from the bytes of the skops file ``name``; refuses a file whose digest
+    differs from ``expected_sha256``, and any file holding a type outside scikit-learn's and
+    numpy's own (skops' default trust)."""
     import skops.io as sio  # see dump_model
 
-    data = storage.read_bytes(f"{folder}/{MODEL_FILE}")
-    name = f"{storage.uri(folder)}/{MODEL_FILE}"
     if expected_sha256 is not None and sha256(data) != expected_sha256:
         raise ValueError(f"{name}: digest does not match its metadata")
     try:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from deepfake.features.extractor import FeatureExtractor
-from deepfake.stages import chunks, prefetch
+from deepfake.progress import chunks, prefetch
 from deepfake.storage import Storage
 
 # uri, bytes -> the image the detector sees

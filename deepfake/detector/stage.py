@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from deepfake.config import SVMConfig
 from deepfake.detector import copyrule, heldout
+from deepfake.detector.bundle import write_bundle
 from deepfake.detector.model import (
-    MODEL_FILE,
     cell_svm,
     dump_model,
     platt_calibration,
@@ -28,18 +27,24 @@ from deepfake.detector.model import (
     top_k_mean,
 )
 from deepfake.detector.scoring import score_uris
+from deepfake.detector.settings import SVMConfig
 from deepfake.detector.training import Fold, cell_labels, search_alpha
-from deepfake.features.extractor import WEIGHTS_FILE, FeatureExtractor, read_weights
-from deepfake.features.stage import INFO_FILE, cell_matrix
+from deepfake.features.stage import (
+    cell_matrix,
+    feature_extractor,
+    features_info,
+    finetuned_weights,
+)
 from deepfake.hashing import digest_of, sha256
 from deepfake.images import decode_png_array
-from deepfake.stages import Progress, StageOutput, run_stage, stage_folder
+from deepfake.progress import Progress
+from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
 
 STAGE = "detector"
-BUNDLE_FILE = "detector.json"
+SEARCH_FILE = "search.json"
 PROTOCOLS_FILE = "protocols.json"
 CELL_COLUMNS = ["cells", "cell_index", "cell_coverage"]
 
@@ -54,15 +59,6 @@ class HeldOut(BaseModel):
     test_size: float = 0.25
     seed: int = 0
     leave_one_method_out: bool = False
-
-
-def load_extractor(storage: Storage, features: StageOutput, info: dict[str, Any],
-                   device: str = "auto") -> FeatureExtractor:  # fmt: skip
-    """The extractor that made ``features`` (with its fine-tuned weights, if any)."""
-    weights = None
-    if info.get("weights"):
-        weights = read_weights(storage.read_bytes(f"{features.folder}/{info['weights']}"))
-    return FeatureExtractor.from_info(info, weights, device)
 
 
 def _cell_calibration(
@@ -91,40 +87,11 @@ def train_detector(
 
     def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
         frame = storage.read_parquet(features.manifest)
-        info = storage.read_json(f"{features.folder}/{INFO_FILE}")
-        X, coverage, cell_rows = cell_matrix(frame, int(info["cell_dim"]))
-        y = cell_labels(coverage)
-        planned = heldout.plan(frame, protocols.repeats, protocols.test_size, protocols.seed,
-                               protocols.leave_one_method_out)  # fmt: skip
-        main = planned[0]
-        if not np.array_equal(np.flatnonzero(frame["split"].to_numpy() == "train"), main.train):
-            raise ValueError("the held-out protocols' first split is not the split stage's")
+        info = features_info(storage, features)
         progress = Progress("svm search", 10, unit="tenths", log=False)
-        in_main = np.isin(cell_rows, main.train)
-        log.info("detector: %d training cells from %d images", int(in_main.sum()), len(main.train))
-        groups = frame["group"].to_numpy()[cell_rows]
-        alpha, alpha_auc = search_alpha(X[in_main], y[in_main], groups[in_main], cfg)
-        progress.advance(2)
-        fitted = heldout.fit(planned, frame, X, y, cell_rows, alpha, cfg)
-        pipeline = cell_svm(alpha, cfg.seed).fit(X[in_main], y[in_main])
-        progress.advance(2)
-        log.info("detector: alpha %s (grouped CV cell ROC-AUC %.4f); %d held-out detectors",
-                 alpha, alpha_auc[alpha], len(fitted) - 1)  # fmt: skip
-        every = heldout.models(fitted)
-        # The copy rule's channel is one more column: each cell's copied share.
-        weights = np.stack([*(m.weights for m in every), copyrule.channel_weights(X.shape[1])], 1)
-        biases = np.array([*(m.bias for m in every), 0.0])
-        # One pass over every image scores it under every model.
-        extractor = load_extractor(storage, features, info)
-        uris = list(frame["uri"])
-        decisions = score_uris(
-            extractor,
-            storage,
-            uris,
-            weights,
-            biases,
-            read=lambda uri, data: decode_png_array(data, uri),
-        )
+        alpha, alpha_auc, pipeline, fitted = _fit(frame, int(info["cell_dim"]), protocols, cfg)
+        progress.advance(4)
+        decisions = _score_all(storage, features, frame, fitted)
         progress.advance(5)
         copied = decisions[..., -1]
         outcomes = heldout.results(fitted, decisions, copied, frame, cfg.top_k)
@@ -132,26 +99,8 @@ def train_detector(
         chosen["cell_calibration"] = _cell_calibration(frame, fitted[0].folds, decisions)
         log.info("detector: top-%d aggregation, threshold %.4f (chosen on held-out photos and "
                  "methods)", chosen["top_k"], chosen["threshold"])  # fmt: skip
-        model_bytes = dump_model(pipeline)
-        storage.write_bytes(f"{folder}/{MODEL_FILE}", model_bytes)
-        search = {
-            "alpha": alpha,
-            "alpha_cell_roc_auc": alpha_auc,
-            **chosen,
-            "model_sha256": sha256(model_bytes),
-            "threshold_rule": "max mean balanced accuracy over held-out (photos x inpainting "
-            "method) folds of the training split",
-        }
-        storage.write_json(f"{folder}/search.json", search)
-        files = [MODEL_FILE, BUNDLE_FILE, "search.json"]
-        if len(outcomes) > 1:
-            storage.write_json(f"{folder}/{PROTOCOLS_FILE}", outcomes[1:])
-            files.append(PROTOCOLS_FILE)
-        if info.get("weights"):
-            tuned = storage.read_bytes(f"{features.folder}/{info['weights']}")
-            storage.write_bytes(f"{folder}/{WEIGHTS_FILE}", tuned)
-            files.append(WEIGHTS_FILE)
-        storage.write_json(f"{folder}/{BUNDLE_FILE}", _bundle(info, alpha, chosen, model_bytes))
+        model = dump_model(pipeline)
+        files = _write(storage, folder, features, info, alpha, alpha_auc, chosen, model, outcomes)
         final = decisions[..., len(fitted[0].folds)]  # the main detector's final model
         share = copyrule.shares(copied)
         score = copyrule.fuse(top_k_mean(final, chosen["top_k"]), share, chosen["threshold"],
@@ -169,9 +118,85 @@ def train_detector(
     return run_stage(storage, STAGE, folder, work)
 
 
-def _bundle(
-    info: dict[str, Any], alpha: float, chosen: dict[str, Any], model: bytes
-) -> dict[str, Any]:
+def _fit(
+    frame: pd.DataFrame, cell_dim: int, protocols: HeldOut, cfg: SVMConfig
+) -> tuple[float, dict[float, float], Any, list[heldout.Protocol]]:
+    """The penalty (grouped search on the main split's training cells), the main pipeline
+    refitted on them, and every protocol's fold and final models."""
+    X, coverage, cell_rows = cell_matrix(frame, cell_dim)
+    y = cell_labels(coverage)
+    planned = heldout.plan(frame, protocols.repeats, protocols.test_size, protocols.seed,
+                           protocols.leave_one_method_out)  # fmt: skip
+    main = planned[0]
+    if not np.array_equal(np.flatnonzero(frame["split"].to_numpy() == "train"), main.train):
+        raise ValueError("the held-out protocols' first split is not the split stage's")
+    in_main = np.isin(cell_rows, main.train)
+    log.info("detector: %d training cells from %d images", int(in_main.sum()), len(main.train))
+    groups = frame["group"].to_numpy()[cell_rows]
+    alpha, alpha_auc = search_alpha(X[in_main], y[in_main], groups[in_main], cfg)
+    fitted = heldout.fit(planned, frame, X, y, cell_rows, alpha, cfg)
+    pipeline = cell_svm(alpha, cfg.seed).fit(X[in_main], y[in_main])
+    log.info("detector: alpha %s (grouped CV cell ROC-AUC %.4f); %d held-out detectors",
+             alpha, alpha_auc[alpha], len(fitted) - 1)  # fmt: skip
+    return alpha, alpha_auc, pipeline, fitted
+
+
+def _score_all(
+    storage: Storage, features: StageOutput, frame: pd.DataFrame, fitted: list[heldout.Protocol]
+) -> np.ndarray:
+    """(images, cells, models + 1): every cell of every image under every model of every
+    protocol, and (last column) its copied share for the copy rule, in one pass over the
+    images."""
+    every = heldout.models(fitted)
+    cell_dim = len(every[0].weights)
+    weights = np.stack([*(m.weights for m in every), copyrule.channel_weights(cell_dim)], 1)
+    biases = np.array([*(m.bias for m in every), 0.0])
+    return score_uris(
+        feature_extractor(storage, features),
+        storage,
+        list(frame["uri"]),
+        weights,
+        biases,
+        read=lambda uri, data: decode_png_array(data, uri),
+    )
+
+
+def _write(
+    storage: Storage, folder: str, features: StageOutput, info: dict[str, Any], alpha: float,
+    alpha_auc: dict[float, float], chosen: dict[str, Any], model: bytes,
+    outcomes: list[dict[str, Any]],
+) -> list[str]:  # fmt: skip
+    """The bundle, ``search.json`` and ``protocols.json``; returns the names written."""
+    search = {
+        "alpha": alpha,
+        "alpha_cell_roc_auc": alpha_auc,
+        **chosen,
+        "model_sha256": sha256(model),
+        "threshold_rule": "max mean balanced accuracy over held-out (photos x inpainting "
+        "method) folds of the training split",
+    }
+    storage.write_json(f"{folder}/{SEARCH_FILE}", search)
+    files = [SEARCH_FILE]
+    if len(outcomes) > 1:
+        storage.write_json(f"{folder}/{PROTOCOLS_FILE}", outcomes[1:])
+        files.append(PROTOCOLS_FILE)
+    weights = finetuned_weights(storage, features)
+    return files + write_bundle(storage, folder, _bundle(info, alpha, chosen), model, weights)
+
+
+def search_results(storage: Storage, detector: StageOutput) -> dict[str, Any]:
+    """What the stage chose and how (``search.json``): penalty, k, threshold, calibration, the
+    held-out folds' figures."""
+    return storage.read_json(f"{detector.folder}/{SEARCH_FILE}")
+
+
+def protocol_results(storage: Storage, detector: StageOutput) -> list[dict[str, Any]]:
+    """The held-out detectors' choices and test scores (``protocols.json``; empty without)."""
+    uri = f"{detector.folder}/{PROTOCOLS_FILE}"
+    return storage.read_json(uri) if storage.exists(uri) else []
+
+
+def _bundle(info: dict[str, Any], alpha: float, chosen: dict[str, Any]) -> dict[str, Any]:
     return {
         **info,
         "alpha": alpha,
@@ -188,5 +213,4 @@ def _bundle(
         "score": "probability of inpainting (Platt-scaled mean of the image's top-k cell "
         "decision values, lifted by the copy rule, even odds); label inpainted when that value "
         ">= threshold",
-        "svm_sha256": sha256(model),
     }

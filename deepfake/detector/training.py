@@ -25,7 +25,6 @@ from joblib import Parallel, delayed
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
 
-from deepfake.config import SVMConfig
 from deepfake.detector.model import (
     _portable_warning_filters,
     cell_svm,
@@ -34,6 +33,7 @@ from deepfake.detector.model import (
     top_k_mean,
     validation_threshold,
 )
+from deepfake.detector.settings import SVMConfig
 
 
 @dataclass(frozen=True)

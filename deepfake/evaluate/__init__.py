@@ -1,6 +1,7 @@
-"""Evaluation, split by job: ``metrics`` (the table of metric names, the figures), ``protocols``
-(bootstrap, robustness, shortcut audit, external set), ``plots``, ``report`` and the evaluation
-stage (``stage``)."""
+"""Evaluation, split by job: ``metrics`` (the table of metric names, the figures),
+``protocol_figures`` (the held-out detectors: repeated splits, left-out methods), ``checks``
+(bootstrap, robustness, shortcut audit, external set), ``localisation``, ``plots``, ``report``,
+the settings (``settings``: ``evaluate.*``) and the evaluation stage (``stage``)."""
 
 from deepfake._exports import lazy_exports
 
@@ -13,7 +14,9 @@ __getattr__, __dir__ = lazy_exports(
         "evaluate": "metrics",
         "report_markdown": "report",
         "embed_images": "report",
+        "EvalConfig": "settings",
         "STAGE": "stage",
         "evaluate_detector": "stage",
+        "evaluation_metrics": "stage",
     },
 )

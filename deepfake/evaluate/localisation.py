@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from deepfake.detector.bundle import heat_pixels
 from deepfake.detector.model import probability
 from deepfake.evaluate.metrics import area_bucket
 from deepfake.images import decode_png_array
-from deepfake.predict import heat_pixels
 from deepfake.storage import Storage
 
 

@@ -83,9 +83,9 @@ def curves(
 def example_grid(storage: Storage, scored: pd.DataFrame, detector: Any, n: int = 6) -> bytes:
     """Test images side by side with their true mask and the detector's heat map: inpainted
     ones (the smallest regions first, where localising matters most) and two real ones."""
+    from deepfake.detector.bundle import heat_pixels
     from deepfake.detector.model import probability
     from deepfake.images import decode_png_array
-    from deepfake.predict import heat_pixels
 
     test = scored[scored["split"] == "test"]
     fakes = test[test["label"] == 1].sort_values(["coverage", "record_id"])

@@ -11,8 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from deepfake.evaluate.metrics import COMPARED, METRICS
-from deepfake.storage import Storage
+from deepfake.evaluate.metrics import COMPARED, LABELS, LEFT_OUT, METRICS, OVER_SPLITS
 
 
 def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
@@ -22,6 +21,11 @@ def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
 
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _short(name: str) -> str:
+    """A figure's label without its explanation in brackets: a table column's header."""
+    return LABELS[name].split(" (")[0]
 
 
 def _pm(summary: dict[str, Any], key: str) -> str:
@@ -74,15 +78,8 @@ def _headline(metrics: dict[str, Any]) -> list[str]:
             f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}",
         ]
     )
-    rates = (("eer", "equal error rate"), ("tpr_at_1pct_fpr", "recall at 1 % false positives"),
-             ("tpr_at_5pct_fpr", "recall at 5 % false positives"))  # fmt: skip
-    rows += [[label, _fmt(metrics.get(key))] for key, label in rates]
-    rows.append(
-        [
-            "recall of edits under 10 % of the image, at 5 % false positives",
-            _fmt(metrics.get("recall_at_5pct_fpr_small")),
-        ]
-    )
+    rates = ("eer", "tpr_at_1pct_fpr", "tpr_at_5pct_fpr", "recall_at_5pct_fpr_small")
+    rows += [[LABELS[key], _fmt(metrics.get(key))] for key in rates]
     if "roc_auc_ci95" in metrics:
         low, high = metrics["roc_auc_ci95"]
         rows.append(["ROC-AUC 95 % CI (bootstrap by source group)", f"{low:.4f} - {high:.4f}"])
@@ -108,12 +105,11 @@ def _held_out(metrics: dict[str, Any]) -> list[str]:
     splits = metrics.get("repeated_splits")
     if splits and splits["splits"] > 1:
         lines += ["", f"## Over {splits['splits']} grouped splits (mean ± std)", ""]
-        keys = ("roc_auc", "balanced_accuracy", "recall", "specificity", "recall_at_5pct_fpr_small")
         lines += _table(
             ["figure", "mean ± std", "per split"],
             [
                 [k, _pm(splits, k), ", ".join(f"{v:.4f}" for v in splits[f"{k}_per_split"])]
-                for k in keys
+                for k in OVER_SPLITS
             ],
         )
     lomo = metrics.get("leave_one_method_out")
@@ -124,17 +120,8 @@ def _held_out(metrics: dict[str, Any]) -> list[str]:
             "",
         ]
         lines += _table(
-            ["left-out method", "ROC-AUC", "balanced accuracy", "recall", "specificity"],
-            [
-                [
-                    m,
-                    _pm(f, "roc_auc"),
-                    _pm(f, "balanced_accuracy"),
-                    _pm(f, "recall"),
-                    _pm(f, "specificity"),
-                ]
-                for m, f in lomo.items()
-            ],
+            ["left-out method", *(_short(k) for k in LEFT_OUT)],
+            [[m, *(_pm(f, k) for k in LEFT_OUT)] for m, f in lomo.items()],
         )
     conditions = metrics.get("balanced_accuracy_at_threshold")
     if conditions:
@@ -334,12 +321,3 @@ def embed_images(report: str, images: dict[str, bytes], max_width: int = 720) ->
         return f"![{alt}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
     return _IMAGE_LINK.sub(inline, report)
-
-
-def write_report(
-    storage: Storage, folder: str, metrics: dict[str, Any], images: dict[str, bytes], report: str
-) -> None:
-    for name, data in images.items():
-        storage.write_bytes(f"{folder}/{name}", data)
-    storage.write_bytes(f"{folder}/report.md", report.encode())
-    storage.write_json(f"{folder}/metrics.json", metrics)

@@ -1,5 +1,7 @@
-"""The evaluation stage: held-out metrics, protocols, plots and report of a trained detector, in a
-folder named by the settings recorded in it and the stages it read."""
+"""The evaluation stage: held-out metrics, the held-out detectors' figures, checks, plots and the
+report of a trained detector, in a folder named by the settings recorded in it and the stages it
+read. ``metrics.json`` and ``report.md`` (plus the plots) are its files; ``evaluation_metrics``
+and ``evaluation_files`` read them."""
 
 from __future__ import annotations
 
@@ -10,23 +12,26 @@ import numpy as np
 import pandas as pd
 
 from deepfake.config import Settings
-from deepfake.detector.stage import PROTOCOLS_FILE
-from deepfake.evaluate.heldout import held_out
+from deepfake.detector.bundle import Detector
+from deepfake.detector.stage import protocol_results, search_results
+from deepfake.evaluate.checks import bootstrap_ci, external_metrics, robustness, shortcut_audit
 from deepfake.evaluate.localisation import localisation
 from deepfake.evaluate.metrics import comparison, evaluate
 from deepfake.evaluate.plots import curves, example_grid, summary_plots
-from deepfake.evaluate.protocols import bootstrap_ci, external_metrics, robustness, shortcut_audit
-from deepfake.evaluate.report import report_markdown, write_report
+from deepfake.evaluate.protocol_figures import held_out
+from deepfake.evaluate.report import report_markdown
+from deepfake.features.stage import skipped_features
 from deepfake.hashing import digest_of
 from deepfake.inpaint.stage import backend_note
-from deepfake.predict import Detector
 from deepfake.sources.stage import external_records, skipped_sources
-from deepfake.stages import StageOutput, run_stage, stage_folder
+from deepfake.stages import MANIFEST, StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
 
 STAGE = "evaluation"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
 
 
 def detector_metrics(
@@ -35,7 +40,7 @@ def detector_metrics(
     """Held-out metrics of one trained detector stage: headline, CIs, per mask, calibration and
     (when enabled) robustness. Returns the metrics, the scored records and the loaded detector."""
     scored = storage.read_parquet(detector_stage.manifest)
-    search = storage.read_json(f"{detector_stage.folder}/search.json")
+    search = search_results(storage, detector_stage)
     detector = Detector.load(storage, detector_stage.folder, settings.features.device)
     threshold = float(search["threshold"])
     metrics = evaluate(scored, threshold, list(search["held_out_roc_auc"].values()))
@@ -51,12 +56,12 @@ def detector_metrics(
     metrics["finetune"] = detector.meta.get("finetune")
     metrics["localisation"] = localisation(storage, test, detector.meta["cell_calibration"],
                                            detector.image_size)  # fmt: skip
-    protocols_uri = f"{detector_stage.folder}/{PROTOCOLS_FILE}"
-    if storage.exists(protocols_uri):
+    protocols = protocol_results(storage, detector_stage)
+    if protocols:
         main = {"name": "split 1", "left_out": None, "threshold": threshold,
                 "test_record_ids": list(test["record_id"]),
                 "test_scores": list(test["score"])}  # fmt: skip
-        metrics.update(held_out(scored, main, storage.read_json(protocols_uri)))
+        metrics.update(held_out(scored, main, protocols))
     if settings.evaluate.robustness:
         metrics["robustness"] = robustness(storage, detector, test, threshold, which)
     return metrics, scored, detector
@@ -90,36 +95,72 @@ def evaluate_detector(
                 storage, scored, settings.svm.cv_folds, settings.svm.seed
             )
         metrics["config"] = recorded
-        backends = sorted(b for b in scored["backend"].unique() if b)
-        metrics["inpaint_backend"] = ", ".join(backends)
-        metrics["inpaint_backend_note"] = backend_note(storage, dataset).get("note", "")
-        skipped = skipped_sources(storage, sources)
-        skipped_features = f"{features.folder}/skipped.json"
-        if storage.exists(skipped_features):
-            skipped += storage.read_json(skipped_features)
-        metrics["skipped_inputs"] = skipped
+        metrics.update(_inputs(storage, sources, dataset, features, scored))
         external = external_records(storage, sources)
         if external is not None:
             metrics["external"] = external_metrics(storage, model, external, test)
-        notes = {
-            "data": f"{settings.data.source}, {scored['source_id'].nunique()} sources, "
-            f"{len(scored)} images",
-            "backend": metrics["inpaint_backend"],
-            "backend_note": metrics["inpaint_backend_note"],
-            "backbone": settings.features.backbone,
-            "best_params": metrics["best_params"],
-            "skipped": skipped,
-        }
-        images = curves(scored, metrics["threshold"], model.probabilities) | summary_plots(metrics)
-        images["examples.png"] = example_grid(storage, scored, model, settings.evaluate.examples)
-        write_report(storage, folder, metrics, images, report_markdown(metrics, notes))
+        files = _write(storage, folder, settings, metrics, scored, model)
         log.info(
             "evaluation: held-out ROC-AUC %.4f, accuracy %.4f (%d real, %d inpainted test images)",
             metrics["roc_auc"], metrics["accuracy"], metrics["n_test_real"],
             metrics["n_test_inpainted"],
         )  # fmt: skip
-        return test.reset_index(drop=True), ["metrics.json", "report.md", *images]
+        return test.reset_index(drop=True), files
 
     inputs = [sources, dataset, features, detector] + ([baseline] if baseline else [])
     folder = stage_folder(STAGE, digest_of(recorded), *inputs)
     return run_stage(storage, STAGE, folder, work)
+
+
+def _inputs(
+    storage: Storage, sources: StageOutput, dataset: StageOutput, features: StageOutput,
+    scored: pd.DataFrame,
+) -> dict[str, Any]:  # fmt: skip
+    """What the report says of its inputs: the inpainting backend (and why it was chosen), the
+    inputs skipped on the way."""
+    backends = sorted(b for b in scored["backend"].unique() if b)
+    return {
+        "inpaint_backend": ", ".join(backends),
+        "inpaint_backend_note": backend_note(storage, dataset).get("note", ""),
+        "skipped_inputs": skipped_sources(storage, sources) + skipped_features(storage, features),
+    }
+
+
+def _write(
+    storage: Storage, folder: str, settings: Settings, metrics: dict[str, Any],
+    scored: pd.DataFrame, model: Detector,
+) -> list[str]:  # fmt: skip
+    """Plots, ``report.md`` and ``metrics.json``; returns the names written."""
+    notes = {
+        "data": f"{settings.data.source}, {scored['source_id'].nunique()} sources, "
+        f"{len(scored)} images",
+        "backend": metrics["inpaint_backend"],
+        "backend_note": metrics["inpaint_backend_note"],
+        "backbone": settings.features.backbone,
+        "best_params": metrics["best_params"],
+        "skipped": metrics["skipped_inputs"],
+    }
+    images = curves(scored, metrics["threshold"], model.probabilities) | summary_plots(metrics)
+    images["examples.png"] = example_grid(storage, scored, model, settings.evaluate.examples)
+    for name, data in images.items():
+        storage.write_bytes(f"{folder}/{name}", data)
+    storage.write_bytes(f"{folder}/{REPORT_FILE}", report_markdown(metrics, notes).encode())
+    storage.write_json(f"{folder}/{METRICS_FILE}", metrics)
+    return [METRICS_FILE, REPORT_FILE, *images]
+
+
+def evaluation_metrics(storage: Storage, evaluation: StageOutput) -> dict[str, Any]:
+    """The evaluation's figures (``metrics.json``)."""
+    return storage.read_json(f"{evaluation.folder}/{METRICS_FILE}")
+
+
+def evaluation_files(storage: Storage, evaluation: StageOutput) -> dict[str, bytes]:
+    """Every file of the evaluation but its manifest (report, metrics, plots), by name."""
+    names = sorted(storage.list_files(evaluation.folder) - {MANIFEST})
+    found = storage.read_many([f"{evaluation.folder}/{name}" for name in names])
+    out = {}
+    for name, data in zip(names, found, strict=True):
+        if isinstance(data, Exception):
+            raise data
+        out[name] = data
+    return out

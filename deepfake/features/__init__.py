@@ -1,6 +1,6 @@
 """Features: the backbone registry (``backbones``), the extractor that turns images into vectors
-(``extractor``), fine-tuning on the training split (``finetune``) and the features stage
-(``stage``)."""
+(``extractor``), fine-tuning on the training split (``finetune``), the settings (``settings``:
+``features.*``) and the features stage (``stage``)."""
 
 from deepfake._exports import lazy_exports
 
@@ -11,16 +11,17 @@ __getattr__, __dir__ = lazy_exports(
         "Backbone": "backbones",
         "WeightsUnavailable": "backbones",
         "get_backbone": "backbones",
+        "preflight_backbone": "backbones",
+        "FeaturesConfig": "settings",
         "FeatureExtractor": "extractor",
         "WEIGHTS_FILE": "extractor",
-        "crop_starts": "extractor",
         "fold_batchnorm": "extractor",
         "read_weights": "extractor",
         "resolve_precision": "extractor",
         "STAGE": "stage",
         "INFO_FILE": "stage",
         "extract_features": "stage",
-        "feature_matrix": "stage",
+        "cell_matrix": "stage",
         "read_images": "stage",
     },
 )

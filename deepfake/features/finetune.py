@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepfake.perturb import blur, jpeg
-from deepfake.stages import Progress, prefetch
+from deepfake.progress import Progress, prefetch
 
 if TYPE_CHECKING:
     from deepfake.features.extractor import FeatureExtractor

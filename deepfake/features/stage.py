@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepfake.config import FeaturesConfig
 from deepfake.devices import resolve_device
 from deepfake.features.extractor import (
     WEIGHTS_FILE,
@@ -32,10 +31,12 @@ from deepfake.features.extractor import (
     resolve_precision,
 )
 from deepfake.features.forensics import pool_cells
+from deepfake.features.settings import FeaturesConfig
 from deepfake.hashing import digest_of, seed_of, sha256
 from deepfake.images import ImageError, decode_read
-from deepfake.split import split_rows
-from deepfake.stages import Progress, StageOutput, chunks, prefetch, run_stage, stage_folder
+from deepfake.progress import Progress, chunks, prefetch
+from deepfake.split.stage import split_rows
+from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -259,3 +260,30 @@ def cell_matrix(frame: pd.DataFrame, dim: int) -> tuple[np.ndarray, np.ndarray, 
     coverage = np.concatenate([np.asarray(c, np.float32) for c in frame["cell_coverage"]]) \
         if blocks else np.zeros(0, np.float32)  # fmt: skip
     return cells, coverage, np.asarray(rows, np.int64)
+
+
+def features_info(storage: Storage, features: StageOutput) -> dict[str, Any]:
+    """How the features were made (``features.json``)."""
+    return storage.read_json(f"{features.folder}/{INFO_FILE}")
+
+
+def finetuned_weights(storage: Storage, features: StageOutput) -> bytes | None:
+    """The fine-tuned backbone's safetensors bytes, or None for frozen ImageNet weights."""
+    if not features_info(storage, features).get("weights"):
+        return None
+    return storage.read_bytes(f"{features.folder}/{WEIGHTS_FILE}")
+
+
+def feature_extractor(
+    storage: Storage, features: StageOutput, device: str = "auto"
+) -> FeatureExtractor:
+    """The extractor that made ``features`` (with its fine-tuned weights, if any)."""
+    weights = finetuned_weights(storage, features)
+    info = features_info(storage, features)
+    return FeatureExtractor.from_info(info, read_weights(weights) if weights else None, device)
+
+
+def skipped_features(storage: Storage, features: StageOutput) -> list[dict[str, str]]:
+    """The images the stage could not read, with the reason."""
+    uri = f"{features.folder}/{SKIPPED_FILE}"
+    return storage.read_json(uri) if storage.exists(uri) else []

@@ -1,5 +1,6 @@
-"""Inpainting: the backends behind one small interface (``registry``: classical, sd2; ``base``)
-and the stage that runs them in resumable batches (``stage``)."""
+"""Inpainting: the backends behind one small interface (``registry``: classical, sd2; ``base``),
+their settings (``settings``: ``inpaint.*``) and the stage that runs them in resumable batches
+(``stage``)."""
 
 from deepfake._exports import lazy_exports
 
@@ -9,8 +10,9 @@ __getattr__, __dir__ = lazy_exports(
         "BACKENDS": "registry",
         "make_inpainter": "registry",
         "resolve_backend": "registry",
+        "preflight_backend": "registry",
         "Inpainter": "base",
-        "BackendConfig": "base",
+        "InpaintConfig": "settings",
         "BackendUnavailable": "sd2",
         "ModelUnavailable": "sd2",
         "STAGE": "stage",

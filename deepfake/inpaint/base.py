@@ -1,4 +1,8 @@
-"""The small interface every inpainting backend implements, and its settings section."""
+"""The small interface every inpainting backend implements.
+
+A backend's own settings section (``Config``, shown as ``inpaint.<backend>.*``) is a ``Section``:
+every field names its outputs, except the ``EXECUTION_ONLY`` ones.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +10,8 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
-
-class BackendConfig(BaseModel):
-    """A backend's own settings section (``inpaint.<backend>.*``): both what the settings show
-    for it and what names its outputs (every field shapes the output, except ``EXECUTION_ONLY``
-    ones)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset()
-
-    def result_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude=set(self.EXECUTION_ONLY))
+from deepfake.section import Section, Unavailable
 
 
 class Inpainter(ABC):
@@ -30,7 +23,7 @@ class Inpainter(ABC):
     """
 
     name: ClassVar[str] = "base"
-    Config: ClassVar[type[BackendConfig]] = BackendConfig
+    Config: ClassVar[type[Section]] = Section
     # What the backend is called in reports, and what its fakes are called.
     title: ClassVar[str] = "base"
     fakes: ClassVar[str] = "base"
@@ -44,9 +37,18 @@ class Inpainter(ABC):
     reconstructs: bool = False
 
     @classmethod
-    def unavailable(cls, cfg: BackendConfig) -> str | None:
-        """Why this backend cannot run here as configured, or None when it can."""
+    def unavailable(cls, cfg: Section) -> str | None:
+        """Why this backend cannot run here as configured, or None when it can (what ``auto``
+        asks before choosing it)."""
         return None
+
+    @classmethod
+    def preflight(cls, cfg: Section) -> None:
+        """Raise ``Unavailable``, saying how to provide what is missing, when this backend was
+        chosen explicitly and cannot run here as configured; called before any work."""
+        reason = cls.unavailable(cfg)
+        if reason is not None:
+            raise Unavailable(f"inpaint.backend={cls.name} cannot run here: {reason}")
 
     @abstractmethod
     def inpaint(

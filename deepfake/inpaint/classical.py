@@ -16,20 +16,14 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from deepfake.inpaint.base import BackendConfig, Inpainter
+from deepfake.inpaint.base import Inpainter
 from deepfake.inpaint.exemplar import exemplar_fill
+from deepfake.section import Section
 
 Method = Literal["telea", "ns", "biharmonic", "exemplar"]
-# What each method is, for reports.
-FAMILIES = {
-    "telea": "diffusion (fast marching, Telea)",
-    "ns": "diffusion (Navier-Stokes)",
-    "biharmonic": "diffusion (biharmonic equation)",
-    "exemplar": "exemplar: copies real patches (Criminisi)",
-}
 
 
-class ClassicalConfig(BackendConfig):
+class ClassicalConfig(Section):
     methods: tuple[Method, ...] = Field(
         ("telea", "ns", "biharmonic", "exemplar"),
         min_length=1,

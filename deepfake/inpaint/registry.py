@@ -5,10 +5,14 @@ its ``Config``) and one entry here."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from deepfake.inpaint.base import Inpainter
 from deepfake.inpaint.classical import ClassicalInpainter
 from deepfake.inpaint.sd2 import SD2Inpainter
+
+if TYPE_CHECKING:
+    from deepfake.inpaint.settings import InpaintConfig
 
 log = logging.getLogger("deepfake")
 
@@ -20,7 +24,7 @@ BACKENDS: dict[str, type[Inpainter]] = {
 AUTO_ORDER = ("sd2", "classical")
 
 
-def make_inpainter(cfg) -> Inpainter:  # noqa: ANN001 - an InpaintConfig (config imports this)
+def make_inpainter(cfg: InpaintConfig) -> Inpainter:
     """The configured backend (``auto`` resolved first) with its section's settings."""
     if cfg.backend not in BACKENDS:
         raise ValueError(f"unknown inpainting backend {cfg.backend!r} (resolve 'auto' first)")
@@ -28,7 +32,14 @@ def make_inpainter(cfg) -> Inpainter:  # noqa: ANN001 - an InpaintConfig (config
     return backend(getattr(cfg, cfg.backend), max_batch=cfg.effective_batch_size)
 
 
-def resolve_backend(cfg):  # noqa: ANN001, ANN201 - InpaintConfig in, (InpaintConfig, note) out
+def preflight_backend(cfg: InpaintConfig) -> None:
+    """Raise ``Unavailable`` when the backend chosen explicitly cannot run here (``auto`` finds
+    one that can when it plans, and says so)."""
+    if cfg.backend != "auto":
+        BACKENDS[cfg.backend].preflight(getattr(cfg, cfg.backend))
+
+
+def resolve_backend(cfg: InpaintConfig) -> tuple[InpaintConfig, str]:
     """A concrete backend for ``auto`` (the first in ``AUTO_ORDER`` that can run here), and a
     note saying what was chosen and why; loudly, when it fell back."""
     if cfg.backend != "auto":

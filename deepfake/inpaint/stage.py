@@ -19,12 +19,13 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from deepfake.config import InpaintConfig
 from deepfake.hashing import digest_of, seed_of, sha256
 from deepfake.images import ImageError, decode_read, encode_png
 from deepfake.inpaint.base import Inpainter
 from deepfake.inpaint.registry import BACKENDS, make_inpainter, resolve_backend
-from deepfake.stages import Progress, StageOutput, chunks, finished, run_stage, stage_folder
+from deepfake.inpaint.settings import InpaintConfig
+from deepfake.progress import Progress, chunks
+from deepfake.stages import StageOutput, finished, run_stage, stage_folder
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from deepfake.config import MaskConfig
 from deepfake.hashing import sha256
 from deepfake.images import encode_png
+from deepfake.masks.settings import MaskConfig
 from deepfake.masks.shapes import make_mask
-from deepfake.stages import Progress, StageOutput, run_stage, stage_folder
+from deepfake.progress import Progress
+from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 STAGE = "masks"

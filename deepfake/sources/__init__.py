@@ -1,5 +1,5 @@
-"""Sources: where real images come from (``registry``: sample, folder, kaggle) and the sources
-stage (``stage``)."""
+"""Sources: where real images come from (``registry``: sample, folder, kaggle), their settings
+(``settings``: ``data.*``) and the sources stage (``stage``)."""
 
 from deepfake._exports import lazy_exports
 
@@ -8,8 +8,10 @@ __getattr__, __dir__ = lazy_exports(
     {
         "SOURCES": "registry",
         "get_source": "registry",
+        "DataConfig": "settings",
         "STAGE": "stage",
         "prepare_sources": "stage",
+        "preflight_source": "stage",
         "external_records": "stage",
         "skipped_sources": "stage",
     },

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from deepfake.config import DataConfig
 from deepfake.hashing import sha256
 from deepfake.images import ImageError, encode_png, square
-from deepfake.stages import Progress
-from deepfake.storage import Storage
+from deepfake.progress import Progress
+
+if TYPE_CHECKING:
+    from deepfake.sources.settings import DataConfig
+    from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
 
@@ -55,13 +57,17 @@ def source_row(
 
 
 def prepare_candidates(
-    storage: Storage, cfg: DataConfig, folder: str, candidates: Iterable[Candidate]
+    storage: Storage,
+    cfg: DataConfig,
+    folder: str,
+    candidates: Iterable[Candidate],
+    where: str = "",
 ) -> tuple[list[Row], list[Row]]:
     """The chosen subset of ``candidates``, normalised and written: (rows, skipped). An image
     that cannot be read is skipped with a warning naming it and the reason."""
     candidates = list(candidates)
     if not candidates:
-        raise ValueError(f"no images found for data.source={cfg.source} (data.path={cfg.path})")
+        raise ValueError(f"no images found for data.source={cfg.source}{where}")
     chosen = [candidates[i] for i in choose_subset([c[0] for c in candidates], cfg.limit, cfg.seed)]
     rows, skipped = [], []
     progress = Progress("sources", len(chosen))

@@ -1,20 +1,36 @@
 """A user's own folder (local or any fsspec URL) of real images, searched recursively: the
-``folder`` source of the sources stage (each file is its own group)."""
+``folder`` source of the sources stage (settings ``data.folder.*``; each file is its own group)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from PIL import Image
+from pydantic import Field, field_validator
 
-from deepfake.config import DataConfig
 from deepfake.hashing import sha256
 from deepfake.images import ImageError, decode
+from deepfake.section import Section, Unavailable
 from deepfake.sources.common import Row, prepare_candidates
 from deepfake.storage import Storage
 
+if TYPE_CHECKING:
+    from deepfake.sources.settings import DataConfig
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+class Config(Section):
+    path: str | None = Field(
+        None, description="Folder (or s3:// prefix) of real images, searched recursively."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return value.strip() if value else value
 
 
 def folder_images(
@@ -22,14 +38,19 @@ def folder_images(
 ) -> Iterator[tuple[str, str, str, Storage]]:
     """Yield (source id, group, relative path, storage) for every image file below ``root``
     (an ``s3://`` root is reached like the ``near`` storage, when given)."""
-    storage = near.sibling(root) if near is not None else Storage(root)
-    if not storage.exists(""):
-        raise FileNotFoundError(f"data.path {root}: no such folder")
+    storage = _folder(root, near)
     for rel in sorted(storage.list_files("")):
         if not rel.lower().endswith(IMAGE_SUFFIXES) or "/." in f"/{rel}":
             continue
         source_id = source_id_for(rel)
         yield source_id, source_id, rel, storage
+
+
+def _folder(root: str, near: Storage | None) -> Storage:
+    storage = near.sibling(root) if near is not None else Storage(root)
+    if not storage.exists(""):
+        raise Unavailable(f"data.folder.path {root}: no such folder")
+    return storage
 
 
 def source_id_for(rel: str) -> str:
@@ -38,11 +59,11 @@ def source_id_for(rel: str) -> str:
     return f"{stem}_{sha256(rel.encode())[:8]}"
 
 
-def _loader(store: Storage, rel: str):  # noqa: ANN202 - a closure over one file
+def _loader(storage: Storage, rel: str):  # noqa: ANN202 - a closure over one file
     def load() -> Image.Image:
-        name = store.uri(rel)
+        name = storage.uri(rel)
         try:
-            data = store.read_bytes(rel)
+            data = storage.read_bytes(rel)
         except OSError as exc:
             raise ImageError(f"{name}: cannot read ({exc})") from None
         return decode(data, name)
@@ -50,14 +71,21 @@ def _loader(store: Storage, rel: str):  # noqa: ANN202 - a closure over one file
     return load
 
 
+def preflight(storage: Storage, cfg: DataConfig) -> None:
+    """``data.folder.path`` is set and is a folder."""
+    if not cfg.folder.path:
+        raise Unavailable("data.source=folder needs data.folder.path=DIR")
+    _folder(cfg.folder.path, storage)
+
+
 def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], list[Row]]:
-    """Every image below ``data.path``, normalised."""
-    if not cfg.path:
-        raise ValueError("data.source=folder needs data.path=DIR")
-    found = folder_images(cfg.path, storage)
+    """Every image below ``data.folder.path``, normalised."""
+    preflight(storage, cfg)
+    found = folder_images(cfg.folder.path, storage)  # type: ignore[arg-type]
     return prepare_candidates(
         storage,
         cfg,
         folder,
-        ((sid, group, _loader(store, rel)) for sid, group, rel, store in found),
+        ((sid, group, _loader(images, rel)) for sid, group, rel, images in found),
+        where=f" in {cfg.folder.path}",
     )

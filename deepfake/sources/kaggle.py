@@ -8,8 +8,8 @@ The dataset's inpainting category is a set of folders ``similar/inpainting/<id>/
 someone else's masks and settings, they measure how far the detector generalises.
 
 Downloads use the official ``kaggle`` client. The archive is kept in storage under
-``raw/kaggle/``, so a rerun does not download again. ``prepare`` is the ``kaggle`` source of the
-sources stage.
+``raw/kaggle/``, so a rerun does not download again. The ``kaggle`` source of the sources stage
+(settings ``data.kaggle.*``).
 """
 
 from __future__ import annotations
@@ -22,35 +22,58 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import pandas as pd
 from PIL import Image
+from pydantic import Field, field_validator
 
-from deepfake.config import DataConfig
 from deepfake.hashing import sha256
 from deepfake.images import ImageError, decode, encode_png, square
-from deepfake.sources.archive import UnsafeArchive, read_members
+from deepfake.progress import Progress
+from deepfake.section import Section, Unavailable
+from deepfake.sources.archive import UnsafeArchive, members, read_members
 from deepfake.sources.common import EXTERNAL, Row, choose_subset, source_row
-from deepfake.stages import Progress
 from deepfake.storage import Storage, is_url
+
+if TYPE_CHECKING:
+    from deepfake.sources.settings import DataConfig
 
 log = logging.getLogger("deepfake")
 
-DEFAULT_DATASET = "danielmao2019/deepfakeart"
-ROLES = ("original", "inpainting", "mask")
+
+class Config(Section):
+    dataset: str = Field(
+        "danielmao2019/deepfakeart", description="Kaggle dataset (owner/name) to download."
+    )
+    archive: str | None = Field(
+        None,
+        description="Use this DeepfakeArt archive (zip/tar, local or s3://) or extracted folder "
+        "instead of downloading.",
+    )
+    max_extract_bytes: int = Field(
+        60 * 2**30,
+        ge=1,
+        description="Refuse an archive whose wanted members add up to more than this.",
+    )
+
+    @field_validator("archive")
+    @classmethod
+    def _strip(cls, value: str | None) -> str | None:
+        return value.strip() if value else value
+
+
 _MEMBER = re.compile(r"(?:^|/)similar/inpainting/([^/]+)/(original|inpainting|mask)\.png$")
 CREDENTIALS_HELP = (
     "Kaggle credentials are missing or were refused. Provide them in one of the standard places: "
     "the KAGGLE_API_TOKEN environment variable (or ~/.kaggle/access_token), the KAGGLE_USERNAME "
     "and KAGGLE_KEY environment variables, or ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR/"
     "kaggle.json). Tokens are made at https://www.kaggle.com/settings/api. Or pass an archive "
-    "you already have: --set data.kaggle_archive=PATH"
+    "you already have: --set data.kaggle.archive=PATH"
 )
 
 
-class KaggleAuthError(PermissionError):
+class KaggleAuthError(Unavailable, PermissionError):
     """Credentials missing or refused: retrying cannot help."""
 
 
@@ -152,7 +175,7 @@ def local_archive(
     if given:
         path = Path(given).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"data.kaggle_archive {given}: no such file or folder")
+            raise FileNotFoundError(f"data.kaggle.archive {given}: no such file or folder")
         yield path
         return
     uri = archive_uri(dataset)
@@ -186,8 +209,6 @@ def _names(path: Path) -> Iterator[str]:
     if path.is_dir():
         yield from sorted(Storage(path).list_files(""))
         return
-    from deepfake.sources.archive import members
-
     for member in members(path):
         yield member.name
 
@@ -222,50 +243,81 @@ def read_folders(
             yield match.group(1), match.group(2), data, problem
 
 
+def preflight(storage: Storage, cfg: DataConfig) -> None:
+    """Kaggle credentials, when the archive has to be downloaded (none given, none kept)."""
+    section = cfg.kaggle
+    if section.archive or storage.exists(archive_uri(section.dataset)):
+        return
+    OfficialKaggleClient().authenticate()
+
+
 def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], list[Row]]:
     """Sources from DeepfakeArt originals; the authors' inpaintings into ``external.parquet``."""
-    rows, skipped, external = [], [], {}
+    section = cfg.kaggle
     with (
-        local_archive(storage, cfg.kaggle_dataset, cfg.kaggle_archive) as path,
+        local_archive(storage, section.dataset, section.archive) as path,
         storage.batched_writes() as put,
     ):
         folders = list_folders(path)
-        for fid in sorted(folders):
-            if "original" not in folders[fid]:
-                reason = f"similar/inpainting/{fid}: no original.png"
-                skipped.append({"source_id": fid, "reason": reason})
+        skipped = [
+            {"source_id": fid, "reason": f"similar/inpainting/{fid}: no original.png"}
+            for fid in sorted(folders)
+            if "original" not in folders[fid]
+        ]
         usable = sorted(fid for fid, roles in folders.items() if "original" in roles)
         if not usable:
             raise ValueError(f"{path}: no similar/inpainting/<id>/original.png found")
         chosen = {usable[i] for i in choose_subset(usable, cfg.limit, cfg.seed)}
-        progress = Progress("kaggle sources", len(chosen))
-        for fid, role, data, problem in read_folders(path, chosen, cfg.max_extract_bytes):
-            if problem is not None:
-                log.warning("kaggle: %s", problem)
-                skipped.append({"source_id": fid or "archive", "reason": problem})
-                continue
-            name = f"{path}: similar/inpainting/{fid}/{role}.png"
-            try:
-                image = decode(data or b"", name)
-            except ImageError as exc:
-                log.warning("skipping %s", exc)
-                skipped.append({"source_id": fid, "reason": str(exc)})
-                continue
-            if role == "original":
-                rows.append(source_row(put, folder, fid, fid, square(image, cfg.image_size)))
-                progress.advance()
-            elif role == "inpainting":
-                png = encode_png(np.asarray(square(image, cfg.image_size)))
-                uri = f"{folder}/external/{fid}.png"
-                put(uri, png)
-                external.setdefault(fid, {}).update(uri=uri, sha256=sha256(png))
-            else:
-                mask = square(image.convert("L"), cfg.image_size, Image.Resampling.NEAREST)
-                uri = f"{folder}/external/{fid}_mask.png"
-                put(uri, encode_png(np.asarray(mask)))
-                external.setdefault(fid, {})["mask_uri"] = uri
+        rows, external, problems = _read_chosen(path, chosen, cfg, folder, put)
+    skipped += problems
     originals = {row["source_id"] for row in rows}
-    ext_rows = [
+    external = {fid: item for fid, item in external.items() if fid in originals}
+    _write_external(storage, folder, external)
+    log.info("kaggle: %d sources, %d external inpaintings", len(rows), len(external))
+    return rows, skipped
+
+
+def _read_chosen(
+    path: Path, chosen: set[str], cfg: DataConfig, folder: str, put: Callable[[str, bytes], None]
+) -> tuple[list[Row], dict[str, dict[str, str]], list[Row]]:
+    """Write the chosen folders' originals (normalised) and the authors' inpaintings and masks:
+    (source rows, external files by folder id, skipped inputs)."""
+    rows, external, skipped = [], {}, []
+    progress = Progress("kaggle sources", len(chosen))
+    for fid, role, data, problem in read_folders(path, chosen, cfg.kaggle.max_extract_bytes):
+        if problem is not None:
+            log.warning("kaggle: %s", problem)
+            skipped.append({"source_id": fid or "archive", "reason": problem})
+            continue
+        name = f"{path}: similar/inpainting/{fid}/{role}.png"
+        try:
+            image = decode(data or b"", name)
+        except ImageError as exc:
+            log.warning("skipping %s", exc)
+            skipped.append({"source_id": fid, "reason": str(exc)})
+            continue
+        if role == "original":
+            rows.append(source_row(put, folder, fid, fid, square(image, cfg.image_size)))
+            progress.advance()
+        elif role == "inpainting":
+            png = encode_png(np.asarray(square(image, cfg.image_size)))
+            uri = f"{folder}/external/{fid}.png"
+            put(uri, png)
+            external.setdefault(fid, {}).update(uri=uri, sha256=sha256(png))
+        else:
+            mask = square(image.convert("L"), cfg.image_size, Image.Resampling.NEAREST)
+            uri = f"{folder}/external/{fid}_mask.png"
+            put(uri, encode_png(np.asarray(mask)))
+            external.setdefault(fid, {})["mask_uri"] = uri
+    return rows, {fid: item for fid, item in external.items() if "uri" in item}, skipped
+
+
+def _write_external(storage: Storage, folder: str, external: dict[str, dict[str, str]]) -> None:
+    """The authors' inpaintings of the kept sources, as the external test set's manifest."""
+    import pandas as pd
+
+    columns = ["record_id", "source_id", "group", "variant", "label", "uri", "sha256", "mask_uri"]
+    rows = [
         {
             "record_id": f"{fid}__external",
             "source_id": fid,
@@ -277,9 +329,5 @@ def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], 
             "mask_uri": item.get("mask_uri", ""),
         }
         for fid, item in sorted(external.items())
-        if fid in originals and "uri" in item
     ]
-    columns = ["record_id", "source_id", "group", "variant", "label", "uri", "sha256", "mask_uri"]
-    storage.write_parquet(f"{folder}/{EXTERNAL}", pd.DataFrame(ext_rows, columns=columns))
-    log.info("kaggle: %d sources, %d external inpaintings", len(rows), len(ext_rows))
-    return rows, skipped
+    storage.write_parquet(f"{folder}/{EXTERNAL}", pd.DataFrame(rows, columns=columns))

@@ -1,7 +1,7 @@
 """Offline sample data: real photographs that ship inside installed packages, cut into tiles.
 
 Nothing is downloaded. Each photo is one group: its tiles are never split across train and test.
-``prepare`` is the ``sample`` source of the sources stage.
+The ``sample`` source of the sources stage (settings ``data.sample.*``).
 """
 
 from __future__ import annotations
@@ -9,14 +9,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
 
-from deepfake.config import DataConfig
 from deepfake.images import decode
+from deepfake.section import Section
 from deepfake.sources.common import Row, prepare_candidates
-from deepfake.storage import Storage
+
+if TYPE_CHECKING:
+    from deepfake.sources.settings import DataConfig
+    from deepfake.storage import Storage
+
+
+class Config(Section):
+    max_tiles_per_image: int = Field(12, ge=1, description="At most this many tiles per photo.")
+
 
 # (group name, package, file inside the package). Greyscale photographs are converted to RGB like
 # every other source, so a real image and its inpaintings always share a colour mode. The stereo
@@ -79,9 +89,13 @@ def sample_tiles(side: int, max_tiles: int) -> Iterator[tuple[str, str, Image.Im
             yield f"{group}_r{row}c{col}", group, image.crop(box)
 
 
+def preflight(storage: Storage, cfg: DataConfig) -> None:
+    """Nothing to check: the photos come with the installed packages."""
+
+
 def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], list[Row]]:
-    """The sample tiles (``data.max_tiles_per_image`` per photo at most), normalised."""
-    tiles = sample_tiles(cfg.image_size, cfg.max_tiles_per_image)
+    """The sample tiles (``data.sample.max_tiles_per_image`` per photo at most), normalised."""
+    tiles = sample_tiles(cfg.image_size, cfg.sample.max_tiles_per_image)
     return prepare_candidates(
         storage, cfg, folder, ((sid, group, lambda t=tile: t) for sid, group, tile in tiles)
     )

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from deepfake.config import DataConfig
 from deepfake.sources.common import EXTERNAL
 from deepfake.sources.registry import get_source
+from deepfake.sources.settings import DataConfig
 from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
@@ -27,6 +27,11 @@ def prepare_sources(storage: Storage, cfg: DataConfig) -> StageOutput:
         return pd.DataFrame(rows), []
 
     return run_stage(storage, STAGE, stage_folder(STAGE, cfg.digest()), work)
+
+
+def preflight_source(storage: Storage, cfg: DataConfig) -> None:
+    """Raise ``Unavailable`` when the chosen source cannot be used as configured."""
+    get_source(cfg.source).preflight(storage, cfg)
 
 
 def external_records(storage: Storage, sources: StageOutput) -> pd.DataFrame | None:

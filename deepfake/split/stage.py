@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from deepfake.config import SplitConfig
+from deepfake.split.settings import SplitConfig
 from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 

@@ -1,5 +1,6 @@
-"""Figures of the held-out detectors trained in the detector stage (``protocols.json``): the same
-detector on other grouped splits, and without each inpainting method in turn.
+"""Figures of the protocols: the held-out detectors trained in the detector stage
+(``protocols.json``): the same detector on other grouped splits, and without each inpainting
+method in turn.
 
 Each protocol's figures are at its own threshold (chosen on its own training data). A figure
 over protocols is given as mean, std and the values per split.
@@ -12,10 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepfake.evaluate.metrics import binary_metrics, recall_at_fpr
-
-# What every protocol reports.
-FIGURES = ("roc_auc", "balanced_accuracy", "recall", "specificity", "tpr_at_5pct_fpr")
+from deepfake.evaluate.metrics import PROTOCOL_FIGURES, binary_metrics, recall_at_fpr
 
 
 def protocol_figures(
@@ -24,7 +22,7 @@ def protocol_figures(
     """One protocol's figures on its test records."""
     rows = scored.set_index("record_id").loc[record_ids]
     y, s = rows["label"].to_numpy(), np.asarray(scores)
-    figures = {k: v for k, v in binary_metrics(y, s, threshold).items() if k in FIGURES}
+    figures = {k: v for k, v in binary_metrics(y, s, threshold).items() if k in PROTOCOL_FIGURES}
     small = (rows["label"].to_numpy() == 0) | (rows["coverage"].to_numpy() < 0.10)
     figures["recall_at_5pct_fpr_small"] = recall_at_fpr(y[small], s[small])
     figures["n_real"], figures["n_inpainted"] = int((y == 0).sum()), int((y == 1).sum())
@@ -34,7 +32,7 @@ def protocol_figures(
 def summarise(per_split: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std (over splits) of every figure, and the values."""
     out: dict[str, Any] = {"splits": len(per_split)}
-    for key in (*FIGURES, "recall_at_5pct_fpr_small"):
+    for key in PROTOCOL_FIGURES:
         values = [p[key] for p in per_split if p.get(key) is not None]
         out[key] = float(np.mean(values)) if values else None
         out[f"{key}_std"] = float(np.std(values)) if values else None

@@ -1,5 +1,5 @@
-"""Evaluation protocols beyond one score per test image: grouped bootstrap intervals, robustness
-to everyday degradations, the shortcut audit, and the external test set."""
+"""Checks beyond one score per test image: grouped bootstrap intervals, robustness to everyday
+degradations, the shortcut audit, and the external test set."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from deepfake.detector.bundle import Detector
 from deepfake.evaluate.metrics import binary_metrics
-from deepfake.predict import Detector
-from deepfake.stages import Progress
+from deepfake.progress import Progress
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")

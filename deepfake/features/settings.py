@@ -1,0 +1,60 @@
+"""The features stage's settings, ``features.*``."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from deepfake.features.backbones import BACKBONES, DEFAULT_BACKBONE
+from deepfake.section import Section
+
+
+class FeaturesConfig(Section):
+    backbone: Literal[tuple(BACKBONES)] = Field(  # type: ignore[valid-type]
+        DEFAULT_BACKBONE, description="CNN backbone (an ImageNet model of the registry)."
+    )
+    input_size: int | None = Field(
+        None,
+        ge=32,
+        description="Resize images to this side before the CNN; empty = native resolution "
+        "(forensic traces of inpainting fade when an image is resampled).",
+    )
+    cell: int = Field(
+        8,
+        ge=4,
+        le=64,
+        description="Side of a cell (pixels of the CNN's input): the detector scores every cell, "
+        "so an edit of a few cells is seen; the heat maps have this resolution.",
+    )
+    cells_per_image: int = Field(
+        24,
+        ge=2,
+        description="Training cells kept per image: half inside the inpainted region when there "
+        "is one, half clean.",
+    )
+    finetune_epochs: int = Field(
+        0,
+        ge=0,
+        description="Fine-tune the backbone for this many epochs on the training split only "
+        "(JPEG/blur/flip augmentation) before extracting features; 0 = frozen ImageNet weights.",
+    )
+    finetune_lr: float = Field(1e-4, gt=0, description="Fine-tuning learning rate (backbone).")
+    finetune_batch_size: int = Field(32, ge=2, description="Images per fine-tuning step.")
+    seed: int = Field(0, description="Seed of fine-tuning (head init, order, augmentation).")
+    precision: Literal["float32", "auto", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Compute precision of the backbone (autocast); auto = bfloat16 where the "
+        "device computes it natively (recent GPUs, CPUs with AVX512-BF16/AMX), else float32. "
+        "Faster, but the vectors differ slightly from float32 ones.",
+    )
+    batch_size: int = Field(64, ge=1, description="Images per forward pass.")
+    device: str = Field(
+        "auto", description="torch device for feature extraction (auto = cuda if any)."
+    )
+
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"batch_size", "device"})
+
+    def frozen(self) -> FeaturesConfig:
+        """The same features without fine-tuning (the baseline a fine-tuned run is compared to)."""
+        return self.model_copy(update={"finetune_epochs": 0})

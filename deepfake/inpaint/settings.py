@@ -1,0 +1,81 @@
+"""The inpainting stage's settings, ``inpaint.*``: what every backend shares, and each backend's
+own section (``inpaint.<backend>.*``, from the registry)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, create_model, model_validator
+
+from deepfake.inpaint.registry import AUTO_ORDER, BACKENDS
+from deepfake.section import Section
+
+
+class _InpaintSettings(Section):
+    backend: Literal[("auto", *BACKENDS)] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="Inpainting backend: "
+        + ", ".join(f"{name} ({backend.title})" for name, backend in BACKENDS.items())
+        + f", or auto (the first of {', '.join(AUTO_ORDER)} that can run here; a fallback is "
+        "logged as a warning and written in the report).",
+    )
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Images per inpainting batch (one subflow each); empty = the backend's "
+        "default: "
+        + ", ".join(f"{b.default_batch_size} for {n}" for n, b in BACKENDS.items())
+        + ".",
+    )
+    seed: int = Field(0, description="Seed of the generator (per record: seed + record id).")
+    deployment: str | None = Field(
+        None,
+        description="Send each batch to this Prefect deployment (flow/deployment, e.g. "
+        "inpaint-batch/gpu) and wait for all; empty = run batches as local subflows.",
+    )
+    batch_attempts: int = Field(
+        3, ge=1, description="With inpaint.deployment: runs of one batch before the stage fails."
+    )
+
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset(
+        {"batch_size", "deployment", "batch_attempts"}
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if f"inpaint.{key}" in MOVED:
+                    raise ValueError(f"inpaint.{key} is now {MOVED[f'inpaint.{key}']}")
+        return data
+
+    @property
+    def effective_batch_size(self) -> int:
+        """The batch size, or the default of the backend (for ``auto``: the one it tries
+        first)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return BACKENDS[
+            self.backend if self.backend != "auto" else AUTO_ORDER[0]
+        ].default_batch_size
+
+
+# Every backend's settings under its name: adding a backend to the registry adds its section.
+InpaintConfig = create_model(
+    "InpaintConfig",
+    __base__=_InpaintSettings,
+    **{
+        name: (
+            backend.Config,
+            Field(default_factory=backend.Config, description=f"The {name} backend's settings."),
+        )
+        for name, backend in BACKENDS.items()
+    },
+)
+# Keys of the flat layout that came before the backend sections, and where they are now.
+MOVED = {
+    f"inpaint.{field}": f"inpaint.{name}.{field}"
+    for name, backend in BACKENDS.items()
+    for field in backend.Config.model_fields
+}

@@ -1,0 +1,45 @@
+"""What every settings section shares, and the one error a missing prerequisite raises.
+
+A stage's settings live beside the stage (``deepfake/<stage>/settings.py``); a source's or an
+inpainting backend's own section lives in its module. Each is a ``Section``: frozen, unknown keys
+refused, and able to say which of its values shape results (everything but ``EXECUTION_ONLY``:
+settings that change how fast or where the work runs, not what it produces). Only pydantic is
+imported here, so that reading the settings stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from deepfake.hashing import digest_of
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Settings that change how fast the work goes, or where, but not what it produces.
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+    def digest(self) -> str:
+        """Stable hash of this section, used to name stage outputs."""
+        return digest_of(self.model_dump(mode="json"))
+
+    def result_dict(self) -> dict[str, Any]:
+        """The settings that shape results: every field but the execution-only ones, nested
+        sections the same way."""
+        out = {}
+        dumped = self.model_dump(mode="json")
+        for name in type(self).model_fields:
+            if name in self.EXECUTION_ONLY:
+                continue
+            value = getattr(self, name)
+            out[name] = value.result_dict() if isinstance(value, Section) else dumped[name]
+        return out
+
+
+class Unavailable(Exception):
+    """Something a run needs cannot be had here (a model, weights, credentials, a folder); the
+    message says what and how to provide it. Every source, backend and backbone raises this (or
+    a subclass) from its preflight check, so a command line can refuse the run before any work
+    with one line."""
