@@ -41,8 +41,8 @@ def batch_predict(
     results = list(score_paths(detector, paths))
     lines = "".join(json.dumps(r) + "\n" for r in results)
     target = output or Storage(model).uri("predictions.jsonl")
-    store, name = Storage.locate(target)
-    store.write_bytes(name, lines.encode())
+    folder, name = Storage.locate(target)
+    folder.write_bytes(name, lines.encode())
     errors = sum("error" in r for r in results)
     logger.info("scored %d images, %d unreadable; wrote %s", len(results) - errors, errors, target)
     return {"scored": len(results) - errors, "errors": errors}

@@ -171,12 +171,12 @@ def result_storage_for(storage: StorageConfig) -> WritableFileSystem:
     Saved as a block (Prefect requires that), named after the storage root; it holds the root,
     endpoint and retry options, never credentials.
     """
-    store = Storage.open(storage)
-    basepath = f"{store.root}/prefect-results"
+    opened = Storage.open(storage)
+    basepath = f"{opened.root}/prefect-results"
     block: WritableFileSystem
-    if store.is_local:
+    if opened.is_local:
         block = LocalFileSystem(basepath=basepath)
     else:
-        block = RemoteFileSystem(basepath=basepath, settings=store.options)
+        block = RemoteFileSystem(basepath=basepath, settings=opened.options)
     block.save(f"deepfake-results-{digest_of(basepath)[:12]}", overwrite=True)
     return block

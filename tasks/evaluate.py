@@ -46,8 +46,8 @@ def publish(
 ) -> dict[str, Any]:
     """Report and detector under the run id (and ``latest`` when promoted, the current one
     compared on ``device``); UI artifacts."""
-    store = Storage.open(storage)
-    summary = publish_run(store, run_id, evaluation, detector, promote, device)
+    opened = Storage.open(storage)
+    summary = publish_run(opened, run_id, evaluation, detector, promote, device)
     metrics = summary["metrics"]
     rows = [{"metric": k, "value": metrics[k]} for k in SUMMARY]
     rows += [
@@ -66,10 +66,10 @@ def publish(
     )
     create_markdown_artifact(
         key="detector-report",
-        markdown=self_contained_report(store, summary),
+        markdown=self_contained_report(opened, summary),
         description=f"Report of run {run_id}",
     )
-    if not store.is_local:  # a storage the user can open from elsewhere: links to it
+    if not opened.is_local:  # a storage the user can open from elsewhere: links to it
         create_link_artifact(key="detector-report-files", link=summary["report"],
                              link_text=f"report of run {run_id}")  # fmt: skip
         create_link_artifact(key="detector-bundle", link=summary["model"],

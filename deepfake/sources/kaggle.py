@@ -223,12 +223,12 @@ def read_folders(
         return bool(match and match.group(1) in ids)
 
     if path.is_dir():
-        store = Storage(path)
+        extracted = Storage(path)
         total = 0
-        for name in sorted(store.list_files("")):
+        for name in sorted(extracted.list_files("")):
             if not wanted(name):
                 continue
-            data = store.read_bytes(name)
+            data = extracted.read_bytes(name)
             total += len(data)
             if total > max_bytes:
                 raise UnsafeArchive(f"{path}: {name!r} takes the total past {max_bytes} bytes")
