@@ -24,8 +24,8 @@ MOVED = {
 class _DataSettings(Section):
     source: Literal[tuple(SOURCES)] = Field(  # type: ignore[valid-type]
         "sample",
-        description="Where real images come from: bundled sample photos, a folder, or the "
-        "Kaggle DeepfakeArt dataset.",
+        description=f"Where real images come from: one of {', '.join(SOURCES)} (each with its "
+        "own settings, data.<source>.*).",
     )
     limit: int | None = Field(
         None, ge=1, description="Take a reproducible subset of this many sources."
