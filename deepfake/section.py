@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from deepfake.hashing import digest_of
 
@@ -36,6 +36,29 @@ class Section(BaseModel):
             value = getattr(self, name)
             out[name] = value.result_dict() if isinstance(value, Section) else dumped[name]
         return out
+
+
+def with_sections(
+    name: str, base: type[Section], sections: dict[str, type[Section]], kind: str
+) -> type[Section]:
+    """``base`` with one more field per registry entry: each entry's own section, under its
+    name (``inpaint.sd2``, ``data.kaggle``), so that registering a backend or a source adds its
+    settings."""
+    fields: dict[str, Any] = {
+        key: (section, Field(default_factory=section, description=f"The {key} {kind}'s settings."))
+        for key, section in sections.items()
+    }
+    return create_model(name, __base__=base, **fields)
+
+
+def refuse_moved(prefix: str, data: Any, moved: dict[str, str]) -> Any:
+    """A ``mode="before"`` validator's body: refuse keys of an earlier layout of section
+    ``prefix``, naming where each one is now."""
+    if isinstance(data, dict):
+        for key in data:
+            if f"{prefix}.{key}" in moved:
+                raise ValueError(f"{prefix}.{key} is now {moved[f'{prefix}.{key}']}")
+    return data
 
 
 class Unavailable(Exception):

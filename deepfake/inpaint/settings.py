@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, model_validator
 
 from deepfake.inpaint.registry import AUTO_ORDER, BACKENDS
-from deepfake.section import Section
+from deepfake.section import Section, refuse_moved, with_sections
 
 
 class _InpaintSettings(Section):
@@ -44,11 +44,7 @@ class _InpaintSettings(Section):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if f"inpaint.{key}" in MOVED:
-                    raise ValueError(f"inpaint.{key} is now {MOVED[f'inpaint.{key}']}")
-        return data
+        return refuse_moved("inpaint", data, MOVED)
 
     @property
     def effective_batch_size(self) -> int:
@@ -61,17 +57,8 @@ class _InpaintSettings(Section):
         ].default_batch_size
 
 
-# Every backend's settings under its name: adding a backend to the registry adds its section.
-InpaintConfig = create_model(
-    "InpaintConfig",
-    __base__=_InpaintSettings,
-    **{
-        name: (
-            backend.Config,
-            Field(default_factory=backend.Config, description=f"The {name} backend's settings."),
-        )
-        for name, backend in BACKENDS.items()
-    },
+InpaintConfig = with_sections(
+    "InpaintConfig", _InpaintSettings, {n: b.Config for n, b in BACKENDS.items()}, "backend"
 )
 # Keys of the flat layout that came before the backend sections, and where they are now.
 MOVED = {

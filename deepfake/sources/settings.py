@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, model_validator
 
 from deepfake.hashing import digest_of
-from deepfake.section import Section
+from deepfake.section import Section, refuse_moved, with_sections
 from deepfake.sources.registry import SOURCES
 
 # Keys of the flat layout that came before the per-source sections, and where they are now.
@@ -41,11 +41,7 @@ class _DataSettings(Section):
     @model_validator(mode="before")
     @classmethod
     def _moved(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if f"data.{key}" in MOVED:
-                    raise ValueError(f"data.{key} is now {MOVED[f'data.{key}']}")
-        return data
+        return refuse_moved("data", data, MOVED)
 
     def chosen(self) -> Section:
         """The chosen source's own section."""
@@ -58,14 +54,6 @@ class _DataSettings(Section):
         return digest_of({**shared, self.source: self.chosen().result_dict()})
 
 
-DataConfig = create_model(
-    "DataConfig",
-    __base__=_DataSettings,
-    **{
-        name: (
-            source.Config,
-            Field(default_factory=source.Config, description=f"The {name} source's settings."),
-        )
-        for name, source in SOURCES.items()
-    },
+DataConfig = with_sections(
+    "DataConfig", _DataSettings, {name: source.Config for name, source in SOURCES.items()}, "source"
 )
