@@ -78,7 +78,7 @@ def pipeline(
     if cfg.features.finetune_epochs and cfg.evaluate.compare_frozen:
         frozen = stage(extract_frozen_features)(storage, cfg.features.frozen(), split)
         main_split_only = held_out_protocols(cfg).model_copy(
-            update={"repeats": 1, "leave_one_method_out": False}
+            update={"repeats": 1, "leave_one_family_out": False, "leave_one_method_out": False}
         )
         baseline = stage(train_frozen_detector)(storage, cfg.svm, frozen, main_split_only)
     evaluation = stage(evaluate_detector)(
@@ -93,6 +93,7 @@ def held_out_protocols(cfg: Settings) -> HeldOut:
         repeats=cfg.evaluate.repeats,
         test_size=cfg.split.test_size,
         seed=cfg.split.seed,
+        leave_one_family_out=cfg.evaluate.leave_one_family_out,
         leave_one_method_out=cfg.evaluate.leave_one_method_out,
     )
 

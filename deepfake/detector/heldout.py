@@ -4,9 +4,11 @@ over the images scores them all:
 - **repeated splits**: the same training on ``evaluate.repeats`` grouped train/test splits
   (``split.seed``, ``split.seed + 1``, ...; the first is the main split), so that a figure is a
   mean and a spread, not one lucky split;
-- **leave one method out**: on each of those splits, for every inpainting method, a detector
-  trained without that method's images and tested on the split's real test images against that
-  method's.
+- **leave one family out**: on each of those splits, for every family of fill (``family``:
+  pde, patch, learned, postprocessed), a detector trained without that family's images and
+  tested on the split's real test images against that family's: how the detector does on a kind
+  of fill it has never seen, the figure that predicts transfer to other tools;
+- **leave one method out** (optional): the same for every single method.
 
 Each is trained exactly as the main detector (``training``), with the main search's penalty; its k,
 threshold and calibration are chosen on its own training data only.
@@ -40,7 +42,8 @@ class Protocol:
 
     name: str
     repeat: int
-    left_out: str | None
+    left_out: str | None  # the family or method left out, if any
+    by: str | None  # "family" or "method": the column ``left_out`` is a value of
     train: np.ndarray
     test: np.ndarray
     folds: list[Fold] = field(default_factory=list)
@@ -48,23 +51,26 @@ class Protocol:
 
 
 def plan(
-    frame: pd.DataFrame, repeats: int, test_size: float, seed: int, leave_one_method_out: bool
+    frame: pd.DataFrame, repeats: int, test_size: float, seed: int, leave_out: tuple[str, ...]
 ) -> list[Protocol]:
-    """Every protocol's training and test images (no model yet); the first is the main split."""
+    """Every protocol's training and test images (no model yet); the first is the main split.
+    ``leave_out``: the columns (``family``, ``method``) whose values are each left out in turn."""
     groups = frame["group"].to_numpy()
     is_real = frame["label"].to_numpy() == 0
-    methods = sorted(frame.loc[~is_real, "method"].unique()) if "method" in frame else []
     out = []
     for repeat in range(repeats):
         train, test = grouped_split(groups, test_size, seed + repeat)
-        out.append(Protocol(f"split {repeat + 1}", repeat, None, train, test))
-        if not leave_one_method_out or len(methods) < 2:
-            continue
-        method = frame["method"].to_numpy()
-        for m in methods:
-            keep = train[is_real[train] | (method[train] != m)]
-            held = test[is_real[test] | (method[test] == m)]
-            out.append(Protocol(f"split {repeat + 1}, without {m}", repeat, m, keep, held))
+        out.append(Protocol(f"split {repeat + 1}", repeat, None, None, train, test))
+        for by in leave_out:
+            values = sorted(frame.loc[~is_real, by].unique()) if by in frame else []
+            if len(values) < 2:
+                continue
+            column = frame[by].to_numpy()
+            for v in values:
+                keep = train[is_real[train] | (column[train] != v)]
+                held = test[is_real[test] | (column[test] == v)]
+                name = f"split {repeat + 1}, without {by} {v}"
+                out.append(Protocol(name, repeat, v, by, keep, held))
     return out
 
 
@@ -76,9 +82,9 @@ def fit(
     fitted = []
     for protocol in protocols:
         subset = frame.iloc[protocol.train].reset_index(drop=True)
-        # Left-out-method detectors choose k and threshold on folds of photos only: they have
-        # one method less to cross with, and their point is the method they never saw.
-        folds = held_out_folds(subset, cfg, by_method=protocol.left_out is None)
+        # Detectors that leave something out choose k and threshold on folds of photos only:
+        # their point is what they never saw.
+        folds = held_out_folds(subset, cfg, cross=protocol.left_out is None)
         absolute = [replace(f, held_out=protocol.train[f.held_out], train=protocol.train[f.train])
                     for f in folds]  # fmt: skip
         cells = np.isin(cell_rows, protocol.train)
@@ -126,6 +132,7 @@ def results(
             "name": protocol.name,
             "repeat": protocol.repeat,
             "left_out": protocol.left_out,
+            "left_out_by": protocol.by,
             **chosen,
             "test_record_ids": frame["record_id"].to_numpy()[protocol.test].tolist(),
             "test_scores": scores.astype(float).tolist(),

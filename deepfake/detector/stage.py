@@ -51,14 +51,21 @@ CELL_COLUMNS = ["cells", "cell_index", "cell_coverage"]
 
 class HeldOut(BaseModel):
     """The held-out detectors trained beside the main one (see ``heldout``): ``repeats`` grouped
-    splits of ``test_size`` from ``seed`` on, each with a detector per left-out method."""
+    splits of ``test_size`` from ``seed`` on, each with a detector per left-out family of fill
+    and, if asked, per left-out method."""
 
     model_config = ConfigDict(frozen=True)
 
     repeats: int = 1
     test_size: float = 0.25
     seed: int = 0
+    leave_one_family_out: bool = False
     leave_one_method_out: bool = False
+
+    def leave_out(self) -> tuple[str, ...]:
+        """The columns whose values are left out in turn."""
+        return tuple(c for c, on in (("family", self.leave_one_family_out),
+                                     ("method", self.leave_one_method_out)) if on)  # fmt: skip
 
 
 def _cell_calibration(
@@ -126,7 +133,7 @@ def _fit(
     X, coverage, cell_rows = cell_matrix(frame, cell_dim)
     y = cell_labels(coverage)
     planned = heldout.plan(frame, protocols.repeats, protocols.test_size, protocols.seed,
-                           protocols.leave_one_method_out)  # fmt: skip
+                           protocols.leave_out())  # fmt: skip
     main = planned[0]
     if not np.array_equal(np.flatnonzero(frame["split"].to_numpy() == "train"), main.train):
         raise ValueError("the held-out protocols' first split is not the split stage's")
@@ -172,8 +179,8 @@ def _write(
         "alpha_cell_roc_auc": alpha_auc,
         **chosen,
         "model_sha256": sha256(model),
-        "threshold_rule": "max mean balanced accuracy over held-out (photos x inpainting "
-        "method) folds of the training split",
+        "threshold_rule": "max mean balanced accuracy over held-out (photos x family of fill) "
+        "folds of the training split",
     }
     storage.write_json(f"{folder}/{SEARCH_FILE}", search)
     files = [SEARCH_FILE]

@@ -2,11 +2,12 @@
 
 1. ``search_alpha``: the SVM's penalty, by grouped cross-validation on the training cells
    (cell ROC-AUC).
-2. ``held_out_folds``: folds whose held-out part is both other photos and another inpainting
-   method (when the training data has several): each fold's model is trained on the other
-   photos' images of the other methods, and scores its photos' real images and the method it
-   never saw. The aggregation ``k`` and the decision threshold are chosen on those scores, so
-   they hold on a method the detector has not seen, not only in distribution.
+2. ``held_out_folds``: folds whose held-out part is both other photos and another family of fill
+   (or, without families, another inpainting method) when the training data has several: each
+   fold's model is trained on the other photos' images of the other families, and scores its
+   photos' real images and the family it never saw. The aggregation ``k`` and the decision
+   threshold are chosen on those scores, so they hold on a kind of fill the detector has not
+   seen, not only in distribution.
 3. ``choose``: ``k`` maximising the mean ROC-AUC over the held-out conditions; the threshold
    maximising their mean balanced accuracy (with the copy rule's verdicts, see ``copyrule``);
    Platt scaling of the pooled held-out scores.
@@ -47,10 +48,11 @@ class LinearModel:
 @dataclass(frozen=True)
 class Fold:
     """A held-out condition: the images ``held_out`` (positions in the training frame) are
-    scored by ``model``, trained without them, without their photos and without ``method``."""
+    scored by ``model``, trained without them, without their photos and without ``left_out``
+    (a family or a method)."""
 
     name: str
-    method: str | None
+    left_out: str | None
     held_out: np.ndarray
     train: np.ndarray
     model: LinearModel | None = None
@@ -94,28 +96,37 @@ def search_alpha(
     return best, results
 
 
-def held_out_folds(frame: pd.DataFrame, cfg: SVMConfig, by_method: bool = True) -> list[Fold]:
-    """Grouped folds of the training images, each crossed with every inpainting method when
-    there are several and ``by_method`` (see the module's docstring)."""
+def crossing_column(frame: pd.DataFrame) -> str | None:
+    """What held-out folds cross photos with: ``family`` when the fakes come in several,
+    else ``method`` when they come in several, else nothing."""
+    fakes = frame[frame["label"] == 1]
+    for column in ("family", "method"):
+        if column in frame and fakes[column].nunique() >= 2:
+            return column
+    return None
+
+
+def held_out_folds(frame: pd.DataFrame, cfg: SVMConfig, cross: bool = True) -> list[Fold]:
+    """Grouped folds of the training images, each crossed (when ``cross``) with every family
+    of fill, or every method (see ``crossing_column`` and the module's docstring)."""
     groups = frame["group"].to_numpy()
     folds = min(cfg.cv_folds, len(np.unique(groups)))
     if folds < 2:
         raise ValueError("cross-validation needs at least 2 source groups in the training split")
     splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=cfg.seed)
     is_real = frame["label"].to_numpy() == 0
-    methods = sorted(frame.loc[~is_real, "method"].unique()) if "method" in frame else []
-    if not by_method:
-        methods = []
+    column = crossing_column(frame) if cross else None
+    values = sorted(frame.loc[~is_real, column].unique()) if column else []
     out = []
     for number, (train, test) in enumerate(splitter.split(np.zeros(len(frame)), groups=groups), 1):
-        if len(methods) < 2:
+        if not values:
             out.append(Fold(f"fold {number}", None, test, train))
             continue
-        method = frame["method"].to_numpy()
-        for m in methods:
-            held = test[is_real[test] | (method[test] == m)]
-            kept = train[is_real[train] | (method[train] != m)]
-            out.append(Fold(f"fold {number}, {m}", m, held, kept))
+        kind = frame[column].to_numpy()
+        for v in values:
+            held = test[is_real[test] | (kind[test] == v)]
+            kept = train[is_real[train] | (kind[train] != v)]
+            out.append(Fold(f"fold {number}, {v}", v, held, kept))
     return out
 
 
@@ -130,7 +141,7 @@ def fit_folds(
         jobs.append((X[cells], y[cells]))
     models = fit_many(jobs, alpha, cfg)
     return [
-        Fold(f.name, f.method, f.held_out, f.train, m) for f, m in zip(folds, models, strict=True)
+        Fold(f.name, f.left_out, f.held_out, f.train, m) for f, m in zip(folds, models, strict=True)
     ]
 
 

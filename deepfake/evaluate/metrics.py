@@ -158,6 +158,9 @@ def evaluate(scored: pd.DataFrame, threshold: float, held_out_auc: list[float]) 
             "per_method": against_reals(test, test["method"], threshold)
             if "method" in test
             else {},
+            "per_family": against_reals(test, test["family"], threshold)
+            if "family" in test
+            else {},
             "test_groups": sorted(test["group"].unique().tolist()),
         }
     )

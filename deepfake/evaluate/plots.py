@@ -140,7 +140,8 @@ def summary_plots(metrics: dict[str, Any]) -> dict[str, bytes]:
         ax.tick_params(axis="x", rotation=30)
         ax.legend(loc="lower left")
         out["robustness.png"] = _png(fig)
-    lomo = metrics.get("leave_one_method_out")
+    by = "family" if metrics.get("leave_one_family_out") else "method"
+    lomo = metrics.get(f"leave_one_{by}_out")
     if lomo:
         fig, ax = plt.subplots(figsize=(6, 3.2))
         names = list(lomo)
@@ -150,7 +151,7 @@ def summary_plots(metrics: dict[str, Any]) -> dict[str, bytes]:
             ax.barh(at + offset, [lomo[n][key] or 0 for n in names], height=0.4, label=label,
                     xerr=[lomo[n][f"{key}_std"] or 0 for n in names])  # fmt: skip
         ax.set(yticks=at, yticklabels=names, xlim=(0.4, 1.0),
-               title="Each method left out of training (mean, std over splits)")  # fmt: skip
+               title=f"Each {by} left out of training (mean, std over splits)")  # fmt: skip
         ax.legend(loc="lower left", fontsize=7)
         out["held_out.png"] = _png(fig)
     return out

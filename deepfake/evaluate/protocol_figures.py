@@ -43,24 +43,31 @@ def summarise(per_split: list[dict[str, Any]]) -> dict[str, Any]:
 def held_out(
     scored: pd.DataFrame, main: dict[str, Any], protocols: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """``repeated_splits`` (the main split and the others) and ``leave_one_method_out``
-    (method -> figures over the splits). ``main``: the main detector's test records, scores
-    and threshold, in the protocols' form."""
+    """``repeated_splits`` (the main split and the others), ``leave_one_family_out`` and
+    ``leave_one_method_out`` (what was left out -> figures over the splits), and the weakest
+    family. ``main``: the main detector's test records, scores and threshold, in the protocols'
+    form."""
     everything = [main, *protocols]
     figures = [protocol_figures(scored, p["test_record_ids"], p["test_scores"], p["threshold"])
                for p in everything]  # fmt: skip
-    splits = [f for p, f in zip(everything, figures, strict=True) if p["left_out"] is None]
-    methods = sorted({p["left_out"] for p in everything if p["left_out"]})
-    conditions = {
-        p["name"]: f["balanced_accuracy"] for p, f in zip(everything, figures, strict=True)
+    pairs = list(zip(everything, figures, strict=True))
+    out: dict[str, Any] = {
+        "repeated_splits": summarise([f for p, f in pairs if p["left_out"] is None]),
+        "balanced_accuracy_at_threshold": {p["name"]: f["balanced_accuracy"] for p, f in pairs},
     }
-    return {
-        "repeated_splits": summarise(splits),
-        "leave_one_method_out": {
-            m: summarise(
-                [f for p, f in zip(everything, figures, strict=True) if p["left_out"] == m]
-            )  # fmt: skip
-            for m in methods
-        },
-        "balanced_accuracy_at_threshold": conditions,
-    }
+    for by in ("family", "method"):
+        chosen = [(p, f) for p, f in pairs if p["left_out"] and _by(p) == by]
+        if chosen:
+            values = sorted({p["left_out"] for p, _ in chosen})
+            out[f"leave_one_{by}_out"] = {
+                v: summarise([f for p, f in chosen if p["left_out"] == v]) for v in values
+            }
+    families = out.get("leave_one_family_out")
+    if families:
+        out["weakest_family"] = min(families, key=lambda v: (families[v]["roc_auc"] or 0, v))
+    return out
+
+
+def _by(protocol: dict[str, Any]) -> str:
+    # Protocols written before families were left out carry no "left_out_by": methods.
+    return protocol.get("left_out_by") or "method"

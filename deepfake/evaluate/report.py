@@ -112,17 +112,24 @@ def _held_out(metrics: dict[str, Any]) -> list[str]:
                 for k in OVER_SPLITS
             ],
         )
-    lomo = metrics.get("leave_one_method_out")
-    if lomo:
-        lines += [
-            "",
-            "## Leave one method out (trained without it, tested on it; mean ± std over splits)",
-            "",
-        ]
+    for by in ("family", "method"):
+        left = metrics.get(f"leave_one_{by}_out")
+        if not left:
+            continue
+        title = f"Leave one {by} out (trained without it, tested on it; mean ± std over splits)"
+        lines += ["", f"## {title}", ""]
         lines += _table(
-            ["left-out method", *(_short(k) for k in LEFT_OUT)],
-            [[m, *(_pm(f, k) for k in LEFT_OUT)] for m, f in lomo.items()],
+            [f"left-out {by}", *(_short(k) for k in LEFT_OUT)],
+            [[m, *(_pm(f, k) for k in LEFT_OUT)] for m, f in left.items()],
         )
+        if by == "family" and metrics.get("weakest_family"):
+            weakest = metrics["weakest_family"]
+            lines += [
+                "",
+                f"Weakest family: **{weakest}** (ROC-AUC {_pm(left[weakest], 'roc_auc')} when "
+                "the detector never saw it): expect fills of that kind, from tools this project "
+                "never ran, to be caught least often.",
+            ]
     conditions = metrics.get("balanced_accuracy_at_threshold")
     if conditions:
         lines += [
@@ -139,6 +146,7 @@ def _groups(metrics: dict[str, Any]) -> list[str]:
     for key, title in (
         ("per_mask_type", "mask type"),
         ("per_mask_area", "mask area"),
+        ("per_family", "family of fill"),
         ("per_method", "inpainting method"),
     ):
         if not metrics.get(key):
@@ -220,8 +228,8 @@ def _images(metrics: dict[str, Any]) -> list[str]:
         "![Reliability](reliability.png)",
         "![Per mask type](per_mask.png)",
     ]
-    if metrics.get("leave_one_method_out"):
-        images.append("![Leave one method out](held_out.png)")
+    if metrics.get("leave_one_family_out") or metrics.get("leave_one_method_out"):
+        images.append("![Left out of training](held_out.png)")
     if metrics.get("robustness"):
         images.append("![Robustness](robustness.png)")
     return [

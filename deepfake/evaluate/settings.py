@@ -22,16 +22,21 @@ class EvalConfig(Section):
         description="With features.finetune_epochs > 0, also train a detector on frozen features "
         "and compare the two in the report.",
     )
-    leave_one_method_out: bool = Field(
+    leave_one_family_out: bool = Field(
         True,
-        description="For every inpainting method: a detector trained on the others, tested on "
-        "it (real test images against that method's).",
+        description="For every family of fill (pde, patch, learned, postprocessed): a detector "
+        "trained on the others, tested on it (real test images against that family's): what "
+        "predicts how the detector does on fills it has never seen.",
+    )
+    leave_one_method_out: bool = Field(
+        False,
+        description="The same for every single inpainting method (many more detectors to train).",
     )
     repeats: int = Field(
         3,
         ge=1,
         description="Grouped train/test splits (split.seed, split.seed + 1, ...) over which the "
-        "headline figures and leave-one-method-out are reported as mean and std.",
+        "headline figures and the left-out families are reported as mean and std.",
     )
     examples: int = Field(
         6, ge=0, description="Test images shown with their true mask and heat map."

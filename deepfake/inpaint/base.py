@@ -7,11 +7,16 @@ every field names its outputs, except the ``EXECUTION_ONLY`` ones.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from deepfake.section import Section, Unavailable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from deepfake.storage import Storage
 
 
 class Inpainter(ABC):
@@ -58,6 +63,20 @@ class Inpainter(ABC):
     def method(self, seed: int) -> str:
         """The inpainting method a record with this seed gets (a backend may mix several)."""
         return self.name
+
+    def family(self, method: str) -> str:
+        """The family of fill a method belongs to (what leave-one-family-out holds out)."""
+        return method.split()[0]
+
+    def prepare(self, storage: Storage, folder: str, sources: pd.DataFrame) -> None:
+        """Work every batch needs done once, before any of them (training what the backend
+        fills with, say), kept under the stage's ``folder``; ``sources`` is the sources'
+        manifest. Called when the stage is planned. Nothing, by default."""
+        return None
+
+    def load(self, storage: Storage, folder: str) -> None:
+        """Load what ``prepare`` kept, in the process that runs a batch. Nothing, by default."""
+        return None
 
     def variants_of(
         self, original: np.ndarray, mask: np.ndarray, output: np.ndarray

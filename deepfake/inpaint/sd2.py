@@ -246,6 +246,9 @@ class SD2Inpainter(Inpainter):
         dtype = resolve_dtype(self.cfg.dtype, device)
         return load_pipeline(self.cfg.model, device, dtype, self.cfg.scheduler, self.cfg.compile)
 
+    def family(self, method: str) -> str:
+        return "learned"
+
     def real_counterpart(self, image: np.ndarray) -> np.ndarray:
         return roundtrip(image, self.cfg.resolution) if self.resamples else image
 

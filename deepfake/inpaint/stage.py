@@ -114,6 +114,7 @@ def plan(
     if finished(storage, STAGE, folder):
         return InpaintPlan(folder=folder, plan_file=None, batches=0, records=0, cfg=cfg)
     inpainter = make_inpainter(cfg)
+    inpainter.prepare(storage, folder, storage.read_parquet(sources.manifest))
     _write_reals(storage, inpainter, folder, sources)
     frame = storage.read_parquet(masks.manifest)
     if inpainter.reconstructs:  # whole-image reconstructions of every source, as fakes
@@ -203,7 +204,8 @@ def run_batch(
             rows.append({**rec, "record_id": record_id, "planned_id": rec["record_id"],
                          "uri": uri, "sha256": sha256(data), "label": 1,
                          "method": f"{method} {name}".strip() if rec["mask_uri"]
-                         else f"{method} vae", **backend})  # fmt: skip
+                         else f"{method} vae", "family": inpainter.family(method),
+                         **backend})  # fmt: skip
     storage.write_many(written)
     if rows:
         key = digest_of([r["record_id"] for r in rows])[:16]
@@ -226,6 +228,7 @@ def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -
     if not batch:
         raise ValueError(f"batch {index} is not in {inpaint_plan.plan_file}")
     inpainter = make_inpainter(inpaint_plan.cfg)
+    inpainter.load(storage, inpaint_plan.folder)
     return run_batch(storage, inpainter, inpaint_plan.folder, batch)
 
 
@@ -242,11 +245,12 @@ def collect(storage: Storage, cfg: InpaintConfig, folder: str, sources: StageOut
         if make_inpainter(cfg).resamples:
             real["uri"] = [f"{folder}/real/{sid}.png" for sid in real["source_id"]]
             real["sha256"] = [sha256(storage.read_bytes(uri)) for uri in real["uri"]]
-        real = real.assign(mask_uri="", coverage=0.0, method="", backend="", backend_settings="")
+        real = real.assign(mask_uri="", coverage=0.0, method="", family="", backend="",
+                           backend_settings="")  # fmt: skip
         fakes = _done_records(storage, folder)
         columns = [
             "record_id", "source_id", "group", "variant", "label", "uri", "sha256",
-            "mask_uri", "coverage", "method", "backend", "backend_settings",
+            "mask_uri", "coverage", "method", "family", "backend", "backend_settings",
         ]  # fmt: skip
         parts = [real[columns], fakes.reindex(columns=columns)] if len(fakes) else [real[columns]]
         return pd.concat(parts, ignore_index=True), []
