@@ -73,11 +73,11 @@ def pipeline(
     dataset = inpaint_stage(storage, cfg.inpaint, sources, masks, results)
     split = stage(split_dataset)(storage, cfg.split, dataset)
     features = stage(extract_features)(storage, cfg.features, split)
-    detector = stage(train_detector)(storage, cfg.svm, features, held_out_protocols(cfg))
+    detector = stage(train_detector)(storage, cfg.svm, features, HeldOut.of(cfg))
     baseline = None
     if cfg.features.finetune_epochs and cfg.evaluate.compare_frozen:
         frozen = stage(extract_frozen_features)(storage, cfg.features.frozen(), split)
-        main_split_only = held_out_protocols(cfg).model_copy(
+        main_split_only = HeldOut.of(cfg).model_copy(
             update={"repeats": 1, "leave_one_family_out": False, "leave_one_method_out": False}
         )
         baseline = stage(train_frozen_detector)(storage, cfg.svm, frozen, main_split_only)
@@ -85,17 +85,6 @@ def pipeline(
         storage, cfg, sources, dataset, features, detector, baseline
     )
     return publish(storage, run_id, evaluation, detector, promote, cfg.features.device)
-
-
-def held_out_protocols(cfg: Settings) -> HeldOut:
-    """The held-out detectors the evaluation reports, trained beside the main one."""
-    return HeldOut(
-        repeats=cfg.evaluate.repeats,
-        test_size=cfg.split.test_size,
-        seed=cfg.split.seed,
-        leave_one_family_out=cfg.evaluate.leave_one_family_out,
-        leave_one_method_out=cfg.evaluate.leave_one_method_out,
-    )
 
 
 def _keeping_results(results: WritableFileSystem, stage_task: Task) -> Task:

@@ -48,7 +48,7 @@ SMALL = {
         "bootstrap": 50,
         "compare_frozen": False,
         "repeats": 1,
-        "leave_one_method_out": False,
+        "leave_one_family_out": False,
         "shortcut_audit": False,
     },
 }

@@ -31,13 +31,18 @@ from deepfake.storage import Storage
 SVM = SVMConfig(alpha=(0.1,), top_k=(1, 4), cv_folds=3, n_jobs=1)
 
 
+FAMILY = {"telea": "pde", "ns": "pde", "exemplar": "patch"}
+
+
 def frame_of(groups: int = 6, methods: tuple[str, ...] = ("telea", "exemplar")) -> pd.DataFrame:
     """Records as the stages write them: a real image per group and one fake per method."""
     rows = []
     for g in range(groups):
-        rows.append({"record_id": f"g{g}", "group": f"g{g}", "label": 0, "method": ""})
+        rows.append({"record_id": f"g{g}", "group": f"g{g}", "label": 0, "method": "",
+                     "family": ""})  # fmt: skip
         for m in methods:
-            rows.append({"record_id": f"g{g}__{m}", "group": f"g{g}", "label": 1, "method": m})
+            rows.append({"record_id": f"g{g}__{m}", "group": f"g{g}", "label": 1, "method": m,
+                         "family": FAMILY[m]})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -64,25 +69,35 @@ def test_alpha_search_is_grouped_and_finds_the_signal() -> None:
         search_alpha(X[:40], y[:40], groups[:40], SVM)
 
 
-def test_held_out_folds_leave_out_photos_and_a_method() -> None:
-    frame = frame_of()
+def test_held_out_folds_leave_out_photos_and_a_family() -> None:
+    frame = frame_of(methods=("telea", "ns", "exemplar"))
     folds = held_out_folds(frame, SVM)
-    assert {f.method for f in folds} == {"telea", "exemplar"} and len(folds) == 6
+    assert {f.left_out for f in folds} == {"pde", "patch"} and len(folds) == 6
     for fold in folds:
         train, held = frame.iloc[fold.train], frame.iloc[fold.held_out]
         assert not set(train["group"]) & set(held["group"])
-        assert fold.method not in set(train["method"])
-        assert set(held["method"]) == {"", fold.method}
-    plain = held_out_folds(frame, SVM, by_method=False)
-    assert len(plain) == 3 and {f.method for f in plain} == {None}
+        assert fold.left_out not in set(train["family"])  # the whole family: telea and ns
+        assert set(held["family"]) == {"", fold.left_out}
+    one_family = frame_of(methods=("telea", "ns"))  # one family: crossed with methods
+    assert {f.left_out for f in held_out_folds(one_family, SVM)} == {"telea", "ns"}
+    plain = held_out_folds(frame, SVM, cross=False)
+    assert len(plain) == 3 and {f.left_out for f in plain} == {None}
 
 
-def test_protocols_repeat_the_split_and_leave_each_method_out() -> None:
-    frame = frame_of(groups=8)
-    planned = heldout.plan(frame, repeats=2, test_size=0.25, seed=5, leave_one_method_out=True)
+def test_protocols_repeat_the_split_and_leave_each_family_and_method_out() -> None:
+    frame = frame_of(groups=8, methods=("telea", "ns", "exemplar"))
+    planned = heldout.plan(frame, repeats=2, test_size=0.25, seed=5, leave_out=("family",))
     assert [p.name for p in planned] == [
-        "split 1", "split 1, without exemplar", "split 1, without telea",
-        "split 2", "split 2, without exemplar", "split 2, without telea",
+        "split 1", "split 1, without family patch", "split 1, without family pde",
+        "split 2", "split 2, without family patch", "split 2, without family pde",
+    ]  # fmt: skip
+    for p in planned[1:3]:
+        assert p.left_out not in set(frame.iloc[p.train]["family"])
+        assert set(frame.iloc[p.test]["family"]) == {"", p.left_out}
+    planned = heldout.plan(frame, repeats=2, test_size=0.25, seed=5, leave_out=("method",))
+    assert [p.name for p in planned][:4] == [
+        "split 1", "split 1, without method exemplar", "split 1, without method ns",
+        "split 1, without method telea",
     ]  # fmt: skip
     first, second = planned[0], planned[3]
     assert np.array_equal(first.train, grouped_split(frame["group"].to_numpy(), 0.25, 5)[0])
@@ -129,7 +144,9 @@ def test_copy_rule_lifts_only_what_it_flags() -> None:
     copied = np.array([[0.0, 1.0], [0.0, 1.0]])
     lit = copyrule.fuse_cells(cells, copied, np.array([0.001, 0.5]), threshold=0.01)
     assert np.array_equal(lit[0], cells[0])  # the rule is silent on the first image
-    assert lit[1, 0] == -2.0 and lit[1, 1] == pytest.approx(copyrule.GAIN * 0.5)
+    assert lit[1, 0] == -2.0 and lit[1, 1] == pytest.approx(copyrule.GAIN * (1.0 - 0.01))
+    partly = copyrule.fuse_cells(np.array([[-2.0]]), np.array([[0.2]]), np.array([0.5]), 0.01)
+    assert partly[0, 0] > 0  # a cell a fifth copied, in a flagged image, is over the margin
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +158,9 @@ def trained(tmp_path_factory):
     dataset = run_inpaint(store, InpaintConfig(backend="classical"), sources, masks)
     split = split_dataset(store, SplitConfig(test_size=0.3), dataset)
     features = extract_features(store, FeaturesConfig(cells_per_image=8, batch_size=32), split)
-    protocols = HeldOut(repeats=2, test_size=0.3, leave_one_method_out=True)
+    protocols = HeldOut(
+        repeats=2, test_size=0.3, leave_one_family_out=True, leave_one_method_out=True
+    )
     return store, features, train_detector(store, SVM, features, protocols)
 
 
@@ -184,13 +203,15 @@ def test_held_out_detectors_never_saw_their_test_records(trained) -> None:
     frame = store.read_parquet(features.manifest)
     protocols = store.read_json(f"{out.folder}/{PROTOCOLS_FILE}")
     names = [p["name"] for p in protocols]
-    assert "split 2" in names and any("without exemplar" in n for n in names)
+    assert "split 2" in names and any("without method exemplar" in n for n in names)
+    assert any("without family patch" in n for n in names)
     by_id = frame.set_index("record_id")
     for p in protocols:
         test = by_id.loc[p["test_record_ids"]]
         assert len(test) == len(p["test_scores"]) and set(test["label"]) == {0, 1}
         if p["left_out"]:
-            assert set(test.loc[test["label"] == 1, "method"]) == {p["left_out"]}
+            column = p["left_out_by"]
+            assert set(test.loc[test["label"] == 1, column]) == {p["left_out"]}
 
 
 def test_platt_calibration_by_hand() -> None:

@@ -143,7 +143,16 @@ def test_held_out_figures_are_means_over_splits_by_hand() -> None:
              "test_record_ids": ["c", "d"], "test_scores": [1.0, -1.0]}  # fmt: skip
     lomo = {"name": "split 1, without telea", "left_out": "telea", "threshold": 2.0,
             "test_record_ids": ["a", "b"], "test_scores": [-1.0, 1.0]}  # fmt: skip
-    out = held_out(frame, main, [other, lomo])
+    pde = {"name": "split 2, without family pde", "left_out": "pde", "left_out_by": "family",
+           "threshold": 0.0, "test_record_ids": ["c", "d"], "test_scores": [1.0, -1.0]}  # fmt: skip
+    patch = {"name": "split 1, without family patch", "left_out": "patch",
+             "left_out_by": "family", "threshold": 0.0, "test_record_ids": ["a", "b"],
+             "test_scores": [-1.0, 1.0]}  # fmt: skip
+    out = held_out(frame, main, [other, lomo, pde, patch])
+    families = out["leave_one_family_out"]
+    assert set(families) == {"pde", "patch"} and set(out["leave_one_method_out"]) == {"telea"}
+    assert families["pde"]["roc_auc"] == 0.0 and families["patch"]["roc_auc"] == 1.0
+    assert out["weakest_family"] == "pde"
     splits = out["repeated_splits"]
     assert splits["splits"] == 2 and splits["roc_auc_per_split"] == [1.0, 0.0]
     assert splits["roc_auc"] == 0.5 and splits["roc_auc_std"] == 0.5
@@ -153,6 +162,7 @@ def test_held_out_figures_are_means_over_splits_by_hand() -> None:
     assert telea["balanced_accuracy"] == 0.5  # at its own threshold, 2.0
     assert out["balanced_accuracy_at_threshold"] == {
         "split 1": 1.0, "split 2": 0.0, "split 1, without telea": 0.5,
+        "split 2, without family pde": 0.0, "split 1, without family patch": 1.0,
     }  # fmt: skip
 
 

@@ -134,9 +134,13 @@ def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
     info = store.read_json(f"{out.folder}/features.json")
     assert len(frame) == len(store.read_parquet(dataset.manifest))
     assert {"record_id", "group", "variant", "label", "uri", "sha256"} <= set(frame.columns)
-    assert (info["cell_dim"], info["image_size"], info["weights"]) == (516, 48, None)
+    assert (info["cell_dim"], info["image_size"], info["weights"]) == (
+        512 + len(FORENSIC_CHANNELS),
+        48,
+        None,
+    )
     cells, coverage, rows = cell_matrix(frame, info["cell_dim"])
-    assert cells.shape == (6 * len(frame), 516) and np.isfinite(cells).all()
+    assert cells.shape == (6 * len(frame), info["cell_dim"]) and np.isfinite(cells).all()
     assert all(tuple(g) == (8, 8) for g in frame["grid"])  # 64 px input, 8 px cells
     fakes = frame["label"].to_numpy()[rows] == 1
     assert (coverage[~fakes] == 0).all()

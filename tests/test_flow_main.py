@@ -36,7 +36,7 @@ QUICK = [
     "masks.types=[random,ellipse]",
     "features.finetune_epochs=0",
     "evaluate.repeats=1",
-    "evaluate.leave_one_method_out=false",
+    "evaluate.leave_one_family_out=false",
     "evaluate.robustness=false",
 ]
 STAGE_FOLDERS = ("sources", "masks", "inpainted", "split", "features", "detector", "evaluation")
@@ -122,18 +122,26 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
     assert "## Frozen vs fine-tuned backbone" in report
 
 
-def test_flow_reports_held_out_methods_splits_and_localisation(first_run) -> None:
+def test_flow_reports_held_out_families_splits_and_localisation(first_run) -> None:
     storage, summary, _ = first_run
     store = Storage(storage)
     metrics = store.read_json(f"reports/{summary['run_id']}/metrics.json")
-    methods = metrics["config"]["inpaint"]["classical"]["methods"]
+    (manifest,) = Path(storage).glob("inpainted/*/manifest.parquet")  # one inpainting here
+    fakes = store.read_parquet(str(manifest.relative_to(storage)))
+    families = set(fakes.loc[fakes["label"] == 1, "family"])
     if metrics["inpaint_backend"] == "classical":
-        assert set(metrics["per_method"]) == set(methods)
-        assert set(metrics["leave_one_method_out"]) == set(methods)
-    for figures in metrics["leave_one_method_out"].values():
+        assert families == {"pde", "patch", "learned", "postprocessed"}
+        assert set(metrics["per_family"]) == families
+    assert set(metrics["leave_one_family_out"]) == families
+    assert "leave_one_method_out" not in metrics  # off by default
+    for figures in metrics["leave_one_family_out"].values():
         assert figures["splits"] == 2
         for key in ("roc_auc", "balanced_accuracy", "recall", "specificity"):
-            assert 0 <= figures[key] <= 1 and len(figures[f"{key}_per_split"]) == 2
+            assert len(figures[f"{key}_per_split"]) == 2
+            assert figures[key] == pytest.approx(sum(figures[f"{key}_per_split"]) / 2)
+    weakest = metrics["weakest_family"]
+    low = min(f["roc_auc"] for f in metrics["leave_one_family_out"].values())
+    assert metrics["leave_one_family_out"][weakest]["roc_auc"] == low
     splits = metrics["repeated_splits"]
     assert splits["splits"] == 2 and splits["roc_auc_per_split"][0] == metrics["roc_auc"]
     assert splits["roc_auc"] == pytest.approx(sum(splits["roc_auc_per_split"]) / 2)
@@ -141,11 +149,12 @@ def test_flow_reports_held_out_methods_splits_and_localisation(first_run) -> Non
     assert 0.5 < where["pixel_roc_auc"] <= 1 and 0 <= where["pixel_f1"] <= 1
     assert 0 <= where["iou"] <= 1 and set(where["per_mask_type"]) == set(metrics["per_mask_type"])
     assert "0.00-0.10" in where["per_mask_area"] and "0.10-0.25" in where["per_mask_area"]
-    assert len(metrics["balanced_accuracy_at_threshold"]) == 2 + 2 * len(methods)
+    assert len(metrics["balanced_accuracy_at_threshold"]) == 2 + 2 * len(families)
     report = store.read_bytes("reports/latest/report.md").decode()
-    for heading in ("## Over 2 grouped splits", "## Leave one method out", "## Where the edit is",
+    for heading in ("## Over 2 grouped splits", "## Leave one family out", "## Where the edit is",
                     "## Per mask area", "## Per inpainting method"):  # fmt: skip
         assert heading in report, heading
+    assert f"Weakest family: **{weakest}**" in report
 
 
 def test_published_detector_scores_images(first_run) -> None:

@@ -9,16 +9,17 @@ from PIL import Image
 from deepfake.config import DataConfig, InpaintConfig, MaskConfig
 from deepfake.inpaint import make_inpainter, plan, run_inpaint, run_planned_batch
 from deepfake.inpaint.classical import ClassicalConfig, ClassicalInpainter
+from deepfake.inpaint.stage import record_seed
 from deepfake.masks.shapes import make_mask
 from deepfake.masks.stage import make_masks
 from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
 
 
-@pytest.mark.parametrize("method", ["telea", "ns", "biharmonic", "exemplar"])
+@pytest.mark.parametrize("method", ["telea", "ns", "biharmonic", "exemplar", "patchvote"])
 def test_classical_fills_only_the_mask(textured: np.ndarray, method: str) -> None:
     mask = make_mask("random", 64, 64, "x", 0)
-    backend = ClassicalInpainter(ClassicalConfig(methods=(method,)))
+    backend = ClassicalInpainter(ClassicalConfig(methods=(method,), postprocess=()))
     (out,) = backend.inpaint([textured], [mask], [0])
     assert backend.method(0) == method
     assert out.shape == textured.shape and out.dtype == np.uint8
@@ -36,17 +37,44 @@ def test_exemplar_fill_copies_real_texture_and_diffusion_does_not(textured: np.n
     inside = mask > 127
     copied = {}
     for method in ("exemplar", "telea"):
-        backend = ClassicalInpainter(ClassicalConfig(methods=(method,)))
+        backend = ClassicalInpainter(ClassicalConfig(methods=(method,), postprocess=()))
         (out,) = backend.inpaint([image], [mask], [0])
         copied[method] = duplicate_map(out)[inside].mean()
     assert copied["exemplar"] > 0.3 and copied["telea"] < 0.05
 
 
-def test_methods_are_mixed_over_the_records() -> None:
+def test_families_share_the_records_evenly_and_methods_within_them() -> None:
     backend = ClassicalInpainter()
-    assert backend.cfg.methods == ("telea", "ns", "biharmonic", "exemplar")
-    chosen = [backend.method(seed) for seed in range(400)]
-    assert {m: chosen.count(m) for m in set(chosen)} == dict.fromkeys(backend.cfg.methods, 100)
+    assert backend.families() == ["learned", "patch", "pde", "postprocessed"]
+    chosen = [backend.method(seed) for seed in range(4000)]
+    families = [backend.family(m) for m in chosen]
+    for family in backend.families():  # a quarter each, give or take sampling noise
+        assert abs(families.count(family) / len(chosen) - 0.25) < 0.03, family
+    pde = [m for m in chosen if backend.family(m) == "pde"]
+    assert {"telea", "ns", "biharmonic"} == set(pde)
+    edited = [m for m in chosen if "+" in m]
+    assert {m.split("+")[1] for m in edited} == set(backend.cfg.postprocess)
+    assert {m.split("+")[0] for m in edited} == set(backend.cfg.methods)
+    assert [backend.method(seed) for seed in range(50)] == chosen[:50]  # seeded
+
+
+def test_postprocessed_edits_hide_the_fill_differently(textured: np.ndarray) -> None:
+    noise = np.random.default_rng(0).integers(-12, 12, textured.shape)
+    textured = np.clip(textured + noise, 0, 255).astype(np.uint8)  # noise for noise to match
+    mask = make_mask("ellipse", 64, 64, "x", 0)
+    plain = ClassicalInpainter(ClassicalConfig(methods=("telea",), postprocess=()))
+    (base,) = plain.inpaint([textured], [mask], [0])
+    outside = mask == 0
+    for edit in ("feather", "poisson", "noise", "resize", "jpeg"):
+        backend = ClassicalInpainter(ClassicalConfig(methods=("telea",), postprocess=(edit,)))
+        out = backend.fill(textured, mask, f"telea+{edit}", seed=0)
+        assert out.shape == textured.shape and out.dtype == np.uint8
+        assert not np.array_equal(out, base), edit
+        changed_outside = np.abs(out[outside].astype(int) - textured[outside]).mean()
+        if edit in ("resize", "jpeg"):  # the whole image after the edit
+            assert changed_outside > 0.2, edit
+        else:  # blending and noise touch the hole and its seam only
+            assert changed_outside < 2.0, edit
 
 
 def test_classical_refuses_mismatched_sizes(textured: np.ndarray) -> None:
@@ -78,7 +106,11 @@ def test_stage_lists_real_and_inpainted_with_equal_format(staged) -> None:
     frame = store.read_parquet(out.manifest)
     assert (frame["variant"] == "real").sum() == 3 and (frame["label"] == 1).sum() == 27
     fakes = frame[frame["label"] == 1]
-    assert set(fakes["method"]) == {"telea", "ns", "biharmonic", "exemplar"}
+    backend = ClassicalInpainter()
+    seeds = [record_seed(0, r) for r in fakes["record_id"]]  # inpaint.seed 0
+    assert list(fakes["method"]) == [backend.method(s) for s in seeds]
+    assert list(fakes["family"]) == [backend.family(m) for m in fakes["method"]]
+    assert len(set(fakes["family"])) >= 3
     assert (frame.loc[frame["label"] == 0, "method"] == "").all()
     opened = [Image.open(f"{store.root}/{uri}") for uri in frame["uri"]]
     assert {(im.format, im.mode, im.size) for im in opened} == {("PNG", "RGB", (48, 48))}

@@ -25,7 +25,7 @@ BASE = [
     "masks.types=[random,ellipse]",
     "svm.cv_folds=2",
     "evaluate.repeats=1",
-    "evaluate.leave_one_method_out=false",
+    "evaluate.leave_one_family_out=false",
     "evaluate.robustness=false",
 ]
 GOOD = ["svm.alpha=[0.1]", "svm.top_k=[1,4]"]

@@ -41,7 +41,7 @@ SMALL = [
     "evaluate.robustness=false",
     "evaluate.shortcut_audit=false",
     "evaluate.repeats=1",
-    "evaluate.leave_one_method_out=false",
+    "evaluate.leave_one_family_out=false",
 ]
 # Classical inpainting, feature extraction slowed (one image a batch, at 256 px) so that a kill
 # lands in the middle of it.

@@ -25,7 +25,7 @@ TINY = [
     "svm.top_k=[1,4]",
     "svm.cv_folds=2",
     "evaluate.repeats=1",
-    "evaluate.leave_one_method_out=false",
+    "evaluate.leave_one_family_out=false",
     "evaluate.robustness=false",
 ]
 # Fake credentials: moto accepts any; the tests also check they never leak.

@@ -13,8 +13,8 @@ The rule is calibrated on real training images only: it fires when the copied sh
 lowers a score and leaves the images it does not flag alone: a flagged image's score is
 ``max(svm, svm_threshold + GAIN * (share - threshold))``, over the SVM's threshold by one SVM
 margin per 10 % of the image copied beyond the rule's. Cells of an image the rule fires on are
-lit in its heat map by their own copied share. Exact copies do not survive lossy compression:
-after JPEG the rule stays silent and the SVM alone decides.
+lit in its heat map the same way by their own copied share (``fuse_cells``). Exact copies do
+not survive lossy compression: after JPEG the rule stays silent and the SVM alone decides.
 """
 
 from __future__ import annotations
@@ -60,7 +60,10 @@ def fuse_cells(
     svm_cells: np.ndarray, copied_cells: np.ndarray, copied_shares: np.ndarray, threshold: float
 ) -> np.ndarray:
     """Cell decision values (n, cells) with the cells of images the rule fires on lit by their
-    copied share (a cell half made of copies sits at the cell margin, 0)."""
-    fires = (np.asarray(copied_shares) >= threshold)[:, None]
-    lit = np.maximum(svm_cells, GAIN * (copied_cells - 0.5))
-    return np.where(fires, lit, svm_cells)
+    copied share, as images are: ``GAIN * (copied - threshold)`` over the cell margin (0). Most
+    cells of a small edit are only partly inside it, so a cell needs no majority of copies: in an
+    image the rule flags, a cell copied beyond what real images hold is evidence; a cell with
+    no more copies than that keeps the SVM's value."""
+    copied = np.asarray(copied_cells)
+    fires = (np.asarray(copied_shares) >= threshold)[:, None] & (copied > threshold)
+    return np.where(fires, np.maximum(svm_cells, GAIN * (copied - threshold)), svm_cells)

@@ -69,6 +69,8 @@ def plan(
             for v in values:
                 keep = train[is_real[train] | (column[train] != v)]
                 held = test[is_real[test] | (column[test] == v)]
+                if is_real[held].all():  # none of it in this split's test: nothing to measure
+                    continue
                 name = f"split {repeat + 1}, without {by} {v}"
                 out.append(Protocol(name, repeat, v, by, keep, held))
     return out

@@ -24,6 +24,12 @@ class SVMConfig(Section):
         description="Aggregations searched: an image's score is the mean of its k highest cell "
         "decision values (k = 1 is the maximum); chosen by grouped cross-validation.",
     )
+    copy_rule: bool = Field(
+        True,
+        description="Beside the SVM, flag images made largely of exact copies of their own "
+        "patches (exemplar fills, the clone stamp): a training-free rule, calibrated on real "
+        "training images only.",
+    )
     cv_folds: int = Field(3, ge=2, description="Grouped cross-validation folds (alpha and k).")
     seed: int = Field(0, description="Seed of the grouped folds and the SVM.")
     n_jobs: int = Field(-1, description="Parallel fits (-1 = all cores).")

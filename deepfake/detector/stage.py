@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from deepfake.config import Settings
 from deepfake.detector import copyrule, heldout
 from deepfake.detector.bundle import write_bundle
 from deepfake.detector.model import (
@@ -62,6 +63,17 @@ class HeldOut(BaseModel):
     leave_one_family_out: bool = False
     leave_one_method_out: bool = False
 
+    @classmethod
+    def of(cls, settings: Settings) -> HeldOut:
+        """The held-out detectors the evaluation settings ask for, on the split's settings."""
+        return cls(
+            repeats=settings.evaluate.repeats,
+            test_size=settings.split.test_size,
+            seed=settings.split.seed,
+            leave_one_family_out=settings.evaluate.leave_one_family_out,
+            leave_one_method_out=settings.evaluate.leave_one_method_out,
+        )
+
     def leave_out(self) -> tuple[str, ...]:
         """The columns whose values are left out in turn."""
         return tuple(c for c, on in (("family", self.leave_one_family_out),
@@ -99,20 +111,25 @@ def train_detector(
         alpha, alpha_auc, pipeline, fitted = _fit(frame, int(info["cell_dim"]), protocols, cfg)
         progress.advance(4)
         decisions = _score_all(storage, features, frame, fitted)
+        if not cfg.copy_rule:  # the rule sees no copies: it never fires
+            decisions[..., -1] = 0.0
         progress.advance(5)
         copied = decisions[..., -1]
         outcomes = heldout.results(fitted, decisions, copied, frame, cfg.top_k)
         chosen = {k: v for k, v in outcomes[0].items() if not k.startswith("test_")}
         chosen["cell_calibration"] = _cell_calibration(frame, fitted[0].folds, decisions)
         log.info("detector: top-%d aggregation, threshold %.4f (chosen on held-out photos and "
-                 "methods)", chosen["top_k"], chosen["threshold"])  # fmt: skip
+                 "families of fill)", chosen["top_k"], chosen["threshold"])  # fmt: skip
         model = dump_model(pipeline)
+        if not cfg.copy_rule:
+            chosen["copy_threshold"] = None
         files = _write(storage, folder, features, info, alpha, alpha_auc, chosen, model, outcomes)
         final = decisions[..., len(fitted[0].folds)]  # the main detector's final model
         share = copyrule.shares(copied)
+        rule = chosen["copy_threshold"] if cfg.copy_rule else np.inf
         score = copyrule.fuse(top_k_mean(final, chosen["top_k"]), share, chosen["threshold"],
-                              chosen["copy_threshold"])  # fmt: skip
-        heat = copyrule.fuse_cells(final, copied, share, chosen["copy_threshold"])
+                              rule)  # fmt: skip
+        heat = copyrule.fuse_cells(final, copied, share, rule)
         out = frame.drop(columns=[c for c in CELL_COLUMNS if c in frame]).assign(
             score=score,
             copied=share,
@@ -211,7 +228,9 @@ def _bundle(info: dict[str, Any], alpha: float, chosen: dict[str, Any]) -> dict[
         "threshold": chosen["threshold"],
         "calibration": {"method": "Platt, even odds, held-out scores", **chosen["calibration"]},
         "cell_calibration": chosen["cell_calibration"],
-        "copy_rule": {
+        "copy_rule": None
+        if chosen["copy_threshold"] is None
+        else {
             "threshold": chosen["copy_threshold"],
             "gain": copyrule.GAIN,
             "channel": copyrule.CHANNEL,

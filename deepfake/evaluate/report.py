@@ -74,7 +74,7 @@ def _headline(metrics: dict[str, Any]) -> list[str]:
     rows = [[label, _fmt(metrics[name])] for name, label in METRICS]
     rows.append(
         [
-            "ROC-AUC on held-out folds of the training split (photos x methods)",
+            "ROC-AUC on held-out folds of the training split (photos x families of fill)",
             f"{metrics['cv_roc_auc_mean']:.4f} ± {metrics['cv_roc_auc_std']:.4f}",
         ]
     )
@@ -85,7 +85,7 @@ def _headline(metrics: dict[str, Any]) -> list[str]:
         rows.append(["ROC-AUC 95 % CI (bootstrap by source group)", f"{low:.4f} - {high:.4f}"])
     rows.append(
         [
-            "threshold (chosen on held-out photos and methods of the training split)",
+            "threshold (chosen on held-out photos and families of fill of the training split)",
             _fmt(metrics["threshold"]),
         ]
     )

@@ -33,6 +33,14 @@ class FeaturesConfig(Section):
         description="Training cells kept per image: half inside the inpainted region when there "
         "is one, half clean.",
     )
+    augment: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Share of images whose training cells come from a degraded copy (resize "
+        "0.5-1.0, blur, noise, JPEG 50-100, drawn per image; real and inpainted alike), so that "
+        "the detector cannot lean on traces that everyday processing removes.",
+    )
     finetune_epochs: int = Field(
         0,
         ge=0,
@@ -41,7 +49,9 @@ class FeaturesConfig(Section):
     )
     finetune_lr: float = Field(1e-4, gt=0, description="Fine-tuning learning rate (backbone).")
     finetune_batch_size: int = Field(32, ge=2, description="Images per fine-tuning step.")
-    seed: int = Field(0, description="Seed of fine-tuning (head init, order, augmentation).")
+    seed: int = Field(
+        0, description="Seed of the training cells drawn, their degradations and fine-tuning."
+    )
     precision: Literal["float32", "auto", "bfloat16", "float16"] = Field(
         "float32",
         description="Compute precision of the backbone (autocast); auto = bfloat16 where the "

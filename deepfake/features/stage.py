@@ -9,7 +9,9 @@ The stage keeps, per image, a sample of ``cells_per_image`` training cells (half
 inpainted region when there is one, half clean) with their coverage, in the manifest
 (``cells``: float16 bytes, ``cell_index``, ``cell_coverage``, ``grid``): enough to train the
 detector without keeping every cell of every image. ``features.json`` says how the features were
-made. With ``finetune_epochs > 0`` the backbone is first fine-tuned on the training split and
+made. A share ``augment`` of the images give their training cells from a degraded copy (see
+``deepfake.perturb.augment``; the image keeps its size, so its mask and cell labels stay where
+they are). With ``finetune_epochs > 0`` the backbone is first fine-tuned on the training split and
 saved as ``backbone.safetensors`` (tensors only: loading it runs no code) with ``finetune.json``.
 Each batch is written to ``parts/`` as it finishes, so a killed run, restarted, reuses the
 fine-tuned backbone and every finished batch.
@@ -34,6 +36,7 @@ from deepfake.features.forensics import pool_cells
 from deepfake.features.settings import FeaturesConfig
 from deepfake.hashing import digest_of, seed_of, sha256
 from deepfake.images import ImageError, decode_read
+from deepfake.perturb import augment
 from deepfake.progress import Progress, chunks, prefetch
 from deepfake.split.stage import split_rows
 from deepfake.stages import StageOutput, run_stage, stage_folder
@@ -62,7 +65,6 @@ def output_folder(cfg: FeaturesConfig, dataset: StageOutput) -> str:
     settings = cfg.result_dict()
     if not cfg.finetune_epochs:  # fine-tuning settings shape nothing when there is none
         settings = {k: v for k, v in settings.items() if not k.startswith("finetune_")}
-        settings.pop("seed")
     return stage_folder(STAGE, digest_of(settings), dataset)
 
 
@@ -183,7 +185,9 @@ def _extract(
     for (index, batch), (images, masks) in zip(todo, prefetch(todo, load), strict=True):
         bad = [next((x for x in (image, mask) if isinstance(x, Exception)), None)
                for image, mask in zip(images, masks, strict=True)]  # fmt: skip
-        good = [image for image, why in zip(images, bad, strict=True) if why is None]
+        good = [_augmented(image, row.record_id, cfg)
+                for row, image, why in zip(batch, images, bad, strict=True)
+                if why is None]  # fmt: skip
         cells = iter(extractor.cells(good))
         part = []
         for row, image, mask, why in zip(batch, images, masks, bad, strict=True):
@@ -213,6 +217,13 @@ def _extract(
         for i, b in batches
     ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _augmented(image: np.ndarray, record_id: str, cfg: FeaturesConfig) -> np.ndarray:
+    """The image the record's training cells come from: a degraded copy for a share
+    ``cfg.augment`` of the records (drawn from the record, so a rerun draws the same)."""
+    rng = np.random.default_rng(seed_of(f"augment:{cfg.seed}:{record_id}", 8))
+    return augment(image, rng) if rng.random() < cfg.augment else image
 
 
 def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput) -> StageOutput:

@@ -88,8 +88,8 @@ def _run(net: nn.Module, images: torch.Tensor, holes: torch.Tensor) -> torch.Ten
     return torch.tanh(torch.atanh(coarse.clamp(-0.999, 0.999)) + net(torch.cat([coarse, holes], 1)))
 
 
-def train(sources: list[np.ndarray], seed: int) -> dict[str, torch.Tensor]:
-    """The network's weights after training on random crops of ``sources`` (RGB uint8)."""
+def train(sources: list[np.ndarray], seed: int, steps: int = STEPS) -> dict[str, torch.Tensor]:
+    """The network's weights after ``steps`` steps on random crops of ``sources`` (RGB uint8)."""
     import torch
 
     torch.manual_seed(seed)
@@ -98,15 +98,19 @@ def train(sources: list[np.ndarray], seed: int) -> dict[str, torch.Tensor]:
     optimiser = torch.optim.Adam(net.parameters(), lr=2e-3)
     kinds = list(MASK_TYPES)
     start = time.monotonic()
-    for step in range(STEPS):
+    # Crops of one size stack into a batch; sources smaller than CROP set a smaller one.
+    crop = min(CROP, *(min(image.shape[:2]) for image in sources)) // 4 * 4
+    if crop < 8:
+        raise ValueError(f"the learned fill needs sources of at least 8x8 pixels, not {crop}")
+    for step in range(steps):
         crops, holes = [], []
         for _ in range(BATCH):
             image = sources[int(rng.integers(len(sources)))]
-            y = int(rng.integers(0, image.shape[0] - CROP + 1))
-            x = int(rng.integers(0, image.shape[1] - CROP + 1))
-            crops.append(image[y : y + CROP, x : x + CROP])
+            y = int(rng.integers(0, image.shape[0] - crop + 1))
+            x = int(rng.integers(0, image.shape[1] - crop + 1))
+            crops.append(image[y : y + crop, x : x + crop])
             kind = kinds[int(rng.integers(len(kinds)))]
-            holes.append(make_mask(kind, CROP, CROP, f"fillnet{step}", int(rng.integers(1 << 30))))
+            holes.append(make_mask(kind, crop, crop, f"fillnet{step}", int(rng.integers(1 << 30))))
         x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1
         m = torch.from_numpy((np.stack(holes) > 127).astype(np.float32))[:, None]
         out = _run(net, x, m)
@@ -115,7 +119,7 @@ def train(sources: list[np.ndarray], seed: int) -> dict[str, torch.Tensor]:
         loss.backward()
         optimiser.step()
     log.info("fill network: %d steps on %d sources in %.1f s, last loss %.4f",
-             STEPS, len(sources), time.monotonic() - start, loss.item())  # fmt: skip
+             steps, len(sources), time.monotonic() - start, loss.item())  # fmt: skip
     return {k: v.detach().contiguous() for k, v in net.state_dict().items()}
 
 
