@@ -40,7 +40,7 @@ from torchvision.transforms import functional as TF
 
 from deepfake.config import load_settings
 from deepfake.features import BACKBONES, FeatureExtractor, WeightsUnavailable
-from deepfake.features.forensics import forensic_cells
+from deepfake.features.forensics import as_batch, forensic_cells
 from deepfake.features.stage import cell_matrix, extract_features
 from deepfake.inpaint import run_inpaint
 from deepfake.masks.stage import make_masks
@@ -83,9 +83,9 @@ def naive(name: str, paths: list[str], device: torch.device, cell: int) -> list[
                     pooled.append(F.adaptive_avg_pool2d(fmap, grid))
                 else:
                     pooled.append(F.interpolate(fmap, size=grid, mode="bilinear"))
-            cnn = torch.cat(pooled, 1)[0].permute(1, 2, 0).cpu().numpy()
-            forensic = forensic_cells(np.asarray(image), grid).transpose(1, 2, 0)
-            out.append(np.concatenate([cnn, forensic], -1).reshape(-1, cnn.shape[-1] + 4))
+            pooled.append(forensic_cells(as_batch([np.asarray(image)]).to(device), grid))
+            cells = torch.cat(pooled, 1)[0].permute(1, 2, 0).cpu().numpy()
+            out.append(cells.reshape(-1, cells.shape[-1]))
     return out
 
 

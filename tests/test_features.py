@@ -11,7 +11,15 @@ from PIL import Image
 from deepfake.config import DataConfig, FeaturesConfig, InpaintConfig, MaskConfig
 from deepfake.features.backbones import BACKBONES, WeightsUnavailable, efficientnet_lite0
 from deepfake.features.extractor import FeatureExtractor
-from deepfake.features.forensics import FORENSIC_CHANNELS, duplicate_map
+from deepfake.features.forensics import (
+    FORENSIC_CHANNELS,
+    as_batch,
+    band_energy,
+    duplicate_map,
+    duplicate_maps,
+    grey,
+    residual_energy,
+)
 from deepfake.features.stage import cell_matrix, extract_features, sample_cells
 from deepfake.inpaint.stage import run_inpaint
 from deepfake.masks.stage import make_masks
@@ -78,6 +86,58 @@ def test_copied_texture_is_marked_and_a_straight_edge_is_not(textured: np.ndarra
     cells = FeatureExtractor("efficientnet_lite0", device="cpu").cells([image])[0]
     copies = cells[..., -len(FORENSIC_CHANNELS) + FORENSIC_CHANNELS.index("copies_mean")]
     assert copies[5, 1] == 1.0 and copies[5:7, 1:3].mean() == 1.0
+
+
+def reference_duplicates(image: np.ndarray, patch: int = 4, min_offset: int = 8) -> np.ndarray:
+    """The copy search written plainly: windows grouped by their exact bytes, one image."""
+    values = image.astype(np.float64)
+    groups: dict[bytes, list[tuple[int, int]]] = {}
+    for y in range(image.shape[0] - patch + 1):
+        for x in range(image.shape[1] - patch + 1):
+            w = values[y : y + patch, x : x + patch]
+            down = np.abs(np.diff(w, axis=0)).mean()
+            across = np.abs(np.diff(w, axis=1)).mean()
+            if w.std() > 3.0 and down > 0.5 and across > 0.5:
+                groups.setdefault(image[y : y + patch, x : x + patch].tobytes(), []).append((y, x))
+    out = np.zeros(image.shape[:2], np.float32)
+    for places in groups.values():
+        ys, xs = np.array(places).T
+        if np.ptp(ys) ** 2 + np.ptp(xs) ** 2 >= min_offset**2:
+            for y, x in places:
+                out[y : y + patch, x : x + patch] = 1.0
+    return out
+
+
+def test_batched_copy_search_is_the_plain_search_image_by_image(textured: np.ndarray) -> None:
+    rng = np.random.default_rng(3)
+    first = np.clip(textured + rng.integers(-12, 12, textured.shape), 0, 255).astype(np.uint8)
+    first[40:52, 8:20] = first[4:16, 36:48]  # copied within the image
+    second = np.clip(textured[::-1] + rng.integers(-12, 12, textured.shape), 0, 255)
+    second = second.astype(np.uint8)
+    second[20:32, 20:32] = first[4:16, 36:48]  # the same patch, once: no copy within second
+    third = np.tile(rng.integers(0, 255, (8, 8, 3)), (8, 8, 1)).astype(np.uint8)  # repeats
+    edge = np.zeros((64, 64, 3), np.uint8)
+    edge[:, 30:] = 200  # the same windows all along the edge, but no texture: never copies
+    batch = [first, second, third, edge]
+    got = duplicate_maps(as_batch(batch)).numpy()
+    for image, marked in zip(batch, got, strict=True):
+        assert np.array_equal(marked, reference_duplicates(image))
+    assert got[0].mean() > 0.05 and got[1].sum() == 0 and got[2].mean() == 1.0
+    assert got[3].sum() == 0
+
+
+def test_noise_maps_are_opencvs(textured: np.ndarray) -> None:
+    import cv2
+
+    image = np.ascontiguousarray(textured[:48, :40])  # not square: rows and columns apart
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    ours = grey(as_batch([image]))
+    assert np.array_equal(ours[0, 0].numpy(), gray.astype(np.float32))
+    laplacian = np.abs(cv2.Laplacian(gray.astype(np.float32), cv2.CV_32F))
+    assert np.array_equal(residual_energy(ours)[0, 0].numpy(), laplacian)
+    g = gray.astype(np.float32)
+    dog = np.abs(cv2.GaussianBlur(g, (0, 0), 1.0) - cv2.GaussianBlur(g, (0, 0), 2.5))
+    assert np.allclose(band_energy(ours)[0, 0].numpy(), dog, atol=1e-3)
 
 
 def test_training_cells_are_half_inside_the_region_half_clean() -> None:

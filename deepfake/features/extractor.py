@@ -18,7 +18,7 @@ from torch import nn
 
 from deepfake.devices import resolve_device
 from deepfake.features.backbones import Backbone, get_backbone
-from deepfake.features.forensics import FORENSIC_CHANNELS, forensic_cells
+from deepfake.features.forensics import FORENSIC_CHANNELS, as_batch, forensic_cells
 
 log = logging.getLogger("deepfake")
 
@@ -116,10 +116,17 @@ class FeatureExtractor:
     def cell_dim(self) -> int:
         return self.dim + len(FORENSIC_CHANNELS)
 
-    def preprocess(self, images: list[np.ndarray]) -> torch.Tensor:
-        """uint8 HxWx3 arrays of one size -> a normalised float batch on the device."""
-        batch = torch.from_numpy(np.stack(images)).to(self.device)
-        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        """uint8 HxWx3 arrays of one size -> (n, 3, H, W) float pixel values 0-255 on the
+        device."""
+        return as_batch(torch.from_numpy(np.stack(images)).to(self.device))
+
+    def preprocess(
+        self, images: list[np.ndarray], pixels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """uint8 HxWx3 arrays of one size (or their ``pixels``) -> a normalised float batch on
+        the device."""
+        batch = (self.pixels(images) if pixels is None else pixels) / 255.0
         if self.input_size is not None and batch.shape[-2:] != (self.input_size,) * 2:
             batch = F.interpolate(
                 batch,
@@ -176,7 +183,8 @@ class FeatureExtractor:
         """(n, rows, columns, cell_dim) float32 cell features of images of one size."""
         if not images:
             return np.zeros((0, 1, 1, self.cell_dim), np.float32)
-        x = self.preprocess(images)
+        pixels = self.pixels(images)
+        x = self.preprocess(images, pixels)
         rows, cols = self.grid(*images[0].shape[:2])
         pooled = []
         for fmap in self._maps(self.inference_model(x[:1]), x):
@@ -185,9 +193,8 @@ class FeatureExtractor:
             else:  # a late stage coarser than the cells: its value at each cell's centre
                 pooled.append(F.interpolate(fmap, size=(rows, cols), mode="bilinear",
                                             align_corners=False))  # fmt: skip
-        cnn = torch.cat(pooled, 1).permute(0, 2, 3, 1).cpu().numpy()
-        forensic = np.stack([forensic_cells(image, (rows, cols)) for image in images])
-        return np.concatenate([cnn, forensic.transpose(0, 2, 3, 1)], -1).astype(np.float32)
+        pooled.append(forensic_cells(pixels, (rows, cols)))
+        return torch.cat(pooled, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 
     @torch.inference_mode()
     def transform(self, images: list[np.ndarray]) -> np.ndarray:
