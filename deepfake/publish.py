@@ -1,7 +1,13 @@
-"""Publishing a run: its report and detector bundle under the run id and under ``latest``.
+"""Publishing a run: its report and detector bundle under the run id, and, when promoted, the
+bundle made the live one (``models/latest``) and the report copied to ``reports/latest``.
 
-With ``promote="if_better"`` (scheduled retraining) the new detector replaces ``models/latest``
-only if its held-out ROC-AUC is at least the current detector's on the same test records; both
+Promotion is guarded. The run's bundle is written whole to ``models/<run id>/`` first and then
+loaded again and made to score some of its own test images, which must get the scores the
+evaluation saw; only then does one atomic write of ``models/latest.json`` make it live. A kill at
+any point leaves the previous detector live and loadable. With ``promote="if_better"`` (the
+default) the new detector goes live only if its held-out ROC-AUC is at least the current one's on
+the same test records; a comparison that cannot be made, or a current detector that cannot be
+loaded, stops the promotion with an error (``promote="always"`` replaces a broken one). The
 figures and the decision go into ``promotion.json`` and the report.
 """
 
@@ -12,10 +18,18 @@ import json
 import logging
 from typing import Any, Literal
 
+import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from deepfake.config import Settings
-from deepfake.detector.bundle import Detector, bundle_files, has_bundle
+from deepfake.detector.bundle import (
+    LATEST,
+    Detector,
+    bundle_files,
+    check_run_id,
+    live_bundle,
+    point_latest,
+)
 from deepfake.evaluate.report import embed_images
 from deepfake.evaluate.stage import REPORT_FILE, evaluation_files, evaluation_metrics
 from deepfake.stages import StageOutput
@@ -24,6 +38,14 @@ from deepfake.storage import Storage
 log = logging.getLogger("deepfake")
 
 Promote = Literal["always", "if_better"]
+MODELS, REPORTS = "models", "reports"
+CHECKED_IMAGES = 8  # test images the published bundle must score as the evaluation did
+
+
+class PromotionError(RuntimeError):
+    """The new detector was published under its run id but not made live, for a reason that
+    needs a person (the comparison could not be made, the current detector is broken, the
+    published bundle does not score as evaluated)."""
 
 
 def new_run_id(settings: Settings) -> str:
@@ -34,23 +56,29 @@ def new_run_id(settings: Settings) -> str:
 def promotion_decision(
     storage: Storage, detector: StageOutput, new_auc: float, promote: Promote, device: str
 ) -> dict[str, Any]:
-    """Whether the new detector becomes ``models/latest``, and why (the current one is loaded
-    on ``device`` to score the same test records)."""
+    """Whether the new detector becomes the live one, and why (the current one is loaded on
+    ``device`` to score the same test records). ``error`` is set when no decision could be
+    made: the promotion stops there."""
     if promote == "always":
         return {"promote": True, "policy": promote, "reason": "policy: always promote"}
-    if not has_bundle(storage, "models/latest"):
-        return {"promote": True, "policy": promote, "reason": "there is no current detector"}
     try:
-        current = Detector.load(storage, "models/latest", device)
-    except Exception as exc:  # a broken current bundle must not block a sound new one
-        return {"promote": True, "policy": promote, "reason": f"current detector unusable: {exc}"}
+        live = live_bundle(storage, MODELS)
+        if live is None:
+            return {"promote": True, "policy": promote, "reason": "there is no current detector"}
+        current = Detector.load(storage, live, device)
+    except Exception as exc:  # whatever is wrong with it, a person must look
+        reason = (
+            f"the current detector ({storage.uri(f'{MODELS}/{LATEST}')}) cannot be loaded: "
+            f"{exc}; replace it with promote=always (--promote always)"
+        )
+        return {"promote": False, "policy": promote, "error": True, "reason": reason}
     test = storage.read_parquet(detector.manifest).query("split == 'test'")
     try:
         scores = current.score_uris(storage, list(test["uri"]))
-    except (OSError, ValueError) as exc:
-        reason = f"test images unreadable for the comparison: {exc}"
-        return {"promote": True, "policy": promote, "reason": reason}
-    current_auc = float(roc_auc_score(test["label"], scores))
+        current_auc = float(roc_auc_score(test["label"], scores))
+    except Exception as exc:
+        reason = f"the comparison with the current detector failed: {type(exc).__name__}: {exc}"
+        return {"promote": False, "policy": promote, "error": True, "reason": reason}
     better = new_auc >= current_auc
     return {
         "promote": better,
@@ -66,23 +94,22 @@ def promotion_decision(
     }
 
 
-def replace_folder(
-    storage: Storage, folder: str, files: dict[str, bytes], attempts: int = 5
-) -> bool:
-    """Make ``folder`` hold exactly ``files`` (name -> bytes), each written atomically, and check
-    that it does. A run publishing at the same time can interleave its files with ours; then we
-    write ours again. Whoever checks last has left one run's complete set."""
-    for attempt in range(1, attempts + 1):
-        storage.write_many({f"{folder}/{name}": data for name, data in files.items()})
-        for extra in storage.list_files(folder) - set(files):
-            storage.delete(f"{folder}/{extra}")
-        found = storage.read_many([f"{folder}/{name}" for name in files])
-        if all(got == want for got, want in zip(found, files.values(), strict=True)):
-            return True
-        log.warning("publish: %s changed under us (another run publishing?); rewriting (%d/%d)",
-                    storage.uri(folder), attempt, attempts)  # fmt: skip
-    log.error("publish: %s is still being rewritten by another run", storage.uri(folder))
-    return False
+def check_published(
+    storage: Storage, folder: str, detector: StageOutput, device: str, count: int = CHECKED_IMAGES
+) -> None:
+    """Load the bundle in ``folder`` as a user would and score ``count`` of its test images:
+    ``PromotionError`` unless they get the scores the detector stage gave them."""
+    test = storage.read_parquet(detector.manifest).query("split == 'test'").head(count)
+    try:
+        got = Detector.load(storage, folder, device).score_uris(storage, list(test["uri"]))
+    except Exception as exc:
+        raise PromotionError(f"{storage.uri(folder)} does not load: {exc}") from exc
+    want = test["score"].to_numpy()
+    if not np.allclose(got, want, rtol=1e-3, atol=1e-3):
+        raise PromotionError(
+            f"{storage.uri(folder)} scores its test images {np.round(got, 4).tolist()}, the "
+            f"evaluation {np.round(want, 4).tolist()}: not made live"
+        )
 
 
 def publish_run(
@@ -90,12 +117,14 @@ def publish_run(
     run_id: str,
     evaluation: StageOutput,
     detector: StageOutput,
-    promote: Promote = "always",
+    promote: Promote = "if_better",
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Copy report and bundle to ``reports/<run id>``, ``models/<run id>`` and, when promoted,
-    ``reports/latest`` and ``models/latest`` (each replaced as a whole). ``device`` is where the
-    current detector is loaded for the comparison ``promote="if_better"`` makes."""
+    """Write report and bundle to ``reports/<run id>`` and ``models/<run id>``; when promoted,
+    check the bundle and make it live, then copy the report to ``reports/latest``. ``device``
+    is where detectors are loaded for the comparison and the check. Writes only under those
+    folders and the pointer, and deletes nothing."""
+    check_run_id(run_id)
     metrics = evaluation_metrics(storage, evaluation)
     decision = promotion_decision(storage, detector, metrics["roc_auc"], promote, device)
     log.info("promotion of run %s: %s (%s)", run_id, decision["promote"], decision["reason"])
@@ -103,7 +132,7 @@ def publish_run(
     reports = evaluation_files(storage, evaluation)
     report = reports[REPORT_FILE].decode()
     report += f"\n## Promotion\n\n{'Promoted' if decision['promote'] else 'Not promoted'} to "
-    report += f"`models/latest`: {decision['reason']}.\n"
+    report += f"`{MODELS}/{LATEST}`: {decision['reason']}.\n"
     reports |= {
         "run.json": _json(run),
         "promotion.json": _json(decision),
@@ -112,13 +141,23 @@ def publish_run(
     bundle = bundle_files(
         storage, detector.folder, {"run_id": run_id, "roc_auc": metrics["roc_auc"]}
     )
-    for name in [run_id, "latest"] if decision["promote"] else [run_id]:
-        replace_folder(storage, f"reports/{name}", reports)
-        replace_folder(storage, f"models/{name}", bundle)
+    # The bundle first: once the report says where it is, it is there.
+    storage.write_many({f"{MODELS}/{run_id}/{name}": data for name, data in bundle.items()})
+    storage.write_many({f"{REPORTS}/{run_id}/{name}": data for name, data in reports.items()})
+    if decision.get("error"):
+        log.error("promotion of run %s stopped: %s", run_id, decision["reason"])
+        raise PromotionError(
+            f"run {run_id} published to {storage.uri(f'{MODELS}/{run_id}')} but not made live: "
+            f"{decision['reason']}"
+        )
+    if decision["promote"]:
+        check_published(storage, f"{MODELS}/{run_id}", detector, device)
+        point_latest(storage, MODELS, run_id)
+        storage.write_many({f"{REPORTS}/{LATEST}/{name}": data for name, data in reports.items()})
     return {
         "run_id": run_id,
-        "report": storage.uri(f"reports/{run_id}"),
-        "model": storage.uri(f"models/{run_id}"),
+        "report": storage.uri(f"{REPORTS}/{run_id}"),
+        "model": storage.uri(f"{MODELS}/{run_id}"),
         "promoted": decision["promote"],
         "metrics": metrics,
     }
@@ -136,7 +175,7 @@ def self_contained_report(storage: Storage, summary: dict[str, Any]) -> str:
     found = storage.read_many([f"{folder}/{name}" for name in pngs])
     images = {name: data for name, data in zip(pngs, found, strict=True) if isinstance(data, bytes)}
     report = embed_images(storage.read_bytes(f"{folder}/{REPORT_FILE}").decode(), images)
-    latest = " (also `models/latest`)" if summary["promoted"] else " (not promoted)"
+    latest = f" (live: `{MODELS}/{LATEST}`)" if summary["promoted"] else " (not promoted)"
     return (
         f"{report}\n## Where this run is\n\n- Report and plots: `{summary['report']}`\n"
         f"- Detector bundle: `{summary['model']}`{latest}\n"

@@ -20,6 +20,7 @@ from prefect import Task, flow
 from prefect.filesystems import WritableFileSystem
 
 from deepfake.config import ConfigError, Settings, describe_settings, load_settings
+from deepfake.detector.bundle import check_run_id
 from deepfake.detector.stage import HeldOut
 from deepfake.preflight import preflight
 from deepfake.publish import Promote, new_run_id
@@ -48,21 +49,22 @@ train_frozen_detector = train_detector.with_options(name="train-frozen-detector"
 def pipeline(
     settings: Settings = Settings(),  # noqa: B008 (a frozen model: the UI's form shows it)
     run_id: str | None = None,
-    promote: Promote = "always",
+    promote: Promote = "if_better",
 ) -> dict[str, Any]:
     """Train and evaluate an inpainting detector, reusing every finished stage.
 
     Args:
         settings: Every setting of the pipeline, by stage (as `python flows/main.py --help`
             lists them); each one left out keeps its default.
-        run_id: Name of this run's report and model folders (default: time and settings).
-        promote: "always" makes the new detector models/latest; "if_better" (scheduled
-            retraining) only if its held-out ROC-AUC is at least the current one's on the same
-            test records.
+        run_id: Name of this run's report and model folders (default: time and settings):
+            letters, digits, '_', '.' and '-', not "latest".
+        promote: "if_better" makes the new detector the live one (models/latest) only if its
+            held-out ROC-AUC is at least the current one's on the same test records; "always"
+            whatever it scores (and in place of a current detector that cannot be loaded).
     """
     cfg = settings
     storage = cfg.storage
-    run_id = run_id or new_run_id(cfg)
+    run_id = check_run_id(run_id) if run_id is not None else new_run_id(cfg)
     # Task results live beside the pipeline's files, so that any worker, container or later run
     # finds them (a Docker work pool starts a fresh container for every flow run).
     results = result_storage_for(storage)
@@ -110,10 +112,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--promote",
-        choices=["always", "if_better"],
-        default="always",
-        help="make this detector models/latest always, or only if its held-out ROC-AUC is at "
-        "least the current one's on the same test records",
+        choices=["if_better", "always"],
+        default="if_better",
+        help="make this detector the live one (models/latest) only if its held-out ROC-AUC is "
+        "at least the current one's on the same test records (default), or always (also in "
+        "place of a current detector that cannot be loaded)",
+    )
+    parser.add_argument(
+        "--run-id",
+        help="name of this run's report and model folders (letters, digits, _ . -; not "
+        "'latest'); default: time and settings",
     )
     parser.add_argument(
         "--set",
@@ -130,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_settings(args.config, args.overrides, args.storage)
-    except ConfigError as exc:
+        if args.run_id is not None:
+            check_run_id(args.run_id)
+    except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # Resolve a relative local root now, so every task (and its cache key) sees the same path.
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()
-    summary = pipeline(settings=cfg, promote=args.promote)
+    summary = pipeline(settings=cfg, run_id=args.run_id, promote=args.promote)
     summary["wall_seconds"] = round(time.monotonic() - start, 1)
     print(json.dumps(summary, indent=2))
     return 0

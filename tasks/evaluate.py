@@ -41,10 +41,10 @@ def publish(
     run_id: str,
     evaluation: StageOutput,
     detector: StageOutput,
-    promote: Promote = "always",
+    promote: Promote = "if_better",
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Report and detector under the run id (and ``latest`` when promoted, the current one
+    """Report and detector under the run id (made the live one when promoted, the current one
     compared on ``device``); UI artifacts."""
     opened = Storage.open(storage)
     summary = publish_run(opened, run_id, evaluation, detector, promote, device)

@@ -111,7 +111,7 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
         assert "auto fell back" in note and "auto fell back" in report
     assert metrics["inpaint_backend"] in note
     bundle = {"detector.json", "svm.skops", "backbone.safetensors"}  # fine-tuned here
-    assert store.list_files("models/latest") == bundle
+    assert store.read_json("models/latest.json") == {"run_id": summary["run_id"]}  # live
     assert store.list_files(f"models/{summary['run_id']}") == bundle
     comparison = metrics["comparison"]
     assert set(comparison) == {"frozen", "fine_tuned"}

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
 
 import pytest
 
 from deepfake.config import load_settings
 from deepfake.detector import train_detector
+from deepfake.detector.bundle import Detector, live_bundle
 from deepfake.evaluate.stage import evaluate_detector
 from deepfake.features.stage import extract_features
 from deepfake.inpaint import run_inpaint
 from deepfake.masks.stage import make_masks
-from deepfake.publish import publish_run
+from deepfake.publish import PromotionError, publish_run
 from deepfake.sources.stage import prepare_sources
 from deepfake.split import split_dataset
 from deepfake.storage import Storage
@@ -48,10 +49,32 @@ def train(store: Storage, svm: list[str]):
     return cfg, evaluation, detector
 
 
+@pytest.fixture(scope="module")
+def trained_good(tmp_path_factory):
+    """A storage tree with the GOOD detector trained and evaluated: (root, evaluation, detector)."""
+    root = tmp_path_factory.mktemp("trained")
+    _, evaluation, detector = train(Storage(root), GOOD)
+    return root, evaluation, detector
+
+
+@pytest.fixture
+def fresh(trained_good, tmp_path):
+    """A copy of that tree of this test's own: (storage, evaluation, detector)."""
+    root, evaluation, detector = trained_good
+    shutil.copytree(root, tmp_path / "storage")
+    return Storage(tmp_path / "storage"), evaluation, detector
+
+
+def live_run(store: Storage) -> str:
+    """The run id of the live detector, loaded as a user loads it."""
+    return Detector.load(store, "models/latest", device="cpu").meta["run_id"]
+
+
 def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) -> None:
     cfg, evaluation, detector = train(store, GOOD)
     first = publish_run(store, "run-a", evaluation, detector)
-    assert first["promoted"] and store.read_json("models/latest/detector.json")["run_id"] == "run-a"
+    assert first["promoted"] and live_run(store) == "run-a"
+    assert store.read_json("models/latest.json") == {"run_id": "run-a"}
 
     cfg_bad, evaluation_bad, detector_bad = train(store, BAD)
     worse = publish_run(store, "run-b", evaluation_bad, detector_bad, "if_better")
@@ -59,7 +82,7 @@ def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) ->
     assert not worse["promoted"] and not decision["promote"]
     assert decision["current_roc_auc"] > decision["new_roc_auc"]
     assert decision["current_run_id"] == "run-a" and decision["test_records"] > 0
-    assert store.read_json("models/latest/detector.json")["run_id"] == "run-a"
+    assert live_run(store) == "run-a"
     assert store.exists("models/run-b/svm.skops")  # kept under its run id
     assert "Not promoted" in store.read_bytes("reports/run-b/report.md").decode()
 
@@ -68,11 +91,101 @@ def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) ->
     assert same["promoted"] and decision["new_roc_auc"] == pytest.approx(
         decision["current_roc_auc"]
     )
-    assert store.read_json("models/latest/detector.json")["run_id"] == "run-c"
+    assert live_run(store) == "run-c"
+    assert store.read_json("reports/latest/run.json")["run_id"] == "run-c"
 
 
-def test_first_detector_is_promoted_when_there_is_none(tmp_path: Path) -> None:
-    store = Storage(tmp_path)
-    cfg, evaluation, detector = train(store, GOOD)
+def test_first_detector_is_promoted_when_there_is_none(fresh) -> None:
+    store, evaluation, detector = fresh
     assert publish_run(store, "only", evaluation, detector, "if_better")["promoted"]
     assert "no current detector" in store.read_json("reports/only/promotion.json")["reason"]
+
+
+@pytest.mark.parametrize("run_id", ["latest", ".", "..", "../models", "a/b", "", "-x", "a b"])
+def test_a_run_id_that_cannot_name_a_folder_is_refused_before_writing(fresh, run_id: str) -> None:
+    store, evaluation, detector = fresh
+    before = store.list_files("")
+    with pytest.raises(ValueError, match="cannot name a run"):
+        publish_run(store, run_id, evaluation, detector)
+    assert store.list_files("") == before
+
+
+class Killed(BaseException):
+    """A kill: nothing after it runs (not an Exception, so nothing catches it)."""
+
+
+def test_a_kill_at_any_write_of_publish_leaves_the_previous_detector_live(
+    fresh, monkeypatch
+) -> None:
+    store, evaluation, detector = fresh
+    publish_run(store, "old", evaluation, detector)
+    writes = []
+    real_write = Storage.write_bytes
+
+    def counting(self, uri, data):
+        writes.append(uri)
+        real_write(self, uri, data)
+
+    monkeypatch.setattr(Storage, "write_bytes", counting)
+    publish_run(store, "count", evaluation, detector, "always")
+    total = len(writes)
+    assert writes[-1].startswith("reports/latest/") and "models/latest.json" in writes
+    for allowed in range(total):
+        done = []
+
+        def dying(self, uri, data, done=done, allowed=allowed):
+            if len(done) == allowed:
+                raise Killed(uri)
+            done.append(uri)
+            real_write(self, uri, data)
+
+        store.write_json("models/latest.json", {"run_id": "old"})  # as before each attempt
+        monkeypatch.setattr(Storage, "write_bytes", dying)
+        with pytest.raises(Killed):
+            publish_run(store, f"new{allowed}", evaluation, detector, "always")
+        monkeypatch.setattr(Storage, "write_bytes", real_write)
+        switched = "models/latest.json" in done
+        assert live_run(store) == (f"new{allowed}" if switched else "old"), done[-1:]
+
+
+def test_a_broken_current_detector_stops_if_better_and_always_replaces_it(fresh) -> None:
+    store, evaluation, detector = fresh
+    publish_run(store, "good", evaluation, detector)
+    store.write_bytes("models/good/svm.skops", b"not a model any more")
+    with pytest.raises(PromotionError, match="cannot be loaded.*promote always"):
+        publish_run(store, "retrain", evaluation, detector, "if_better")
+    assert store.read_json("models/latest.json") == {"run_id": "good"}  # still pointing there
+    assert store.exists("models/retrain/svm.skops")  # published under its own id
+    decision = store.read_json("reports/retrain/promotion.json")
+    assert not decision["promote"] and decision["error"]
+    assert publish_run(store, "fixed", evaluation, detector, "always")["promoted"]
+    assert live_run(store) == "fixed"
+
+
+def test_a_comparison_that_fails_stops_the_promotion(fresh) -> None:
+    store, evaluation, detector = fresh
+    publish_run(store, "first", evaluation, detector)
+    test = store.read_parquet(detector.manifest).query("split == 'test'")
+    store.write_bytes(test["uri"].iloc[0], b"truncated")  # a test image the current cannot read
+    with pytest.raises(PromotionError, match="comparison with the current detector failed"):
+        publish_run(store, "second", evaluation, detector, "if_better")
+    assert live_run(store) == "first"
+
+
+def test_a_bundle_that_does_not_score_as_evaluated_is_not_made_live(fresh) -> None:
+    store, evaluation, detector = fresh
+    publish_run(store, "first", evaluation, detector)
+    manifest = store.read_parquet(detector.manifest)
+    store.write_parquet(detector.manifest, manifest.assign(score=manifest["score"] + 0.5))
+    with pytest.raises(PromotionError, match="scores its test images"):
+        publish_run(store, "second", evaluation, detector, "always")
+    assert live_run(store) == "first" and live_bundle(store, "models") == "models/first"
+
+
+def test_a_bundle_published_by_an_earlier_version_stays_loadable(fresh) -> None:
+    store, evaluation, detector = fresh
+    publish_run(store, "run", evaluation, detector)
+    for name in store.list_files("models/run"):  # the layout of earlier versions
+        store.write_bytes(f"models/latest/{name}", store.read_bytes(f"models/run/{name}"))
+    store.delete("models/latest.json")
+    assert live_bundle(store, "models") == "models/latest" and live_run(store) == "run"

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepfake.detector.bundle import live_bundle
 from deepfake.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,9 +101,10 @@ def outputs(storage: Path) -> dict[str, str]:
     for rel in sorted(store.list_files("")):
         if rel.split("/")[0] in STAGES and rel.endswith("/manifest.parquet"):
             found[rel] = hashlib.sha256(store.read_bytes(rel)).hexdigest()
+    live = live_bundle(store, "models")
     for name in ("svm.skops", "backbone.safetensors"):  # the backbone when fine-tuned
-        if store.exists(f"models/latest/{name}"):
-            found[name] = hashlib.sha256(store.read_bytes(f"models/latest/{name}")).hexdigest()
+        if store.exists(f"{live}/{name}"):
+            found[name] = hashlib.sha256(store.read_bytes(f"{live}/{name}")).hexdigest()
     metrics = store.read_json("reports/latest/metrics.json")
     found["metrics"] = json.dumps({k: metrics[k] for k in ("roc_auc", "brier", "threshold")})
     return found
@@ -175,7 +177,7 @@ def test_two_runs_on_the_same_storage_at_once(reference, prefect_api_url, tmp_pa
     # latest is one run's complete report and detector, not a mixture of both.
     store = Storage(storage)
     run_id = store.read_json("reports/latest/run.json")["run_id"]
-    assert store.read_json("models/latest/detector.json")["run_id"] == run_id
+    assert store.read_json("models/latest.json")["run_id"] == run_id
     from deepfake.predict import Detector
 
     Detector.load(store, "models/latest", device="cpu")  # every digest in the bundle agrees

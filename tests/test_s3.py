@@ -139,7 +139,8 @@ def test_whole_flow_runs_on_s3_and_writes_nothing_locally(s3, clean_run) -> None
         assert f"reports/latest/{name}" in stored
         assert f"reports/{summary['run_id']}/{name}" in stored
     bundle = {"detector.json", "svm.skops"}  # a frozen backbone: no weights file
-    assert {f"models/latest/{name}" for name in bundle} <= stored
+    assert {f"models/{summary['run_id']}/{name}" for name in bundle} <= stored
+    assert "models/latest.json" in stored  # the pointer to the live one
     assert list(workdir.iterdir()) == []  # nothing written to the working directory
 
 

@@ -11,11 +11,17 @@ fixed names:
 
 Loading checks both digests and runs no code from the files: skops admits scikit-learn's and
 numpy's own types only; safetensors holds tensors only.
+
+Published bundles live in ``models/<run id>/``, written whole and never changed; which one is
+live is one small file beside them, ``models/latest.json`` (``{"run_id": ...}``), replaced in one
+atomic write. ``models/latest`` names the live bundle wherever a bundle is loaded by name.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +39,51 @@ from deepfake.storage import Storage
 
 BUNDLE_FILE = "detector.json"
 MODEL_FILE = "svm.skops"
+LATEST = "latest"
+POINTER_FILE = f"{LATEST}.json"
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id``, if it can name a run's folders: letters, digits, ``_``, ``.`` and ``-``,
+    starting with a letter or digit, and not ``latest``; else ``ValueError``."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id) or run_id == LATEST:
+        raise ValueError(
+            f"run id {run_id!r} cannot name a run: use letters, digits, '_', '.' and '-', "
+            f"starting with a letter or digit, and not {LATEST!r}"
+        )
+    return run_id
+
+
+def live_bundle(storage: Storage, models: str) -> str | None:
+    """The folder of the live bundle among ``models`` (``models/<run id>`` as its pointer says),
+    or None when there is none. A ``latest`` folder holding a bundle itself (earlier versions
+    published so) counts when there is no pointer."""
+    pointer = posixpath.join(models, POINTER_FILE) if models else POINTER_FILE
+    if storage.exists(pointer):
+        run_id = storage.read_json(pointer).get("run_id")
+        try:
+            return posixpath.join(models, check_run_id(run_id))
+        except ValueError as exc:
+            raise ValueError(f"{storage.uri(pointer)}: {exc}") from None
+    legacy = posixpath.join(models, LATEST)
+    return legacy if has_bundle(storage, legacy) else None
+
+
+def resolve_bundle(storage: Storage, folder: str) -> str:
+    """``folder``, or for ``<models>/latest`` the live bundle's folder."""
+    parent, name = posixpath.split(folder.rstrip("/"))
+    if name != LATEST:
+        return folder
+    live = live_bundle(storage, parent)
+    if live is None:
+        raise FileNotFoundError(f"{storage.uri(folder)}: no detector has been published there")
+    return live
+
+
+def point_latest(storage: Storage, models: str, run_id: str) -> None:
+    """Make ``models/<run id>`` the live bundle: one atomic write of the pointer."""
+    storage.write_json(posixpath.join(models, POINTER_FILE), {"run_id": check_run_id(run_id)})
 
 
 def write_bundle(
@@ -77,6 +128,8 @@ class Detector:
 
     @classmethod
     def load(cls, storage: Storage, folder: str, device: str = "auto") -> Detector:
+        """The bundle in ``folder`` (``<models>/latest``: the live one)."""
+        folder = resolve_bundle(storage, folder)
         meta = bundle_meta(storage, folder)
         name = f"{storage.uri(folder)}/{MODEL_FILE}"
         model = load_model(storage.read_bytes(f"{folder}/{MODEL_FILE}"), name, meta["svm_sha256"])
