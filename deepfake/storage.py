@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,20 @@ if TYPE_CHECKING:
 
 class StorageError(OSError):
     """A storage location that cannot be read or written."""
+
+
+# Reads that fail for a reason that may pass (a dropped connection, an I/O hiccup, throttling
+# that outlasted the S3 client's own retries) are tried this many times in all, with a pause
+# doubling from READ_PAUSE seconds; a file that is not there or may not be read fails at once.
+READ_ATTEMPTS = 3
+READ_PAUSE = 0.5
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for read errors that trying again cannot cure."""
+    permanent = (StorageError, FileNotFoundError, PermissionError, IsADirectoryError,
+                 NotADirectoryError)  # fmt: skip
+    return isinstance(exc, permanent) or not isinstance(exc, OSError)
 
 
 def is_url(location: str | Path) -> bool:
@@ -126,12 +141,18 @@ class Storage:
         return self.fs.exists(self._path(uri))
 
     def read_bytes(self, uri: str) -> bytes:
-        try:
-            return self.fs.cat_file(self._path(uri))
-        except FileNotFoundError:
-            raise StorageError(
-                f"{self.uri(uri) if '://' not in uri else uri}: no such file"
-            ) from None
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return self.fs.cat_file(self._path(uri))
+            except FileNotFoundError:
+                raise StorageError(
+                    f"{self.uri(uri) if '://' not in uri else uri}: no such file"
+                ) from None
+            except OSError as exc:
+                if is_permanent(exc) or attempt + 1 == READ_ATTEMPTS:
+                    raise
+                time.sleep(READ_PAUSE * 2**attempt)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _replace_atomically(path: str, fill: Callable[[str], None]) -> None:
@@ -186,17 +207,30 @@ class Storage:
             self.fs.rm(path, recursive=True)
 
     def read_many(self, uris: list[str]) -> list[bytes | Exception]:
-        """Contents of many files, fetched concurrently from object stores; errors returned."""
+        """Contents of many files, fetched concurrently from object stores. A file that is not
+        there or may not be read comes back as its error; other read errors are tried again
+        (``READ_ATTEMPTS``) and then raised."""
         if self.is_local or not uris:
             out: list[bytes | Exception] = []
             for uri in uris:
                 try:
                     out.append(self.read_bytes(uri))
                 except OSError as exc:
+                    if not is_permanent(exc):
+                        raise
                     out.append(exc)
             return out
         paths = [self._path(u) for u in uris]
-        found = self.fs.cat(paths, on_error="return")
+        found: dict[str, Any] = {}
+        todo = paths
+        for attempt in range(READ_ATTEMPTS):
+            found |= self.fs.cat(todo, on_error="return")
+            todo = [p for p in todo if p in found and not _settled(found[p])]
+            if not todo:
+                break
+            if attempt + 1 == READ_ATTEMPTS:
+                raise found[todo[0]]
+            time.sleep(READ_PAUSE * 2**attempt)
         return [
             StorageError(f"{uri}: no such file")
             if isinstance(found.get(path), FileNotFoundError) or path not in found
@@ -262,3 +296,8 @@ class Storage:
 
         meta = pq.read_schema(io.BytesIO(data)).metadata or {}
         return {k.decode(): v.decode() for k, v in meta.items() if k != b"pandas"}
+
+
+def _settled(result: Any) -> bool:
+    """A read's result that trying again would not change: the bytes, or a permanent error."""
+    return not isinstance(result, BaseException) or is_permanent(result)

@@ -266,3 +266,42 @@ def test_secrets_stay_out_of_logs_artifacts_and_files(
     for secret in [*CREDENTIALS.values(), *kaggle.values()]:
         leaks = [where for where, text in texts.items() if secret in text]
         assert not leaks, (secret, leaks)
+
+
+def test_reads_that_fail_twice_then_succeed_keep_every_record(s3, monkeypatch) -> None:
+    """A read error that is not a decode failure is tried again, never recorded as a skipped
+    image: the sources and features stages keep every record."""
+    import errno
+
+    from s3fs import S3FileSystem
+
+    from deepfake.features.stage import extract_features
+    from deepfake.inpaint import run_inpaint
+    from deepfake.masks.stage import make_masks
+    from deepfake.sources.stage import prepare_sources
+    from deepfake.split import split_dataset
+
+    cfg = load_settings(overrides=[*TINY, f"storage.endpoint_url={s3}"],
+                        storage=f"s3://{BUCKET}/flaky")  # fmt: skip
+    store = Storage.open(cfg.storage)
+    sources = prepare_sources(store, cfg.data)
+    dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
+    split = split_dataset(store, cfg.split, dataset)
+    frame = store.read_parquet(split.manifest)
+    flaky = {store._path(uri) for uri in frame["uri"].iloc[::7]}  # some real, some inpainted
+    failures: dict[str, int] = {}
+    real_cat_file = S3FileSystem._cat_file
+
+    async def cat_file(self, path, *args, **kwargs):
+        key = self._strip_protocol(path)
+        if key in flaky and failures.get(key, 0) < 2:  # fails twice (EIO), then reads
+            failures[key] = failures.get(key, 0) + 1
+            raise OSError(errno.EIO, "connection reset while reading", key)
+        return await real_cat_file(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(S3FileSystem, "_cat_file", cat_file)
+    features = extract_features(store, cfg.features, split)
+    assert failures == dict.fromkeys(flaky, 2)
+    kept = store.read_parquet(features.manifest)
+    assert len(kept) == len(frame)
+    assert store.read_json(f"{features.folder}/skipped.json") == []

@@ -51,12 +51,14 @@ SKIPPED_FILE = "skipped.json"
 
 
 def read_images(storage: Storage, uris: list[str]) -> list[np.ndarray | Exception]:
-    """Decoded images (or the error that made one unreadable), read together."""
+    """Decoded images, read together; an image that does not decode comes back as its error
+    (skipped, with the reason). Any other read error is raised: a stage file that cannot be
+    read is no bad image, and a read that may pass is tried again by the task, not skipped."""
     out: list[np.ndarray | Exception] = []
     for uri, data in zip(uris, storage.read_many(uris), strict=True):
         try:
             out.append(decode_read(data, uri))
-        except (ImageError, OSError) as exc:
+        except ImageError as exc:
             out.append(exc)
     return out
 

@@ -184,7 +184,7 @@ def run_batch(
             image = decode_read(contents[rec["source_uri"]], rec["source_uri"])
             mask = decode_read(contents[rec["mask_uri"]], rec["mask_uri"]) if rec["mask_uri"] \
                 else None  # fmt: skip
-        except (ImageError, OSError) as exc:
+        except ImageError as exc:  # only what does not decode; other read errors are raised
             log.warning("inpainting: skipping %s: %s", rec["record_id"], exc)
             failed.append({"record_id": rec["record_id"], "reason": str(exc)})
             continue

@@ -14,7 +14,7 @@ from deepfake.hashing import sha256
 from deepfake.images import ImageError, decode
 from deepfake.section import Section, Unavailable
 from deepfake.sources.common import Row, prepare_candidates
-from deepfake.storage import Storage
+from deepfake.storage import Storage, is_permanent
 
 if TYPE_CHECKING:
     from deepfake.sources.settings import DataConfig
@@ -65,6 +65,8 @@ def _loader(storage: Storage, rel: str):  # noqa: ANN202 - a closure over one fi
         try:
             data = storage.read_bytes(rel)
         except OSError as exc:
+            if not is_permanent(exc):
+                raise  # a read that may pass: the task tries again, nothing is skipped
             raise ImageError(f"{name}: cannot read ({exc})") from None
         return decode(data, name)
 
