@@ -15,6 +15,9 @@ from PIL import Image, ImageOps
 # 144 Mpx: beyond any artwork we need. Larger images (a 20000 x 20000 PNG of a few hundred KB,
 # say) are refused as possible decompression bombs before their pixels are decoded.
 MAX_PIXELS = 12_000 * 12_000
+# The largest image file read (bytes): enough for any image under MAX_PIXELS as PNG; a larger
+# file is refused unread (data.max_file_bytes for the sources; prediction's inputs too).
+MAX_FILE_BYTES = 512 * 2**20
 
 
 class ImageError(ValueError):

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from deepfake.detector.bundle import Detector, load_detector
-from deepfake.images import ImageError
+from deepfake.images import MAX_FILE_BYTES, ImageError
 from deepfake.sources.folder import IMAGE_SUFFIXES
-from deepfake.storage import Storage, StorageError
+from deepfake.storage import Refused, Storage, StorageError
 
 __all__ = ["Detector", "expand", "load_detector", "score_paths"]
 
@@ -36,13 +36,15 @@ def score_paths(
     out = Storage(heatmaps) if heatmaps else None
     for shown, folder, rel in expand(paths):
         try:
-            image = detector.normalise(folder.read_bytes(rel), shown)
+            data = folder.read_bytes(rel, limit=MAX_FILE_BYTES)
+            image = detector.normalise(data, shown)
             result = detector.score_image(image)
             if out is not None:
                 name = posixpath.basename(rel) + ".heatmap.png"
                 out.write_bytes(name, detector.heatmap_png(image))
         except (ImageError, StorageError, OSError) as exc:
-            message = str(exc) if shown in str(exc) else f"{shown}: {exc}"
+            why = exc.reason if isinstance(exc, Refused) else str(exc)
+            message = why if shown in why else f"{shown}: {why}"
             yield {"path": shown, "error": message}
             continue
         yield {"path": shown, "score": round(result["score"], 6), "label": result["label"]}

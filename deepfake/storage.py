@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,6 +37,14 @@ class StorageError(OSError):
 # doubling from READ_PAUSE seconds; a file that is not there or may not be read fails at once.
 READ_ATTEMPTS = 3
 READ_PAUSE = 0.5
+
+
+class Refused(StorageError):
+    """A file that is not read: not a regular file (a FIFO, a device), or over a size limit."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -140,10 +149,13 @@ class Storage:
     def exists(self, uri: str) -> bool:
         return self.fs.exists(self._path(uri))
 
-    def read_bytes(self, uri: str) -> bytes:
+    def read_bytes(self, uri: str, limit: int | None = None) -> bytes:
+        """The file's bytes. Only a regular file is read (a FIFO would block, a device never
+        end); with ``limit``, a file larger than that is refused (``Refused``) after reading at
+        most ``limit + 1`` bytes."""
         for attempt in range(READ_ATTEMPTS):
             try:
-                return self.fs.cat_file(self._path(uri))
+                return self._read(self._path(uri), limit)
             except FileNotFoundError:
                 raise StorageError(
                     f"{self.uri(uri) if '://' not in uri else uri}: no such file"
@@ -153,6 +165,23 @@ class Storage:
                     raise
                 time.sleep(READ_PAUSE * 2**attempt)
         raise AssertionError("unreachable")
+
+    def _read(self, path: str, limit: int | None) -> bytes:
+        if self.is_local:
+            # Non-blocking, so that opening a FIFO returns at once; then only a regular file.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            with open(fd, "rb", closefd=True) as handle:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    raise Refused(path, "not a regular file (a FIFO, device or socket)")
+                _check_size(path, info.st_size, limit)
+                data = handle.read() if limit is None else handle.read(limit + 1)
+        elif limit is None:
+            data = self.fs.cat_file(path)
+        else:  # a ranged GET: never more than the limit and one byte
+            data = self.fs.cat_file(path, start=0, end=limit + 1)
+        _check_size(path, len(data), limit)  # it grew, or its size was not what was said
+        return data
 
     @staticmethod
     def _replace_atomically(path: str, fill: Callable[[str], None]) -> None:
@@ -301,3 +330,8 @@ class Storage:
 def _settled(result: Any) -> bool:
     """A read's result that trying again would not change: the bytes, or a permanent error."""
     return not isinstance(result, BaseException) or is_permanent(result)
+
+
+def _check_size(path: str, size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise Refused(path, f"{size} bytes or more, over the limit of {limit} bytes")

@@ -86,3 +86,24 @@ def test_finished_sources_are_reused_and_deleted_files_redone(tmp_path: Path) ->
     victim.unlink()
     assert prepare_sources(store, DataConfig(limit=5)) == first
     assert victim.exists()
+
+
+def test_fifos_devices_and_oversized_files_are_skipped_unread(
+    tmp_path: Path, image_folder: Path
+) -> None:
+    import os
+
+    os.mkfifo(image_folder / "pipe.png")  # reading it would wait for a writer for ever
+    (image_folder / "zero.png").symlink_to("/dev/zero")  # reading it would never end
+    big = np.random.default_rng(1).integers(0, 255, (256, 256, 3), np.uint8)
+    Image.fromarray(big).save(image_folder / "big.png")  # about 197 kB of noise
+    store = Storage(tmp_path / "store")
+    cfg = DataConfig(source="folder", folder={"path": str(image_folder)}, image_size=48,
+                     max_file_bytes=100_000)  # fmt: skip
+    out = prepare_sources(store, cfg)
+    assert len(store.read_parquet(out.manifest)) == 6  # the good images, all of them
+    reasons = {s["reason"].split(":")[0].rsplit("/", 1)[-1]: s["reason"]
+               for s in skipped_sources(store, out)}  # fmt: skip
+    assert "not a regular file" in reasons["pipe.png"]
+    assert "not a regular file" in reasons["zero.png"]
+    assert "over the limit of 100000 bytes" in reasons["big.png"]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from deepfake.storage import Storage, StorageError
+from deepfake.storage import Refused, Storage, StorageError
 
 
 def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
@@ -46,3 +46,21 @@ def test_relative_root_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)
     assert Storage("storage").root == str(tmp_path / "storage")
     assert Storage("s3://bucket/prefix/").root == "s3://bucket/prefix"
+
+
+def test_only_regular_files_are_read_and_a_limit_bounds_the_read(tmp_path: Path) -> None:
+    import os
+
+    store = Storage(tmp_path)
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    store.write_bytes("ok", b"x" * 100)
+    for name in ("pipe", "zero"):  # returns at once instead of blocking or reading for ever
+        with pytest.raises(Refused, match="not a regular file"):
+            store.read_bytes(name)
+    assert store.read_bytes("ok", limit=100) == b"x" * 100
+    with pytest.raises(Refused, match="over the limit of 99 bytes") as refused:
+        store.read_bytes("ok", limit=99)
+    assert refused.value.reason.startswith("100 bytes")
+    found = store.read_many(["ok", "pipe"])  # a refused file is its own error, not the batch's
+    assert found[0] == b"x" * 100 and isinstance(found[1], Refused)

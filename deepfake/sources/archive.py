@@ -95,8 +95,10 @@ def read_members(
     path: str | Path,
     wanted: Callable[[str], bool],
     max_bytes: int,
+    max_file_bytes: int | None = None,
 ) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """Yield (safe name, data, None) for wanted members, (name, None, reason) for refused ones.
+    """Yield (safe name, data, None) for wanted members, (name, None, reason) for refused ones
+    (unsafe, or larger than ``max_file_bytes``: skipped, the rest still read).
 
     Raises UnsafeArchive when the wanted members add up to more than ``max_bytes``.
     """
@@ -111,11 +113,21 @@ def read_members(
         name = safe_name(member.name)
         if name is None or not wanted(name):
             continue
+        if max_file_bytes is not None and member.size > max_file_bytes:
+            yield (
+                member.name,
+                None,
+                (
+                    f"{path}: member {member.name!r} refused: {member.size} bytes, over the limit of "
+                    f"{max_file_bytes} bytes (data.max_file_bytes)"
+                ),
+            )
+            continue
         total += member.size
         if total > max_bytes:
             raise UnsafeArchive(
                 f"{path}: refused: member {member.name!r} takes the uncompressed total past the "
-                f"limit of {max_bytes} bytes (data.max_extract_bytes)"
+                f"limit of {max_bytes} bytes (data.kaggle.max_extract_bytes)"
             )
         with member.open() as handle:
             data = handle.read(member.size + 1)

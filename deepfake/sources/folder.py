@@ -14,7 +14,7 @@ from deepfake.hashing import sha256
 from deepfake.images import ImageError, decode
 from deepfake.section import Section, Unavailable
 from deepfake.sources.common import Row, prepare_candidates
-from deepfake.storage import Storage, is_permanent
+from deepfake.storage import Refused, Storage, is_permanent
 
 if TYPE_CHECKING:
     from deepfake.sources.settings import DataConfig
@@ -59,15 +59,16 @@ def source_id_for(rel: str) -> str:
     return f"{stem}_{sha256(rel.encode())[:8]}"
 
 
-def _loader(storage: Storage, rel: str):  # noqa: ANN202 - a closure over one file
+def _loader(storage: Storage, rel: str, limit: int):  # noqa: ANN202 - a closure over one file
     def load() -> Image.Image:
         name = storage.uri(rel)
         try:
-            data = storage.read_bytes(rel)
+            data = storage.read_bytes(rel, limit=limit)
         except OSError as exc:
             if not is_permanent(exc):
                 raise  # a read that may pass: the task tries again, nothing is skipped
-            raise ImageError(f"{name}: cannot read ({exc})") from None
+            why = exc.reason if isinstance(exc, Refused) else f"cannot read ({exc})"
+            raise ImageError(f"{name}: {why}") from None
         return decode(data, name)
 
     return load
@@ -88,6 +89,9 @@ def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], 
         storage,
         cfg,
         folder,
-        ((sid, group, _loader(images, rel)) for sid, group, rel, images in found),
+        (
+            (sid, group, _loader(images, rel, cfg.max_file_bytes))
+            for sid, group, rel, images in found
+        ),  # fmt: skip
         where=f" in {cfg.folder.path}",
     )

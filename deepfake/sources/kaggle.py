@@ -34,7 +34,7 @@ from deepfake.progress import Progress
 from deepfake.section import Section, Unavailable
 from deepfake.sources.archive import UnsafeArchive, members, read_members
 from deepfake.sources.common import EXTERNAL, Row, choose_subset, source_row
-from deepfake.storage import Storage, is_url
+from deepfake.storage import Refused, Storage, is_url
 
 if TYPE_CHECKING:
     from deepfake.sources.settings import DataConfig
@@ -214,9 +214,10 @@ def _names(path: Path) -> Iterator[str]:
 
 
 def read_folders(
-    path: Path, ids: set[str], max_bytes: int
+    path: Path, ids: set[str], max_bytes: int, max_file_bytes: int | None = None
 ) -> Iterator[tuple[str, str, bytes | None, str | None]]:
-    """Yield (folder id, role, data, problem) for the wanted files of folders ``ids``."""
+    """Yield (folder id, role, data, problem) for the wanted files of folders ``ids`` (a file
+    that is not regular or is over ``max_file_bytes`` comes with its problem, unread)."""
 
     def wanted(name: str) -> bool:
         match = _MEMBER.search(name)
@@ -228,14 +229,19 @@ def read_folders(
         for name in sorted(extracted.list_files("")):
             if not wanted(name):
                 continue
-            data = extracted.read_bytes(name)
+            match = _MEMBER.search(name)
+            try:
+                data = extracted.read_bytes(name, limit=max_file_bytes)
+            except Refused as exc:
+                problem = f"{path}: {name!r} refused: {exc.reason}"
+                yield match.group(1), match.group(2), None, problem  # type: ignore[union-attr]
+                continue
             total += len(data)
             if total > max_bytes:
                 raise UnsafeArchive(f"{path}: {name!r} takes the total past {max_bytes} bytes")
-            match = _MEMBER.search(name)
             yield match.group(1), match.group(2), data, None  # type: ignore[union-attr]
         return
-    for name, data, problem in read_members(path, wanted, max_bytes):
+    for name, data, problem in read_members(path, wanted, max_bytes, max_file_bytes):
         match = _MEMBER.search(name)
         if match is None:
             yield "", "", None, problem
@@ -284,7 +290,8 @@ def _read_chosen(
     (source rows, external files by folder id, skipped inputs)."""
     rows, external, skipped = [], {}, []
     progress = Progress("kaggle sources", len(chosen))
-    for fid, role, data, problem in read_folders(path, chosen, cfg.kaggle.max_extract_bytes):
+    found = read_folders(path, chosen, cfg.kaggle.max_extract_bytes, cfg.max_file_bytes)
+    for fid, role, data, problem in found:
         if problem is not None:
             log.warning("kaggle: %s", problem)
             skipped.append({"source_id": fid or "archive", "reason": problem})

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from deepfake.hashing import digest_of
+from deepfake.images import MAX_FILE_BYTES
 from deepfake.section import Section, refuse_moved, with_sections
 from deepfake.sources.registry import SOURCES
 
@@ -37,6 +38,12 @@ class _DataSettings(Section):
         description="Side of the square every source is normalised to (pixels).",
     )
     seed: int = Field(0, description="Seed for the subset chosen by data.limit.")
+    max_file_bytes: int = Field(
+        MAX_FILE_BYTES,
+        ge=1024,
+        description="Refuse (skip, with a message) an input image file or archive member "
+        "larger than this; only regular files are read (FIFOs and devices are skipped).",
+    )
 
     @model_validator(mode="before")
     @classmethod
