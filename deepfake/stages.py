@@ -1,8 +1,9 @@
 """What every stage shares: manifests, deterministic output folders, completion checks, the
 stage skeleton (``run_stage``).
 
-A stage writes its files under ``<stage>/<digest>/`` where the digest covers the stage's settings
-and the digests of its inputs, then writes ``manifest.parquet`` last. A folder whose manifest
+A stage writes its files under ``<stage>/<digest>/`` where the digest covers the stage's settings,
+the digests of its inputs, the library's code and the versions of the packages that shape its
+outputs (``packages``), then writes ``manifest.parquet`` last. A folder whose manifest
 exists and whose listed files are all present (the images its rows point to, and the stage's own
 files named in the manifest's metadata) is finished work; anything else is redone.
 """
@@ -14,6 +15,8 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +49,35 @@ def _library_digest() -> str:
 CODE_VERSION = _library_digest()
 
 
+@cache
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of distributions by name (``a|b``: the first of alternatives that is
+    installed; "absent" when none is)."""
+    out = {}
+    for name in names:
+        for alternative in name.split("|"):
+            try:
+                out[name] = metadata.version(alternative)
+                break
+            except metadata.PackageNotFoundError:
+                out[name] = "absent"
+    return out
+
+
+@cache
+def dependency_versions() -> dict[str, str]:
+    """The installed version of every package this project depends on (what a cache of any
+    stage's result must be keyed on: an upgrade of any of them may change some output)."""
+    from packaging.requirements import Requirement
+
+    try:
+        requirements = [Requirement(r) for r in metadata.requires("deepfake-inpainting") or []]
+    except metadata.PackageNotFoundError:  # a checkout that was never installed
+        requirements = []
+    runtime = {r.name for r in requirements if r.marker is None}  # not the dev extras
+    return package_versions(*sorted(runtime))
+
+
 class StageOutput(BaseModel):
     """A finished stage: where its manifest lies and the digest of that manifest."""
 
@@ -61,9 +93,13 @@ class StageOutput(BaseModel):
         return f"{self.folder}/{MANIFEST}"
 
 
-def stage_folder(stage: str, settings_digest: str, *inputs: StageOutput) -> str:
-    """Deterministic output folder of ``stage`` for these settings and inputs."""
-    key = digest_of([stage, CODE_VERSION, settings_digest, [i.digest for i in inputs]])
+def stage_folder(
+    stage: str, settings_digest: str, *inputs: StageOutput, packages: Sequence[str] = ()
+) -> str:
+    """Deterministic output folder of ``stage`` for these settings and inputs, made by this code
+    with these versions of ``packages``."""
+    versions = package_versions(*packages)
+    key = digest_of([stage, CODE_VERSION, settings_digest, [i.digest for i in inputs], versions])
     return f"{stage}/{key[:20]}"
 
 

@@ -230,6 +230,30 @@ class Storage:
             return set()
         return {p[len(base) + 1 :] for p in found if p.startswith(base + "/")}
 
+    def fingerprints(self, uri: str = "", limit: int | None = None) -> dict[str, str]:
+        """Every file at or below ``uri`` (relative path, or the file's own name -> what
+        identifies its content): ``size:sha256`` of a local file (``size:refused`` for one that is
+        not regular or is over ``limit`` bytes: it is not read), ``size:etag`` of an object.
+        Changes whenever a file is added, removed or rewritten."""
+        base = self._path(uri).rstrip("/")
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for path, info in found.items():
+            rel = path[len(base) + 1 :] if path.startswith(base + "/") else posixpath.basename(path)
+            size = int(info.get("size") or 0)
+            if not self.is_local:
+                etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+                out[rel] = f"{size}:{etag}"
+                continue
+            try:
+                out[rel] = f"{size}:{file_sha256(path, limit)}"
+            except Refused:
+                out[rel] = f"{size}:refused"
+        return out
+
     def delete(self, uri: str) -> None:
         path = self._path(uri)
         if self.fs.exists(path):
@@ -335,3 +359,20 @@ def _settled(result: Any) -> bool:
 def _check_size(path: str, size: int, limit: int | None) -> None:
     if limit is not None and size > limit:
         raise Refused(path, f"{size} bytes or more, over the limit of {limit} bytes")
+
+
+def file_sha256(path: str, limit: int | None = None) -> str:
+    """sha256 of a local regular file, read in chunks (``Refused`` for anything else, or for a
+    file over ``limit`` bytes)."""
+    import hashlib
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb", closefd=True) as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(path, "not a regular file (a FIFO, device or socket)")
+        _check_size(path, info.st_size, limit)
+        digest = hashlib.sha256()
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -32,7 +32,7 @@ from tasks.detector import train_detector
 from tasks.evaluate import evaluate_detector, publish
 from tasks.features import extract_features
 from tasks.masks import make_masks
-from tasks.sources import prepare_sources
+from tasks.sources import fingerprint_sources, prepare_sources
 from tasks.split import split_dataset
 
 # Whoever runs these flows (this command, a worker) first readies the process: logs redacted
@@ -70,7 +70,8 @@ def pipeline(
     results = result_storage_for(storage)
     stage = partial(_keeping_results, results)
 
-    sources = stage(prepare_sources)(storage, cfg.data)
+    inputs = fingerprint_sources(storage, cfg.data)
+    sources = stage(prepare_sources)(storage, cfg.data, inputs)
     masks = stage(make_masks)(storage, cfg.masks, sources)
     dataset = inpaint_stage(storage, cfg.inpaint, sources, masks, results)
     split = stage(split_dataset)(storage, cfg.split, dataset)

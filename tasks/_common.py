@@ -26,7 +26,7 @@ from deepfake.config import StorageConfig
 from deepfake.hashing import digest_of
 from deepfake.progress import add_progress_listener
 from deepfake.secrets import redact_logs
-from deepfake.stages import CODE_VERSION, StageOutput, finished
+from deepfake.stages import CODE_VERSION, StageOutput, dependency_versions, finished
 from deepfake.storage import Storage
 
 
@@ -109,7 +109,8 @@ _KEYED = INPUTS + TASK_SOURCE
 
 @dataclass
 class StageCache(CachePolicy):
-    """Keyed on the task's inputs and code, and trusted only while its outputs still exist.
+    """Keyed on the task's inputs and code (the library's too) and the installed versions of the
+    packages the project depends on, and trusted only while its outputs still exist.
 
     A cached StageOutput whose folder lost its manifest or any listed file is a stale cache
     entry: the policy then returns no key, the task body runs and redoes the missing work.
@@ -123,8 +124,8 @@ class StageCache(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         key = _KEYED.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
-        if key is not None:  # library code counts too, not only the thin task's own source
-            key = digest_of([key, CODE_VERSION])
+        if key is not None:  # library code and the packages it runs on count too
+            key = digest_of([key, CODE_VERSION, dependency_versions()])
         store = task_ctx.result_store
         if key is None or store is None or not store.exists(key):
             return key

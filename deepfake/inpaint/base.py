@@ -40,11 +40,19 @@ class Inpainter(ABC):
     resamples: bool = False
     # True when the backend also makes whole-image reconstructions of real images as fakes.
     reconstructs: bool = False
+    # Distributions whose versions shape the outputs (their versions name the stage's folder).
+    packages: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def unavailable(cls, cfg: Section) -> str | None:
         """Why this backend cannot run here as configured, or None when it can (what ``auto``
         asks before choosing it)."""
+        return None
+
+    @classmethod
+    def revision(cls, cfg: Section) -> str | None:
+        """What names the model the backend fills with, when settings do not (the weights'
+        revision, say); None when there is nothing more to name."""
         return None
 
     @classmethod

@@ -113,6 +113,9 @@ class ClassicalInpainter(Inpainter):
     default_batch_size = 256
     # The method of each record is chosen from its seed (the fills themselves are deterministic).
     uses_seed: ClassVar[bool] = True
+    packages: ClassVar[tuple[str, ...]] = (
+        "opencv-python-headless|opencv-python", "scikit-image", "numpy", "torch", "pillow",
+    )  # fmt: skip
 
     def __init__(self, cfg: ClassicalConfig | None = None, max_batch: int | None = None) -> None:
         self.cfg = cfg or ClassicalConfig()

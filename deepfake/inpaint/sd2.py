@@ -14,6 +14,7 @@ load the weights once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -121,6 +122,30 @@ def _how_to_provide(model: str, reason: str) -> str:
     )
 
 
+def model_revision(model: str) -> str:
+    """What names the weights of ``model``: ``dir:<digest>`` of a local directory (file names and
+    sizes, and the contents of its JSON and text files: configurations, tokenizer), or
+    ``hub:<commit>`` of a hub model in the local cache (``hub:<id>@unresolved`` before it is
+    there)."""
+    path = os.path.expanduser(model)
+    if os.path.isdir(path):
+        digest = hashlib.sha256()
+        for root, _, names in sorted(os.walk(path)):
+            for name in sorted(names):
+                full = os.path.join(root, name)
+                digest.update(f"{os.path.relpath(full, path)}:{os.path.getsize(full)}".encode())
+                if name.endswith((".json", ".txt")):
+                    with open(full, "rb") as handle:
+                        digest.update(handle.read())
+        return f"dir:{digest.hexdigest()[:16]}"
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(model, "model_index.json")
+    if isinstance(found, str):  # .../snapshots/<commit>/model_index.json
+        return f"hub:{os.path.basename(os.path.dirname(found))}"
+    return f"hub:{model}@unresolved"
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
@@ -214,6 +239,7 @@ class SD2Inpainter(Inpainter):
     fakes = "SD2"
     default_batch_size = 8
     resamples = True
+    packages: ClassVar[tuple[str, ...]] = ("torch", "diffusers", "transformers", "pillow")
 
     def __init__(self, cfg: SD2Config | None = None, max_batch: int | None = None) -> None:
         self.cfg = cfg or SD2Config()
@@ -235,6 +261,12 @@ class SD2Inpainter(Inpainter):
         except (ModelUnavailable, BackendUnavailable) as exc:
             return str(exc)
         return None
+
+    @classmethod
+    def revision(cls, cfg: Section) -> str | None:
+        """The weights': a hub model's commit (from the local cache), or a local directory's
+        listing (names and sizes) with its configuration files' contents."""
+        return model_revision(cfg.model)  # type: ignore[attr-defined]
 
     @classmethod
     def preflight(cls, cfg: Section) -> None:

@@ -25,7 +25,7 @@ from deepfake.inpaint.base import Inpainter
 from deepfake.inpaint.registry import BACKENDS, make_inpainter, resolve_backend
 from deepfake.inpaint.settings import InpaintConfig
 from deepfake.progress import Progress, chunks
-from deepfake.stages import StageOutput, finished, run_stage, stage_folder
+from deepfake.stages import CODE_VERSION, StageOutput, finished, run_stage, stage_folder
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -37,7 +37,9 @@ RECONSTRUCTED = "vae_roundtrip"
 
 
 class InpaintPlan(BaseModel):
-    """What is left to inpaint: small enough to pass between tasks and flows."""
+    """What is left to inpaint: small enough to pass between tasks and flows. ``code_version``
+    is the library's that made the plan (and names its folder): a worker running other code
+    refuses its batches."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -46,20 +48,29 @@ class InpaintPlan(BaseModel):
     batches: int
     records: int
     cfg: InpaintConfig
+    code_version: str = CODE_VERSION
+
+
+class CodeMismatch(ValueError):
+    """A batch planned by other library code than this worker's."""
 
 
 def _settings_digest(cfg: InpaintConfig) -> str:
     """Only what shapes the output: the chosen backend and its own section (and the seed, for a
-    backend that uses one)."""
+    backend that uses one), and the revision of the model it fills with, if any."""
     backend = BACKENDS[cfg.backend]
+    section = getattr(cfg, cfg.backend)
     seed = {"seed": cfg.seed} if backend.uses_seed else {}
-    return digest_of({"backend": cfg.backend, **getattr(cfg, cfg.backend).result_dict(), **seed})
+    revision = backend.revision(section)
+    named = {"revision": revision} if revision is not None else {}
+    return digest_of({"backend": cfg.backend, **section.result_dict(), **seed, **named})
 
 
 def output_folder(cfg: InpaintConfig, sources: StageOutput, masks: StageOutput) -> str:
     if cfg.backend == "auto":
         raise ValueError("resolve inpaint.backend=auto before naming its output folder")
-    return stage_folder(STAGE, _settings_digest(cfg), sources, masks)
+    packages = BACKENDS[cfg.backend].packages
+    return stage_folder(STAGE, _settings_digest(cfg), sources, masks, packages=packages)
 
 
 def record_seed(seed: int, record_id: str) -> int:
@@ -221,6 +232,13 @@ def run_batch(
 
 def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -> dict[str, Any]:
     """Batch ``index`` of a plan, with the plan's (resolved) backend."""
+    if inpaint_plan.code_version != CODE_VERSION:
+        raise CodeMismatch(
+            f"this worker runs library code {CODE_VERSION}, but the plan in "
+            f"{inpaint_plan.folder} was made by code {inpaint_plan.code_version}: its batches "
+            "must be inpainted by the same code; update the worker (its image) to the "
+            "pipeline's version"
+        )
     if inpaint_plan.plan_file is None:
         raise ValueError("this plan has no batches")
     rows = storage.read_parquet(inpaint_plan.plan_file)

@@ -14,6 +14,8 @@ from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 STAGE = "masks"
+# The shapes are drawn with OpenCV from numpy random streams.
+PACKAGES = ("opencv-python-headless|opencv-python", "numpy")
 
 
 def make_masks(storage: Storage, cfg: MaskConfig, sources: StageOutput) -> StageOutput:
@@ -48,4 +50,5 @@ def make_masks(storage: Storage, cfg: MaskConfig, sources: StageOutput) -> Stage
                     progress.advance()
         return pd.DataFrame(rows), []
 
-    return run_stage(storage, STAGE, stage_folder(STAGE, cfg.digest(), sources), work)
+    folder = stage_folder(STAGE, cfg.digest(), sources, packages=PACKAGES)
+    return run_stage(storage, STAGE, folder, work)

@@ -114,14 +114,8 @@ def read_members(
         if name is None or not wanted(name):
             continue
         if max_file_bytes is not None and member.size > max_file_bytes:
-            yield (
-                member.name,
-                None,
-                (
-                    f"{path}: member {member.name!r} refused: {member.size} bytes, over the limit of "
-                    f"{max_file_bytes} bytes (data.max_file_bytes)"
-                ),
-            )
+            over = f"{member.size} bytes, over the limit of {max_file_bytes} (data.max_file_bytes)"
+            yield member.name, None, f"{path}: member {member.name!r} refused: {over}"
             continue
         total += member.size
         if total > max_bytes:

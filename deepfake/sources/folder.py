@@ -81,6 +81,12 @@ def preflight(storage: Storage, cfg: DataConfig) -> None:
     _folder(cfg.folder.path, storage)
 
 
+def inputs(storage: Storage, cfg: DataConfig) -> dict[str, str]:
+    """The folder's listing: every file with its size and content digest (ETag on S3)."""
+    preflight(storage, cfg)
+    return _folder(cfg.folder.path, storage).fingerprints("", cfg.max_file_bytes)  # type: ignore[arg-type]
+
+
 def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], list[Row]]:
     """Every image below ``data.folder.path``, normalised."""
     preflight(storage, cfg)

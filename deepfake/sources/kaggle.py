@@ -160,6 +160,16 @@ def archive_uri(dataset: str) -> str:
     return f"raw/kaggle/{owner}__{name}/{name}.zip"
 
 
+def download_to_storage(
+    storage: Storage, dataset: str, uri: str, client: KaggleClient | None = None
+) -> None:
+    """Download the dataset's archive once and keep it at ``uri`` in storage."""
+    with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
+        log.info("kaggle: downloading %s (kept in %s)", dataset, storage.uri(uri))
+        path = download_with_retries(client or OfficialKaggleClient(), dataset, Path(tmp))
+        storage.put_file(path, uri)
+
+
 @contextlib.contextmanager
 def local_archive(
     storage: Storage, dataset: str, given: str | None, client: KaggleClient | None = None
@@ -180,10 +190,7 @@ def local_archive(
         return
     uri = archive_uri(dataset)
     if not storage.exists(uri):
-        with tempfile.TemporaryDirectory(prefix="kaggle-") as tmp:
-            log.info("kaggle: downloading %s (kept in %s)", dataset, storage.uri(uri))
-            path = download_with_retries(client or OfficialKaggleClient(), dataset, Path(tmp))
-            storage.put_file(path, uri)
+        download_to_storage(storage, dataset, uri, client)
     else:
         log.info("kaggle: using the archive already in %s", storage.uri(uri))
     if storage.is_local:
@@ -247,6 +254,23 @@ def read_folders(
             yield "", "", None, problem
         else:
             yield match.group(1), match.group(2), data, problem
+
+
+def inputs(storage: Storage, cfg: DataConfig) -> dict[str, str]:
+    """The archive's digest (an extracted folder's listing; an object's ETag): of the one given,
+    or of the download kept in storage, downloading it first when there is none."""
+    section = cfg.kaggle
+    if section.archive:
+        remote, name = Storage.locate(section.archive, near=storage)
+        if not remote.exists(name):
+            raise FileNotFoundError(
+                f"data.kaggle.archive {section.archive}: no such file or folder"
+            )
+        return remote.fingerprints(name)
+    uri = archive_uri(section.dataset)
+    if not storage.exists(uri):
+        download_to_storage(storage, section.dataset, uri)
+    return storage.fingerprints(uri)
 
 
 def preflight(storage: Storage, cfg: DataConfig) -> None:

@@ -5,6 +5,9 @@ A source is a module with
 - ``Config``: its own settings section (a ``Section``; it appears as ``data.<name>.*``),
 - ``preflight(storage, cfg)``: raises ``Unavailable`` (naming what is missing and how to provide
   it) when the source cannot be used as configured; called before any work,
+- ``inputs(storage, cfg)``: what identifies the data the source would read now (a folder's
+  listing with content digests or ETags, an archive's digest): part of the stage's key, so that
+  new or changed data is read again and unchanged data is not,
 - ``prepare(storage, cfg, folder) -> (rows, skipped)``: writes the normalised source images under
   ``folder`` (and any files of its own, such as Kaggle's external test set) and returns their
   manifest rows and the inputs it had to skip, with the reason.

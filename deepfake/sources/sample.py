@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from deepfake.hashing import sha256
 from deepfake.images import decode
 from deepfake.section import Section
 from deepfake.sources.common import Row, prepare_candidates
@@ -91,6 +92,14 @@ def sample_tiles(side: int, max_tiles: int) -> Iterator[tuple[str, str, Image.Im
 
 def preflight(storage: Storage, cfg: DataConfig) -> None:
     """Nothing to check: the photos come with the installed packages."""
+
+
+def inputs(storage: Storage, cfg: DataConfig) -> dict[str, str]:
+    """The bundled photos' digests (they change only with the packages that ship them)."""
+    return {
+        group: sha256(photo_path(package, name).read_bytes())
+        for group, package, name in SAMPLE_PHOTOS
+    }
 
 
 def prepare(storage: Storage, cfg: DataConfig, folder: str) -> tuple[list[Row], list[Row]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from deepfake.hashing import digest_of
 from deepfake.sources.common import EXTERNAL
 from deepfake.sources.registry import get_source
 from deepfake.sources.settings import DataConfig
@@ -16,17 +17,27 @@ from deepfake.storage import Storage
 
 STAGE = "sources"
 SKIPPED = "skipped.json"
+PACKAGES = ("pillow", "numpy")  # decoding and resizing
 
 
-def prepare_sources(storage: Storage, cfg: DataConfig) -> StageOutput:
-    """The chosen source's images in ``sources/<digest>/images/``."""
+def source_inputs(storage: Storage, cfg: DataConfig) -> str:
+    """Digest of what the chosen source would read now (see the registry's ``inputs``)."""
+    return digest_of(get_source(cfg.source).inputs(storage, cfg))
+
+
+def prepare_sources(storage: Storage, cfg: DataConfig, inputs: str | None = None) -> StageOutput:
+    """The chosen source's images in ``sources/<digest>/images/``; the digest covers the
+    settings and ``inputs`` (``source_inputs``, computed here when not given): new, removed or
+    changed input files make a new folder, unchanged ones find the finished one."""
+    inputs = inputs or source_inputs(storage, cfg)
 
     def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
         rows, skipped = get_source(cfg.source).prepare(storage, cfg, folder)
         storage.write_json(f"{folder}/{SKIPPED}", skipped)
         return pd.DataFrame(rows), []
 
-    return run_stage(storage, STAGE, stage_folder(STAGE, cfg.digest()), work)
+    folder = stage_folder(STAGE, digest_of([cfg.digest(), inputs]), packages=PACKAGES)
+    return run_stage(storage, STAGE, folder, work)
 
 
 def preflight_source(storage: Storage, cfg: DataConfig) -> None:

@@ -20,6 +20,8 @@ from deepfake.storage import Storage
 log = logging.getLogger("deepfake")
 
 STAGE = "split"
+# The grouped splitter and its random streams.
+PACKAGES = ("scikit-learn", "numpy")
 
 
 def grouped_split(groups: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +53,8 @@ def split_dataset(storage: Storage, cfg: SplitConfig, dataset: StageOutput) -> S
         )
         return frame, []
 
-    return run_stage(storage, STAGE, stage_folder(STAGE, cfg.digest(), dataset), work)
+    folder = stage_folder(STAGE, cfg.digest(), dataset, packages=PACKAGES)
+    return run_stage(storage, STAGE, folder, work)
 
 
 def split_rows(frame: pd.DataFrame, name: str) -> pd.DataFrame:
