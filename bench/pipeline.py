@@ -8,6 +8,8 @@ loopback so that the runs' timings can be read back from its API afterwards:
 - flow: the pipeline flow run, from its start to its end;
 - task bodies: the running time of every task run and inpainting subflow run of that flow;
 - Prefect overhead: flow minus task bodies (orchestration, state changes, caching, artifacts);
+- per stage: the running time of each stage's task runs (the inpainting stage: planning, its
+  batch subflows and collecting), as a table;
 - peak RSS: the largest resident memory of the command's process; and the peak of its process
   tree's proportional set size (PSS: pages shared between processes, as in a child just forked,
   counted once in all, not once per process).
@@ -137,15 +139,39 @@ def flow_timings(env: dict[str, str]) -> dict:
     flow_s = (pipeline.end_time - pipeline.start_time).total_seconds()
     # A subflow run also appears as a placeholder task run of its parent: count its body once.
     placeholders = {r.parent_task_run_id for r in subflows}
-    bodies = sum(t.total_run_time.total_seconds() for t in tasks if t.id not in placeholders)
-    bodies += sum(r.total_run_time.total_seconds() for r in subflows)
+    stages: dict[str, float] = {}
+    for t in tasks:
+        if t.id not in placeholders:
+            name = STAGE_OF.get(t.name.rsplit("-", 1)[0], t.name.rsplit("-", 1)[0])
+            stages[name] = stages.get(name, 0.0) + t.total_run_time.total_seconds()
+    batches = sum(r.total_run_time.total_seconds() for r in subflows)
+    stages["inpainting"] = stages.get("inpainting", 0.0) + batches
+    bodies = sum(stages.values())
     return {
         "flow_s": flow_s,
         "task_bodies_s": bodies,
         "prefect_overhead_s": flow_s - bodies,
         "task_runs": len(tasks) - len(placeholders),
         "subflow_runs": len(subflows),
+        "stages_s": {name: round(s, 2) for name, s in stages.items()},
     }
+
+
+# Task names (without their run suffix) -> the stage they belong to.
+STAGE_OF = {
+    "fingerprint-sources": "sources",
+    "prepare-sources": "sources",
+    "make-masks": "masks",
+    "plan-inpainting": "inpainting",
+    "collect-inpainting": "inpainting",
+    "split-dataset": "split",
+    "extract-features": "features",
+    "extract-frozen-features": "features",
+    "train-detector": "detector",
+    "train-frozen-detector": "detector",
+    "evaluate-detector": "evaluation",
+    "publish-run": "publish",
+}
 
 
 def main() -> None:
@@ -170,6 +196,13 @@ def main() -> None:
                 f"(tree PSS {row['peak_tree_pss_gib']:.2f} GiB)  ROC-AUC {row['roc_auc']:.4f}",
                 flush=True,
             )
+        stages = sorted({s for row in rows.values() for s in row["stages_s"]},
+                        key=lambda s: -rows["cold"]["stages_s"].get(s, 0))  # fmt: skip
+        print(f"\n| stage | {' | '.join(f'{n} (s)' for n in rows)} |")
+        print(f"|---|{'---|' * len(rows)}")
+        for s in stages:
+            cells = " | ".join(f"{row['stages_s'].get(s, 0):.1f}" for row in rows.values())
+            print(f"| {s} | {cells} |")
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -122,25 +122,27 @@ def duplicate_maps(
     # Windows that are not textured never match: each gets a key of its own (negative).
     own = -1 - torch.arange(size, device=batch.device).expand(n, size)
     keys = torch.where(textured, _window_keys(batch, patch).view(n, size), own)
-    keys, order = torch.sort(keys, dim=1)  # equal windows side by side, image by image
+    # Equal windows side by side, image by image; stable, so that within a group the windows
+    # keep their order: row by row, its first and last windows are its top and bottom ones.
+    keys, order = torch.sort(keys, dim=1, stable=True)
     new = torch.ones_like(keys, dtype=torch.bool)
     new[:, 1:] = keys[:, 1:] != keys[:, :-1]
-    group = torch.cumsum(new.flatten(), 0) - 1
+    new = new.flatten()
+    group = torch.cumsum(new, 0) - 1
     ys, xs = (order // cols).flatten(), (order % cols).flatten()
-    groups = int(group[-1]) + 1
-
-    def extent(values: torch.Tensor) -> torch.Tensor:
-        low = values.new_full((groups,), rows + cols).scatter_reduce(0, group, values, "amin")
-        high = values.new_full((groups,), -1).scatter_reduce(0, group, values, "amax")
-        return high - low
-
-    far = extent(ys) ** 2 + extent(xs) ** 2 >= min_offset**2  # not just a shifted neighbour
+    last = torch.ones_like(new)
+    last[:-1] = new[1:]
+    tall = ys[last] - ys[new]
+    groups = len(tall)
+    wide = xs.new_full((groups,), -1).scatter_reduce(0, group, xs, "amax") - xs.new_full(
+        (groups,), cols
+    ).scatter_reduce(0, group, xs, "amin")
+    far = tall**2 + wide**2 >= min_offset**2  # not just a patch and its shifted neighbour
     copied = torch.zeros(n, size, device=batch.device)
     copied.scatter_(1, order, far[group].view(n, size).float())
-    hits = copied.view(n, 1, rows, cols)
-    # a pixel is covered when any window containing it was copied
-    covered = F.max_pool2d(F.pad(hits, (patch - 1,) * 4), patch, stride=1)
-    return covered[:, 0]
+    # A pixel is covered when any window containing it was copied.
+    hits = F.pad(copied.view(n, 1, rows, cols), (patch - 1,) * 4)
+    return _per_image(hits, hits.new_ones(1, patch, patch))[:, 0].clamp_(max=1.0)
 
 
 def duplicate_map(image: np.ndarray, **kwargs: int | float) -> np.ndarray:
