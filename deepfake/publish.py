@@ -26,6 +26,7 @@ from deepfake.detector.bundle import (
     LATEST,
     Detector,
     bundle_files,
+    bundle_meta,
     check_run_id,
     live_bundle,
     point_latest,
@@ -72,6 +73,9 @@ def promotion_decision(
             f"{exc}; replace it with promote=always (--promote always)"
         )
         return {"promote": False, "policy": promote, "error": True, "reason": reason}
+    if _same_detector(current.meta, bundle_meta(storage, detector.folder)):
+        reason = f"the same detector as the current one ({storage.uri(live)})"
+        return {"promote": True, "policy": promote, "reason": reason}
     test = storage.read_parquet(detector.manifest).query("split == 'test'")
     try:
         scores = current.score_uris(storage, list(test["uri"]))
@@ -91,6 +95,16 @@ def promotion_decision(
             f"new ROC-AUC {new_auc:.4f} {'>=' if better else '<'} current {current_auc:.4f} "
             f"on the same {len(test)} test records"
         ),
+    }
+
+
+def _same_detector(current: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when two bundles' metadata describe the same detector (the same model and backbone
+    files by digest, the same threshold and calibrations), whichever run published them: a
+    rerun that changed nothing needs no comparison."""
+    published = {"run_id", "roc_auc"}
+    return {k: v for k, v in current.items() if k not in published} == {
+        k: v for k, v in new.items() if k not in published
     }
 
 

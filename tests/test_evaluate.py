@@ -238,3 +238,17 @@ def test_report_compares_frozen_and_fine_tuned() -> None:
     assert "## Frozen vs fine-tuned backbone" in text
     assert "| ROC-AUC after jpeg_80 | 0.4000 | 0.9000 |" in text
     assert f"| roc_auc | {frozen['roc_auc']:.4f} | {tuned['roc_auc']:.4f} |" in text
+
+
+def test_ranking_scores_are_scikit_learns() -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from deepfake.evaluate.metrics import ranking_scores
+
+    rng = np.random.default_rng(0)
+    for decimals in (0, 1, 6):  # many ties, some, none
+        y = rng.integers(0, 2, 300)
+        s = np.round(rng.normal(size=300) + y, decimals)
+        auc, ap = ranking_scores(y, s)
+        assert auc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+        assert ap == pytest.approx(average_precision_score(y, s), abs=1e-12)

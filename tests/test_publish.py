@@ -86,11 +86,16 @@ def test_retraining_promotes_only_a_detector_at_least_as_good(store: Storage) ->
     assert store.exists("models/run-b/svm.skops")  # kept under its run id
     assert "Not promoted" in store.read_bytes("reports/run-b/report.md").decode()
 
+    # As good as the current one (its own model, published again under another id): compared on
+    # the same test records, and promoted (>=).
+    store.write_json("models/latest.json", {"run_id": "run-b"})
+    as_good = publish_run(store, "run-a2", evaluation, detector, "if_better")
+    assert as_good["promoted"] and live_run(store) == "run-a2"
+    store.write_json("models/latest.json", {"run_id": "run-a"})
     same = publish_run(store, "run-c", evaluation, detector, "if_better")
     decision = store.read_json("reports/run-c/promotion.json")
-    assert same["promoted"] and decision["new_roc_auc"] == pytest.approx(
-        decision["current_roc_auc"]
-    )
+    assert same["promoted"] and "the same detector as the current one" in decision["reason"]
+    assert "new_roc_auc" not in decision  # nothing to compare: a rerun that changed nothing
     assert live_run(store) == "run-c"
     assert store.read_json("reports/latest/run.json")["run_id"] == "run-c"
 
@@ -165,6 +170,8 @@ def test_a_broken_current_detector_stops_if_better_and_always_replaces_it(fresh)
 def test_a_comparison_that_fails_stops_the_promotion(fresh) -> None:
     store, evaluation, detector = fresh
     publish_run(store, "first", evaluation, detector)
+    meta = store.read_json("models/first/detector.json")  # another detector than the new one
+    store.write_json("models/first/detector.json", {**meta, "threshold": meta["threshold"] + 1})
     test = store.read_parquet(detector.manifest).query("split == 'test'")
     store.write_bytes(test["uri"].iloc[0], b"truncated")  # a test image the current cannot read
     with pytest.raises(PromotionError, match="comparison with the current detector failed"):

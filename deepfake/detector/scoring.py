@@ -22,7 +22,8 @@ def cell_decisions(
     models), ``biases`` (models,)."""
     cells = extractor.cells(images)
     flat = cells.reshape(len(images), -1, cells.shape[-1])
-    return (flat @ weights + biases).astype(np.float32)
+    # In the cells' float32: float64 weights would copy every cell to float64 first.
+    return flat @ weights.astype(np.float32) + biases.astype(np.float32)
 
 
 def score_uris(

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 from deepfake.detector.bundle import Detector
-from deepfake.evaluate.metrics import binary_metrics
+from deepfake.evaluate.metrics import binary_metrics, ranking_scores
 from deepfake.progress import Progress
 from deepfake.storage import Storage
 
@@ -31,9 +31,10 @@ def bootstrap_ci(test: pd.DataFrame, resamples: int, seed: int) -> dict[str, lis
     aucs, aps = [], []
     for _ in range(resamples):
         rows = np.concatenate([index[g] for g in rng.choice(names, size=len(names))])
-        if len(np.unique(y[rows])) == 2:
-            aucs.append(roc_auc_score(y[rows], s[rows]))
-            aps.append(average_precision_score(y[rows], s[rows]))
+        if 0 < y[rows].sum() < len(rows):
+            auc, ap = ranking_scores(y[rows], s[rows])
+            aucs.append(auc)
+            aps.append(ap)
     if not aucs:
         return {}
     return {

@@ -63,6 +63,25 @@ COMPARED = ("roc_auc", "average_precision", "balanced_accuracy", "eer", "tpr_at_
             "brier", "cv_roc_auc_mean")  # fmt: skip
 
 
+def ranking_scores(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(ROC-AUC, average precision) of one set of scores with both classes present: the same
+    values as scikit-learn's ``roc_auc_score`` and ``average_precision_score`` (ties count
+    half; precision at each distinct score), from one sort instead of their many checks, so that a
+    bootstrap of a thousand resamples takes a fraction of a second."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, truth = scores[order], y[order].astype(np.float64)
+    distinct = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # last of each tie
+    tps = np.cumsum(truth)[distinct]
+    fps = distinct + 1 - tps
+    positives, negatives = tps[-1], fps[-1]
+    # ROC-AUC: the trapezoids under the ROC curve of the distinct thresholds.
+    tpr = np.r_[0.0, tps / positives]
+    fpr = np.r_[0.0, fps / negatives]
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    ap = float(np.sum(np.diff(tpr) * (tps / (tps + fps))))
+    return auc, ap
+
+
 def _rates(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Equal error rate and the true positive rate at 1 % and 5 % false positives."""
     fpr, tpr, _ = roc_curve(y, scores)

@@ -56,10 +56,12 @@ def _vote(
         total = np.zeros_like(out)
         count = np.zeros(hole.shape, np.float32)
         chosen = windows[src_y[match], src_x[match]]  # (T, p, p, 3)
+        # The targets are distinct pixels, so one shift never hits a pixel twice: plain indexed
+        # adds, not np.add.at (the same sums, several times faster).
         for dy in range(patch):
             for dx in range(patch):
-                np.add.at(total, (ty + dy, tx + dx), chosen[:, dy, dx])
-                np.add.at(count, (ty + dy, tx + dx), 1.0)
+                total[ty + dy, tx + dx] += chosen[:, dy, dx]
+                count[ty + dy, tx + dx] += 1.0
         voted = hole & (count > 0)
         out[voted] = total[voted] / count[voted][:, None]
     return out
