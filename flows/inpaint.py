@@ -3,10 +3,15 @@
 A batch is the unit of work a GPU worker takes. Without ``inpaint.deployment`` the batches run as
 subflows of the pipeline, one after another. With it, every batch is sent to that deployment with
 ``run_deployment`` (so N workers on N machines share the work), and the pipeline waits for all of
-them; a batch whose flow run fails or crashes is sent again, to whichever worker is free. A batch
-whose worker dies (killed, out of memory, machine lost) stops sending heartbeats: an automation
-on the server marks such a run Crashed after ``LOST_AFTER`` seconds, which makes it a crashed
-batch like any other.
+them; a batch whose flow run fails or crashes is sent again, to whichever worker is free, up to
+``inpaint.batch_attempts`` runs. A batch whose worker dies (killed, out of memory, machine lost)
+stops sending heartbeats (every batch run is sent with them on, whatever its deployment's job
+variables say): an automation on the server marks such a run Crashed after ``LOST_AFTER``
+seconds, which makes it a crashed batch like any other. Every run carries its attempt number,
+and only the latest attempt of a batch may write (a run taken for lost that is still alive
+stops before writing: fencing); a run not finished ``inpaint.batch_deadline`` seconds after it
+was sent is cancelled and counts as a failed attempt; each submission has an idempotency key,
+so that a pipeline that is itself retried finds its batch runs instead of sending them twice.
 
 Run alone, this module inpaints one batch of an existing plan (what a deployment run does):
 
@@ -33,9 +38,12 @@ from prefect.deployments import run_deployment
 from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.filesystems import WritableFileSystem
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from deepfake.config import InpaintConfig, StorageConfig
-from deepfake.inpaint.stage import InpaintPlan, run_planned_batch
+from deepfake.hashing import digest_of
+from deepfake.inpaint.stage import InpaintPlan, run_planned_batch, send_attempt
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import prepare_process
@@ -47,9 +55,13 @@ prepare_process()
 
 
 @flow(name="inpaint-batch", retries=2, retry_delay_seconds=10, result_serializer="json")
-def inpaint_batch(storage: StorageConfig, plan: InpaintPlan, index: int) -> dict[str, Any]:
-    """Inpaint batch ``index`` of ``plan``: images written atomically, then the batch manifest."""
-    stats = run_planned_batch(Storage.open(storage), plan, index)
+def inpaint_batch(
+    storage: StorageConfig, plan: InpaintPlan, index: int, attempt: int | None = None
+) -> dict[str, Any]:
+    """Inpaint batch ``index`` of ``plan``: images written atomically, then the batch manifest.
+    ``attempt`` (set when the pipeline sends batches to a deployment) lets only the latest
+    attempt of a batch write."""
+    stats = run_planned_batch(Storage.open(storage), plan, index, attempt)
     get_run_logger().info(
         "batch %d/%d: %d images in %.1f s, %.2f images/s (%s)",
         index + 1, plan.batches, stats["images"], stats["seconds"], stats["images_per_s"],
@@ -58,23 +70,36 @@ def inpaint_batch(storage: StorageConfig, plan: InpaintPlan, index: int) -> dict
     return {k: v for k, v in stats.items() if k != "failed"} | {"failed": len(stats["failed"])}
 
 
-def _submit(deployment: str, storage: StorageConfig, plan: InpaintPlan, index: int) -> UUID:
+# A batch run silent for this long (no heartbeat, no new state) has lost its worker. Every batch
+# run is sent with a heartbeat every HEARTBEAT seconds (Prefect's minimum is 30).
+HEARTBEAT = 30
+LOST_AFTER = 90
+
+
+def _submit(
+    deployment: str, storage: StorageConfig, plan: InpaintPlan, index: int, attempt: int
+) -> UUID:
+    """Send attempt ``attempt`` of batch ``index``; its run, or the one an earlier call from the
+    same pipeline run made for the same storage, plan, batch and attempt (the idempotency key:
+    a pipeline run that is retried finds its batch runs; another pipeline run sends its own)."""
+    send_attempt(Storage.open(storage), plan, index, attempt)
+    key = digest_of([str(flow_run.id), storage.root, plan.plan_file, index, attempt])
     run = run_deployment(
         name=deployment,
         parameters={
             "storage": storage.model_dump(mode="json"),
             "plan": plan.model_dump(mode="json"),
             "index": index,
+            "attempt": attempt,
         },
         timeout=0,  # submit only; the loop below waits for all batches together
         flow_run_name=f"batch-{index + 1:04d}-of-{plan.batches:04d}",
+        idempotency_key=key,
+        # Heartbeats whatever the deployment's job variables say: the lost-run automation
+        # watches for them.
+        job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT)}},
     )
     return run.id
-
-
-# A batch run silent for this long (no heartbeat, no new state) has lost its worker. Workers send
-# a heartbeat every PREFECT_FLOWS_HEARTBEAT_FREQUENCY seconds (30 in the images, at least 30).
-LOST_AFTER = 90
 
 
 def watch_for_lost_runs(deployment_id: UUID, deployment: str) -> None:
@@ -115,40 +140,60 @@ def watch_for_lost_runs(deployment_id: UUID, deployment: str) -> None:
     ).create()
 
 
+class BatchesFailed(RuntimeError):
+    """A batch failed on every attempt: the stage gives up."""
+
+
 def run_batches_on(
-    deployment: str, storage: StorageConfig, plan: InpaintPlan, progress: UUID, poll: float = 2.0
-) -> None:
-    """Every batch as a run of ``deployment``; waits for all, resubmitting failed ones."""
+    deployment: str, storage: StorageConfig, plan: InpaintPlan, progress: UUID | None,
+    poll: float = 2.0,
+) -> None:  # fmt: skip
+    """Every batch as a run of ``deployment``; waits for all, sending again the ones that fail,
+    crash or pass ``inpaint.batch_deadline``, up to ``inpaint.batch_attempts`` runs each."""
     logger = get_run_logger()
     with get_client(sync_client=True) as client:
         watch_for_lost_runs(client.read_deployment_by_name(deployment).id, deployment)
-    pending = {index: _submit(deployment, storage, plan, index) for index in range(plan.batches)}
+    pending = {i: (_submit(deployment, storage, plan, i, 1), time.monotonic())
+               for i in range(plan.batches)}  # fmt: skip
     attempts = dict.fromkeys(pending, 1)
     logger.info("sent %d inpainting batches to deployment %s", plan.batches, deployment)
     done = 0
     with get_client(sync_client=True) as client:
         while pending:
             time.sleep(poll)
-            for index, run_id in list(pending.items()):
+            for index, (run_id, sent) in list(pending.items()):
                 state = client.read_flow_run(run_id).state
+                late = time.monotonic() - sent > plan.cfg.batch_deadline
+                if state is not None and not state.is_final() and late:
+                    why = f"not finished {plan.cfg.batch_deadline:.0f} s after it was sent"
+                    client.set_flow_run_state(run_id, Cancelled(message=why), force=True)
+                    state = Cancelled(message=why)
                 if state is None or not state.is_final():
                     continue
                 del pending[index]
                 if state.is_completed():
                     done += 1
-                    update_progress_artifact(progress, progress=100.0 * done / plan.batches)
+                    if progress is not None:
+                        update_progress_artifact(progress, progress=100.0 * done / plan.batches)
                     continue
                 if attempts[index] >= plan.cfg.batch_attempts:
-                    raise RuntimeError(
-                        f"inpainting batch {index} failed {attempts[index]} times "
-                        f"(last: {state.name}: {state.message})"
+                    why = (
+                        f"inpainting batch {index} failed {attempts[index]} times, the most "
+                        f"inpaint.batch_attempts allows (last run {run_id}: {state.name}: "
+                        f"{state.message})"
                     )
+                    for other, _ in pending.values():  # no worker should take these up now
+                        client.set_flow_run_state(
+                            other, Cancelled(message=f"the stage gave up: {why}"), force=True
+                        )
+                    raise BatchesFailed(why)
                 attempts[index] += 1
                 logger.warning(
                     "batch %d ended %s; sending it again (attempt %d/%d)",
                     index, state.name, attempts[index], plan.cfg.batch_attempts,
                 )  # fmt: skip
-                pending[index] = _submit(deployment, storage, plan, index)
+                run = _submit(deployment, storage, plan, index, attempts[index])
+                pending[index] = (run, time.monotonic())
 
 
 def inpaint_stage(

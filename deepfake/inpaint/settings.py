@@ -36,9 +36,15 @@ class _InpaintSettings(Section):
     batch_attempts: int = Field(
         3, ge=1, description="With inpaint.deployment: runs of one batch before the stage fails."
     )
+    batch_deadline: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="With inpaint.deployment: seconds a batch run may take from its submission "
+        "(waiting for a worker included) before it is cancelled and counts as a failed attempt.",
+    )
 
     EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "deployment", "batch_attempts"}
+        {"batch_size", "deployment", "batch_attempts", "batch_deadline"}
     )
 
     @model_validator(mode="before")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,34 @@ class InpaintPlan(BaseModel):
 
 class CodeMismatch(ValueError):
     """A batch planned by other library code than this worker's."""
+
+
+class StaleAttempt(RuntimeError):
+    """A batch run that has been sent again since it started: the newer run writes its outputs,
+    this one must not (fencing)."""
+
+
+def _fence(plan: InpaintPlan, index: int) -> str:
+    return f"{plan.folder}/fences/{digest_of([plan.plan_file, index])[:16]}.json"
+
+
+def send_attempt(storage: Storage, plan: InpaintPlan, index: int, attempt: int) -> None:
+    """Record that attempt ``attempt`` of batch ``index`` is the one allowed to write: an older
+    attempt that is still running (its worker only seemed lost) then stops before writing."""
+    storage.write_json(_fence(plan, index), {"attempt": attempt})
+
+
+def check_attempt(storage: Storage, plan: InpaintPlan, index: int, attempt: int | None) -> None:
+    """``StaleAttempt`` when a newer attempt of this batch has been sent (``attempt`` None: a
+    batch run outside any deployment, never fenced)."""
+    if attempt is None or not storage.exists(_fence(plan, index)):
+        return
+    current = int(storage.read_json(_fence(plan, index))["attempt"])
+    if current != attempt:
+        raise StaleAttempt(
+            f"batch {index} of {plan.folder}: this is attempt {attempt}, but attempt {current} "
+            "has been sent since (this run was taken for lost); it writes nothing"
+        )
 
 
 def _settings_digest(cfg: InpaintConfig) -> str:
@@ -183,9 +212,15 @@ def _outputs(
 
 
 def run_batch(
-    storage: Storage, inpainter: Inpainter, folder: str, batch: list[dict[str, Any]]
+    storage: Storage,
+    inpainter: Inpainter,
+    folder: str,
+    batch: list[dict[str, Any]],
+    may_write: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Inpaint one batch; returns counts and images/s. Unreadable inputs are skipped, logged."""
+    """Inpaint one batch; returns counts and images/s. Unreadable inputs are skipped, logged.
+    ``may_write`` is called before the images and before the batch manifest are written, and
+    raises when this run may no longer write (see ``check_attempt``)."""
     start = time.monotonic()
     images, masks, kept, failed = [], [], [], []
     uris = [u for rec in batch for u in (rec["source_uri"], rec["mask_uri"]) if u]
@@ -217,8 +252,10 @@ def run_batch(
                          "method": f"{method} {name}".strip() if rec["mask_uri"]
                          else f"{method} vae", "family": inpainter.family(method),
                          **backend})  # fmt: skip
+    may_write()
     storage.write_many(written)
     if rows:
+        may_write()
         key = digest_of([r["record_id"] for r in rows])[:16]
         storage.write_parquet(f"{folder}/batches/{key}.parquet", pd.DataFrame(rows))
     seconds = time.monotonic() - start
@@ -230,8 +267,11 @@ def run_batch(
     }
 
 
-def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -> dict[str, Any]:
-    """Batch ``index`` of a plan, with the plan's (resolved) backend."""
+def run_planned_batch(
+    storage: Storage, inpaint_plan: InpaintPlan, index: int, attempt: int | None = None
+) -> dict[str, Any]:
+    """Batch ``index`` of a plan, with the plan's (resolved) backend; ``attempt`` (sent to a
+    deployment) is fenced: it writes only while no newer attempt has been sent."""
     if inpaint_plan.code_version != CODE_VERSION:
         raise CodeMismatch(
             f"this worker runs library code {CODE_VERSION}, but the plan in "
@@ -245,9 +285,11 @@ def run_planned_batch(storage: Storage, inpaint_plan: InpaintPlan, index: int) -
     batch = rows[rows["batch"] == index].drop(columns=["batch"]).to_dict("records")
     if not batch:
         raise ValueError(f"batch {index} is not in {inpaint_plan.plan_file}")
+    check_attempt(storage, inpaint_plan, index, attempt)
     inpainter = make_inpainter(inpaint_plan.cfg)
     inpainter.load(storage, inpaint_plan.folder)
-    return run_batch(storage, inpainter, inpaint_plan.folder, batch)
+    return run_batch(storage, inpainter, inpaint_plan.folder, batch,
+                     lambda: check_attempt(storage, inpaint_plan, index, attempt))  # fmt: skip
 
 
 def _backend_columns(inpainter: Inpainter) -> dict[str, str]:
