@@ -43,6 +43,16 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     ("default", "a share 0.5 of training images degraded (the default)", []),
     ("augment-all", "instead: every training image degraded", ["features.augment=1"]),
     ("no-copy-rule", "default without the copy rule's verdicts", ["svm.copy_rule=false"]),
+    (
+        "relative-3",
+        "default + the first 3 stages' cell features against the image's median",
+        ["features.relative_stages=3"],
+    ),
+    (
+        "relative-5",
+        "instead: every stage's cell features against the image's median",
+        ["features.relative_stages=5"],
+    ),
 ]
 
 

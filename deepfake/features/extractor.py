@@ -61,9 +61,11 @@ class FeatureExtractor:
         cell: int = 8,
         weights: dict[str, torch.Tensor] | None = None,
         precision: str = "float32",
+        relative_stages: int = 0,
     ) -> None:
         self.spec: Backbone = get_backbone(backbone)
         self.input_size, self.cell = input_size, cell
+        self.relative_stages = min(relative_stages, len(self.spec.stage_channels))
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.model = self.spec.build().eval()
@@ -92,7 +94,8 @@ class FeatureExtractor:
         if resolve_precision("auto", resolve_device(device)) == "float32":
             precision = "float32"
         return cls(info["backbone"], info.get("input_size"), device, cell=info["cell"],
-                   weights=weights, precision=precision)  # fmt: skip
+                   weights=weights, precision=precision,
+                   relative_stages=info.get("relative_stages", 0))  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         return {
@@ -100,9 +103,11 @@ class FeatureExtractor:
             "input_size": self.input_size,
             "cell": self.cell,
             "precision": self.precision,
+            "relative_stages": self.relative_stages,
             "cell_dim": self.cell_dim,
             "cell_channels": {
                 "cnn": sum(self.spec.stage_channels),
+                "cnn_vs_image": self.relative_dim,
                 "forensic": list(FORENSIC_CHANNELS),
             },  # fmt: skip
         }
@@ -113,8 +118,13 @@ class FeatureExtractor:
         return sum(self.spec.stage_channels)
 
     @property
+    def relative_dim(self) -> int:
+        """Channels that are also given against the image's own median cell."""
+        return sum(self.spec.stage_channels[: self.relative_stages])
+
+    @property
     def cell_dim(self) -> int:
-        return self.dim + len(FORENSIC_CHANNELS)
+        return self.dim + self.relative_dim + len(FORENSIC_CHANNELS)
 
     def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
         """uint8 HxWx3 arrays of one size -> (n, 3, H, W) float pixel values 0-255 on the
@@ -193,6 +203,11 @@ class FeatureExtractor:
             else:  # a late stage coarser than the cells: its value at each cell's centre
                 pooled.append(F.interpolate(fmap, size=(rows, cols), mode="bilinear",
                                             align_corners=False))  # fmt: skip
+        for stage in pooled[: self.relative_stages]:
+            # The fine texture of a cell against the image's own (its median cell): what an
+            # edit changes locally, and what JPEG or resizing, acting on the whole image, do not.
+            median = stage.flatten(2).median(dim=2).values
+            pooled.append(stage - median[..., None, None])
         pooled.append(forensic_cells(pixels, (rows, cols)))
         return torch.cat(pooled, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 

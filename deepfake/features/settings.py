@@ -41,6 +41,13 @@ class FeaturesConfig(Section):
         "0.5-1.0, blur, noise, JPEG 50-100, drawn per image; real and inpainted alike), so that "
         "the detector cannot lean on traces that everyday processing removes.",
     )
+    relative_stages: int = Field(
+        0,
+        ge=0,
+        description="Also give each cell the first this many backbone stages' features minus "
+        "the image's median cell (the fine texture against the image's own: edits change it "
+        "locally, JPEG and resizing everywhere); 0 = none.",
+    )
     finetune_epochs: int = Field(
         0,
         ge=0,

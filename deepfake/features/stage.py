@@ -240,8 +240,9 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
     def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
         frame = storage.read_parquet(dataset.manifest)
         extractor = FeatureExtractor(
-            cfg.backbone, cfg.input_size, cfg.device, cell=cfg.cell, precision=cfg.precision
-        )
+            cfg.backbone, cfg.input_size, cfg.device, cell=cfg.cell, precision=cfg.precision,
+            relative_stages=cfg.relative_stages,
+        )  # fmt: skip
         info: dict[str, Any] = {**extractor.info(), "weights": None, "finetune": None}
         files = [INFO_FILE, SKIPPED_FILE]
         if cfg.finetune_epochs:
