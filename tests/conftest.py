@@ -17,6 +17,27 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "WARNING"
 
 
+# Skips that mean "this machine lacks what the test needs" (a Docker engine, Chromium). In CI
+# (CI=true, as .ci/run sets) the machine must have them: such a skip fails the run instead of
+# letting it pass untested.
+INFRASTRUCTURE = ("no Docker engine", "no Chromium", "no Prefect server")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci():
+        reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if any(what in reason for what in INFRASTRUCTURE):
+            report.outcome = "failed"
+            report.longrepr = f"skipped in CI, where it must run: {reason}"
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One temporary Prefect server for every test that runs a flow."""
