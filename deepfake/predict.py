@@ -12,7 +12,21 @@ from deepfake.images import MAX_FILE_BYTES, ImageError
 from deepfake.sources.folder import IMAGE_SUFFIXES
 from deepfake.storage import Refused, Storage, StorageError
 
-__all__ = ["Detector", "expand", "load_detector", "score_paths"]
+__all__ = ["Detector", "check_path", "expand", "load_detector", "score_paths"]
+
+
+def check_path(path: str) -> None:
+    """``StorageError`` when ``path`` (a file, folder or s3:// prefix) is not there or may not
+    be read, naming it and why."""
+    folder = Storage(path)
+    try:
+        found = folder.exists("") or bool(folder.list_files(""))
+    except PermissionError:
+        raise StorageError(f"{path}: access denied") from None
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot be reached ({type(exc).__name__})") from None
+    if not found:
+        raise StorageError(f"{path}: no such file or folder")
 
 
 def expand(paths: list[str]) -> Iterator[tuple[str, Storage, str]]:

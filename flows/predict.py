@@ -21,7 +21,9 @@ import sys
 
 from prefect import flow, get_run_logger
 
-from deepfake.predict import load_detector, score_paths
+from deepfake.devices import resolve_device
+from deepfake.predict import check_path, load_detector, score_paths
+from deepfake.section import Unavailable
 from deepfake.storage import Storage, StorageError
 from tasks._common import prepare_process
 
@@ -67,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("deepfake").setLevel(logging.WARNING)
     model = args.model or Storage(args.storage).uri("models", "latest")
+    try:
+        for path in args.paths:  # each named path must be there and readable: a usage error
+            check_path(path)
+        resolve_device(args.device)
+    except (Unavailable, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         detector = load_detector(model, args.device)
     except (StorageError, OSError, ValueError, KeyError) as exc:

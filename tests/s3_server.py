@@ -13,9 +13,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
+)
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
@@ -72,13 +76,16 @@ def moto_process(env: dict[str, str] | None = None) -> Iterator[str]:
 class FaultyProxy:
     """Forwards HTTP to ``target``, answering 503 SlowDown to the first ``fail_first`` requests
     and then to every ``every``-th one (0 = never); ``delay`` seconds are added to each request,
-    like the round trip to a remote object store. Counts what it did."""
+    like the round trip to a remote object store; any request for a key (or a listing) under
+    ``deny`` (``bucket/prefix``) gets 403 AccessDenied, as a bucket policy would answer. Counts
+    what it did."""
 
     def __init__(
-        self, target: str, fail_first: int = 0, every: int = 0, delay: float = 0.0
-    ) -> None:
+        self, target: str, fail_first: int = 0, every: int = 0, delay: float = 0.0,
+        deny: str | None = None,
+    ) -> None:  # fmt: skip
         self.target = urlsplit(target)
-        self.fail_first, self.every, self.delay = fail_first, every, delay
+        self.fail_first, self.every, self.delay, self.deny = fail_first, every, delay, deny
         self.requests = self.faults = 0
         self._lock = threading.Lock()
         proxy = self
@@ -106,6 +113,14 @@ class FaultyProxy:
                 body = self._body()
                 if proxy.delay:
                     time.sleep(proxy.delay)
+                if proxy._denied(self.path):
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(ACCESS_DENIED)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(ACCESS_DENIED)
+                    return
                 if proxy._should_fail():
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
@@ -140,6 +155,15 @@ class FaultyProxy:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _denied(self, path: str) -> bool:
+        if not self.deny:
+            return False
+        url = urlsplit(path)
+        bucket, _, key = unquote(url.path).lstrip("/").partition("/")
+        listed = parse_qs(url.query).get("prefix", [""])[0]
+        wanted = f"{bucket}/{key or listed}"
+        return wanted.startswith(self.deny)
 
     def _should_fail(self) -> bool:
         with self._lock:

@@ -96,3 +96,31 @@ def test_small_copy_edits_of_a_method_never_trained_on_are_caught(
     assert sorted(p.name for p in maps.iterdir()) == sorted(
         f"{n}.heatmap.png" for n in results if n != "zero.png"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "{model}", "{missing}"], "error: {missing}: no such file or folder"),
+        (["--model", "{nowhere}", "{images}"], "error: cannot load the detector at {nowhere}: "),
+        (["--storage", "{nowhere}", "{images}"], "no detector has been published there"),
+        (["--device", "cuda", "--model", "{model}", "{images}"], "no CUDA GPU is visible here"),
+    ],
+)
+def test_predict_usage_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message) -> None:
+    import torch
+
+    from flows.predict import main as predict
+
+    if "cuda" in args and torch.cuda.is_available():
+        args = [a.replace("cuda", "cuda:99") for a in args]  # a device this machine lacks
+        message = "this machine has"
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / "a.png")
+    names = {"model": str(tmp_path / "models" / "latest"), "missing": str(tmp_path / "gone.png"),
+             "nowhere": str(tmp_path / "nowhere"), "images": str(images)}  # fmt: skip
+    code = predict([a.format(**names) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert message.format(**names) in err and "Traceback" not in err

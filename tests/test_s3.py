@@ -194,6 +194,18 @@ def test_predict_reads_images_and_detector_from_s3(s3, clean_run, capsys, monkey
                for line in lines)  # fmt: skip
 
 
+def test_predict_on_a_denied_prefix_is_one_line_and_exit_2(s3, clean_run, capsys, monkeypatch):
+    from flows.predict import main as predict
+
+    with FaultyProxy(s3, deny=f"{BUCKET}/clean/sources") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        model = f"s3://{BUCKET}/clean/models/latest"
+        code = predict(["--model", model, f"s3://{BUCKET}/clean/sources"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines() == [f"error: s3://{BUCKET}/clean/sources: access denied"]
+    assert "Traceback" not in err
+
+
 def test_secrets_stay_out_of_logs_artifacts_and_files(
     s3, prefect_server, tmp_path, monkeypatch, capsys, caplog
 ) -> None:
