@@ -111,6 +111,18 @@ def test_bootstrap_resamples_whole_groups() -> None:
 
     assert low <= roc_auc_score(test["label"], test["score"]) <= high and high - low > 0.01
     assert bootstrap_ci(test, 0, 0) == {}
+    # Each resample is whole groups: every group's rows all there, as often as it was drawn.
+    from deepfake.evaluate.checks import group_resamples
+
+    groups = test["group"].to_numpy()
+    size = {g: int((groups == g).sum()) for g in set(groups)}
+    for rows in group_resamples(groups, 50, seed=1):
+        drawn = pd.Series(groups[rows]).value_counts()
+        assert drawn.sum() == len(groups)  # as many groups as there are, drawn whole
+        for g, count in drawn.items():
+            assert count % size[g] == 0 and set(rows[groups[rows] == g]) == set(
+                np.flatnonzero(groups == g)
+            )
 
 
 def test_per_area_and_method_figures_set_reals_against_each_part() -> None:

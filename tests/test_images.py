@@ -63,8 +63,13 @@ def test_exif_rotation_is_applied(textured: np.ndarray) -> None:
 
 
 def test_square_crops_centre_and_resizes() -> None:
-    image = Image.fromarray(np.zeros((100, 300, 3), np.uint8))
-    assert square(image, 64).size == (64, 64)
+    thirds = np.zeros((100, 300, 3), np.uint8)
+    thirds[:, :100, 0] = 255  # red left, green centre, blue right
+    thirds[:, 100:200, 1] = 255
+    thirds[:, 200:, 2] = 255
+    out = np.asarray(square(Image.fromarray(thirds), 64)).astype(int)
+    assert out.shape == (64, 64, 3)
+    assert (out[..., 1] >= 250).all() and (out[..., [0, 2]] <= 5).all()  # the centre, all of it
     same = Image.fromarray(np.ones((64, 64, 3), np.uint8))
     assert square(same, 64) is same
 

@@ -33,6 +33,32 @@ def test_random_mask_coverage_and_rectangles(source: str) -> None:
     mask = make_mask("random", 128, 96, source, 0)
     assert set(np.unique(mask)) <= {0, 255}
     assert 0.40 <= (mask > 0).mean() <= 0.60
+    # The white region is the union of the rectangles drawn (each W/16-W/4 by H/16-H/4), every
+    # one kept but those that would have taken it over 60 %.
+    from deepfake.masks.shapes import random_rectangles
+
+    class Recording:  # the generator the mask uses, with every draw written down
+        def __init__(self, seed: int) -> None:
+            self.rng, self.draws = np.random.default_rng(seed), []
+
+        def uniform(self, *args):
+            return self.rng.uniform(*args)
+
+        def integers(self, *args):
+            self.draws.append(int(self.rng.integers(*args)))
+            return self.draws[-1]
+
+    recording = Recording(7)
+    height, width = 128, 96
+    mask = random_rectangles(height, width, recording)
+    rebuilt = np.zeros((height, width), bool)
+    for w, h, x0, y0 in zip(*[iter(recording.draws)] * 4, strict=True):
+        assert width // 16 <= w <= width // 4 and height // 16 <= h <= height // 4
+        trial = rebuilt.copy()
+        trial[y0 : y0 + h, x0 : x0 + w] = True
+        if trial.mean() <= 0.60:
+            rebuilt = trial
+    assert np.array_equal(mask > 0, rebuilt)
 
 
 def test_masks_are_deterministic_byte_for_byte() -> None:

@@ -8,12 +8,23 @@ import pytest
 from deepfake.storage import Refused, Storage, StorageError
 
 
-def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path: Path, monkeypatch) -> None:
+    import os
+
     store = Storage(tmp_path / "root")
     store.write_bytes("a/b/file.bin", b"one")
+
+    def crash(fd: int) -> None:  # the new bytes are written, not yet in place: the disk dies
+        raise OSError("disk gone")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fsync", crash)
+        with pytest.raises(OSError, match="disk gone"):
+            store.write_bytes("a/b/file.bin", b"two, half written when it died")
+    assert store.read_bytes("a/b/file.bin") == b"one"  # a reader sees the old file, whole
+    assert store.list_files("") == {"a/b/file.bin"}  # no temporary left behind
     store.write_bytes("a/b/file.bin", b"two")
     assert store.read_bytes("a/b/file.bin") == b"two"
-    assert store.list_files("") == {"a/b/file.bin"}
 
 
 def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:

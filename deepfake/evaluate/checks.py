@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,18 +20,23 @@ from deepfake.storage import Storage
 log = logging.getLogger("deepfake")
 
 
+def group_resamples(groups: np.ndarray, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of ``resamples`` bootstrap samples, each made of as many groups as there
+    are, drawn whole and with replacement (a photo's images are never split up)."""
+    names = np.unique(groups)
+    index = {g: np.flatnonzero(groups == g) for g in names}
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        yield np.concatenate([index[g] for g in rng.choice(names, size=len(names))])
+
+
 def bootstrap_ci(test: pd.DataFrame, resamples: int, seed: int) -> dict[str, list[float]]:
     """95 % intervals of ROC-AUC and average precision, resampling whole source groups."""
     if resamples == 0:
         return {}
-    groups = test["group"].to_numpy()
-    names = np.unique(groups)
-    index = {g: np.flatnonzero(groups == g) for g in names}
     y, s = test["label"].to_numpy(), test["score"].to_numpy()
-    rng = np.random.default_rng(seed)
     aucs, aps = [], []
-    for _ in range(resamples):
-        rows = np.concatenate([index[g] for g in rng.choice(names, size=len(names))])
+    for rows in group_resamples(test["group"].to_numpy(), resamples, seed):
         if 0 < y[rows].sum() < len(rows):
             auc, ap = ranking_scores(y[rows], s[rows])
             aucs.append(auc)
