@@ -255,18 +255,24 @@ REFERENCE = (*QUICK, "evaluate.shortcut_audit=false")
 
 
 @pytest.fixture(scope="module")
-def reference_run(prefect_server, tmp_path_factory) -> Path:
+def reference_run(prefect_server, tmp_path_factory) -> tuple[Path, dict]:
     storage = tmp_path_factory.mktemp("reference")
-    _, states = run(storage, *REFERENCE)
+    summary, states = run(storage, *REFERENCE)
     assert set(states.values()) == {"Completed"}
-    return storage
+    return storage, summary
 
 
 @pytest.mark.parametrize("setting", list(FIRST_REDONE))
 def test_changing_one_setting_recomputes_only_downstream(reference_run, setting: str) -> None:
-    _, states = run(reference_run, *REFERENCE, setting)
+    storage, reference = reference_run
+    summary, states = run(storage, *REFERENCE, setting)
     cached = {n for n, s in states.items() if s == "Cached"}
     assert cached == set(STAGE_TASKS[: STAGE_TASKS.index(FIRST_REDONE[setting])])
+    # ...and the stages it redid wrote new folders (the setting names them), the others not.
+    store = Storage(storage)
+    before, after = run_folders(store, reference), run_folders(store, summary)
+    assert before["evaluation"] != after["evaluation"]
+    assert (before["detector"] != after["detector"]) == (not setting.startswith("evaluate."))
     assert states["evaluate-detector"] == "Completed"  # everything downstream is redone
 
 
