@@ -20,11 +20,12 @@ Prints a table and writes bench/results/ablation.json.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from typing import Any
 
-from results_file import save
+from results_file import RESULTS, save
 
 from deepfake.config import load_settings
 from deepfake.detector.stage import HeldOut, train_detector
@@ -126,8 +127,12 @@ def main() -> None:
         rows[name] = {"change": change, "overrides": overrides,
                       **run_variant(args.storage, overrides)}  # fmt: skip
         print(table({name: rows[name]}), flush=True)
-    print(table(rows))
-    save("ablation", {"variants": rows, "table": table(rows)})
+    # Variants run before (``--only`` reruns some) are kept, in the order of VARIANTS.
+    kept = RESULTS / "ablation.json"
+    earlier = json.loads(kept.read_text())["variants"] if kept.exists() else {}
+    merged = {n: {**earlier, **rows}[n] for n, _, _ in VARIANTS if n in {**earlier, **rows}}
+    print(table(merged))
+    save("ablation", {"variants": merged, "table": table(merged)})
 
 
 if __name__ == "__main__":
