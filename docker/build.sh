@@ -9,6 +9,7 @@
 #   --only cpu|cuda      build one image
 #   --name NAME          image name (default deepfake-worker): NAME:cpu and NAME:cuda
 #   --pip-index URL      install Python packages from this index (a PyPI mirror) instead of PyPI
+#   --trusted-host HOST  let pip use that index without TLS verification (only when asked)
 #   --                   the rest goes to every `docker build`
 #
 # The two images share every layer up to their dependencies when built with the same arguments
@@ -21,6 +22,7 @@ local_base=false
 only=""
 name=deepfake-worker
 pip_index=""
+trusted_host=""
 extra=()
 while (($#)); do
   case $1 in
@@ -28,6 +30,7 @@ while (($#)); do
     --only) only=$2; shift ;;
     --name) name=$2; shift ;;
     --pip-index) pip_index=$2; shift ;;
+    --trusted-host) trusted_host=$2; shift ;;
     --) shift; extra+=("$@"); break ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -70,8 +73,16 @@ if $local_base; then
   args+=(--build-arg "BASE_IMAGE=$LOCAL_BASE" --build-arg "TORCH_INDEX_URL=" --network host)
 fi
 if [[ -n $pip_index ]]; then
-  host=${pip_index#*://}
-  args+=(--build-arg "PIP_INDEX_URL=$pip_index" --build-arg "PIP_TRUSTED_HOST=${host%%[:/]*}")
+  # Build arguments stay in the image's history: an index URL with a password in it would too.
+  if [[ $pip_index == *://*@* ]]; then
+    echo "build.sh: --pip-index must not hold credentials (they would be in the image's history);" \
+      "use pip's own configuration (a netrc or keyring) on the build machine" >&2
+    exit 2
+  fi
+  args+=(--build-arg "PIP_INDEX_URL=$pip_index")
+fi
+if [[ -n $trusted_host ]]; then
+  args+=(--build-arg "PIP_TRUSTED_HOST=$trusted_host")
 fi
 # Without the buildx plugin the Docker CLI uses its classic builder; say so once, quietly.
 docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0

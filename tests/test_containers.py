@@ -62,7 +62,8 @@ STAGE_TASKS = {"prepare-sources", "make-masks", "collect-inpainting", "split-dat
 
 
 def settings(prefix: str, **inpaint) -> dict:
-    return {**SMALL, "storage": {"root": f"s3://deepfake/{prefix}"}, "inpaint": inpaint}
+    """The small run's settings, its storage under the workers' prefix (all they may use)."""
+    return {**SMALL, "storage": {"root": f"s3://deepfake/pipeline/{prefix}"}, "inpaint": inpaint}
 
 
 @pytest.fixture(scope="module")
@@ -163,21 +164,92 @@ def test_stack_is_healthy_and_closed_to_strangers(stack) -> None:
     assert refused.value.code == 401
     with stack.client() as client:
         assert {d.name for d in client.read_deployments()} >= {"pipeline-stack", "batch-stack"}
-    # The workers' S3 user has its bucket and nothing else.
+    # The workers' S3 user has the pipeline's prefix (get, put, delete, list) and nothing else:
+    # not another bucket, not the rest of its own, not the bucket itself (deleting it, changing
+    # its policy or versioning).
     root, worker = stack.s3_client("root"), stack.s3_client("worker")
     root.create_bucket(Bucket="someone-else")
     root.put_object(Bucket="someone-else", Key="private.txt", Body=b"not yours")
-    worker.put_object(Bucket="deepfake", Key="probe.txt", Body=b"mine")
-    assert worker.get_object(Bucket="deepfake", Key="probe.txt")["Body"].read() == b"mine"
+    root.put_object(Bucket="deepfake", Key="outside/private.txt", Body=b"not the pipeline's")
+    worker.put_object(Bucket="deepfake", Key="pipeline/probe.txt", Body=b"mine")
+    assert worker.get_object(Bucket="deepfake", Key="pipeline/probe.txt")["Body"].read() == b"mine"
+    assert worker.list_objects_v2(Bucket="deepfake", Prefix="pipeline/")["KeyCount"] >= 1
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": "*", "Action": "s3:GetObject",
+        "Resource": "arn:aws:s3:::deepfake/*"}]})  # fmt: skip
     for attempt in (
         lambda: worker.get_object(Bucket="someone-else", Key="private.txt"),
         lambda: worker.put_object(Bucket="someone-else", Key="x.txt", Body=b"x"),
         lambda: worker.list_objects_v2(Bucket="someone-else"),
-    ):
+        lambda: worker.get_object(Bucket="deepfake", Key="outside/private.txt"),
+        lambda: worker.put_object(Bucket="deepfake", Key="outside/x.txt", Body=b"x"),
+        lambda: worker.delete_object(Bucket="deepfake", Key="outside/private.txt"),
+        lambda: worker.delete_bucket(Bucket="deepfake"),
+        lambda: worker.put_bucket_policy(Bucket="deepfake", Policy=policy),
+        lambda: worker.put_bucket_versioning(Bucket="deepfake",
+                                             VersioningConfiguration={"Status": "Suspended"}),
+    ):  # fmt: skip
         with pytest.raises(ClientError) as denied:
             attempt()
         assert denied.value.response["Error"]["Code"] == "AccessDenied"
-    worker.delete_object(Bucket="deepfake", Key="probe.txt")
+    worker.delete_object(Bucket="deepfake", Key="pipeline/probe.txt")
+    assert root.get_bucket_versioning(Bucket="deepfake")["Status"] == "Enabled"
+    assert root.get_object(Bucket="deepfake", Key="outside/private.txt")["Body"].read()
+
+
+def test_workers_run_with_no_capabilities_a_read_only_root_and_limits(stack) -> None:
+    expected = {"Memory": 6 * 2**30, "NanoCpus": 2 * 10**9, "PidsLimit": 600}  # stack's .env
+    for service in ("cpu-worker", "gpu-worker"):
+        host = json.loads(sh("docker", "inspect", stack.container(service)))[0]["HostConfig"]
+        print(f"\n{service} HostConfig: " + json.dumps({k: host.get(k) for k in (
+            "CapAdd", "CapDrop", "SecurityOpt", "ReadonlyRootfs", "Memory", "NanoCpus",
+            "PidsLimit", "RestartPolicy", "Tmpfs")}))  # fmt: skip
+        assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+        assert "no-new-privileges:true" in host["SecurityOpt"] and host["ReadonlyRootfs"]
+        assert {k: host[k] for k in expected} == expected
+        assert host["RestartPolicy"]["Name"] == "unless-stopped"
+        status = sh("docker", "exec", stack.container(service), "cat", "/proc/1/status")
+        effective = next(line.split()[1] for line in status.splitlines()
+                         if line.startswith("CapEff:"))  # fmt: skip
+        assert int(effective, 16) == 0, status  # no capability at all, even for root
+        written = sh(
+            "docker",
+            "exec",
+            stack.container(service),
+            "sh",
+            "-c",
+            "touch /opt/deepfake/x 2>&1; touch /tmp/x && echo tmp-ok",
+            check=False,
+        )
+        assert "Read-only file system" in written and "tmp-ok" in written
+
+
+def test_placeholder_secrets_and_a_public_bind_are_refused_at_start(images, tmp_path) -> None:
+    example = (ROOT / "docker" / ".env.example").read_text()
+    cases = {
+        "placeholder": (example, "still holds the placeholder"),
+        "public bind": (example.replace("change-me", "a-long-random-secret-value-")
+                        .replace("BIND_ADDRESS=127.0.0.1", "BIND_ADDRESS=0.0.0.0"),
+                        "BIND_ADDRESS=0.0.0.0 would serve"),
+    }  # fmt: skip
+    for case, (env, message) in cases.items():
+        home = tmp_path / case.replace(" ", "-")
+        home.mkdir()
+        stack = Stack(home, f"deepfakerefused{uuid.uuid4().hex[:6]}")
+        stack.env_file.write_text(env)
+        try:
+            stack.compose("up", "-d", "--no-build", "postgres", check=False)
+            assert stack.health("check-secrets") == "exited", case
+            logs = stack.compose("logs", "--no-color", "check-secrets")
+            assert message in logs and "refusing to start" in logs, logs
+            state = json.loads(sh("docker", "inspect", stack.container("check-secrets")))[0]
+            assert state["State"]["ExitCode"] == 1
+            running = sh("docker", "ps", "--filter", f"name={stack.project}_postgres",
+                         "--format", "{{.Names}}")  # fmt: skip
+            assert running.strip() == "", f"{case}: postgres started anyway"
+            assert "change-me-postgres" not in logs  # it says what is wrong, not the value
+        finally:
+            stack.compose("down", "-v", "--remove-orphans", check=False)
 
 
 def _run_pipeline(stack: Stack, deployment: str, parameters: dict, timeout: float = 900):
@@ -190,7 +262,9 @@ def _run_pipeline(stack: Stack, deployment: str, parameters: dict, timeout: floa
 def _batch_runs(stack: Stack, prefix: str) -> list:
     with stack.client() as client:
         runs = runs_of(client, "inpaint-batch/batch-stack")
-    return [r for r in runs if r.parameters["storage"]["root"] == f"s3://deepfake/{prefix}"]
+    return [
+        r for r in runs if r.parameters["storage"]["root"] == f"s3://deepfake/pipeline/{prefix}"
+    ]
 
 
 def test_pipeline_runs_on_the_stack_with_batches_on_the_gpu_worker(stack) -> None:
@@ -204,7 +278,7 @@ def test_pipeline_runs_on_the_stack_with_batches_on_the_gpu_worker(stack) -> Non
         assert f"Worker 'gpu-worker' submitting flow run '{batch.id}'" in gpu_log
     print(f"\nstack run {run.id} ({run.name}) on cpu-worker; batches on gpu-worker: "
           f"{[(b.name, str(b.id)) for b in batches]}")  # fmt: skip
-    stored = stack.objects("a/")
+    stored = stack.objects("pipeline/a/")
     folders = ("sources/", "masks/", "inpainted/", "split/", "features/", "detector/",
                "evaluation/", "reports/latest/", "models/", "prefect-results/")  # fmt: skip
     for folder in folders:
@@ -223,7 +297,7 @@ def _stage_files(stack: Stack, prefix: str) -> dict[str, str]:
     """Every stage output (not the run-specific reports, copies of the model, Prefect's results
     or the evaluation, whose metrics name the storage root), by relative key."""
     skip = ("reports/", "models/", "prefect-results/", "evaluation/")
-    return {k: v for k, v in stack.objects(f"{prefix}/").items() if not k.startswith(skip)}
+    return {k: v for k, v in stack.objects(f"pipeline/{prefix}/").items() if not k.startswith(skip)}
 
 
 def test_killing_the_gpu_worker_mid_batch_loses_nothing(stack) -> None:
@@ -252,6 +326,19 @@ def test_killing_the_gpu_worker_mid_batch_loses_nothing(stack) -> None:
 
 
 def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> None:
+    # Credentials as Prefect Secret blocks: the job variables name them, the worker resolves
+    # them when it starts a container; neither the deployments nor the pools hold a value.
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    secret_env = {"AWS_ACCESS_KEY_ID": "s3-worker-access-key",
+                  "AWS_SECRET_ACCESS_KEY": "s3-worker-secret-key",
+                  "PREFECT_API_AUTH_STRING": "prefect-auth-string"}  # fmt: skip
+    env = stack.worker_env()
+    with temporary_settings({PREFECT_API_URL: stack.api, PREFECT_API_AUTH_STRING: stack.auth}):
+        for variable, block in secret_env.items():
+            Secret(value=env[variable]).save(block, overwrite=True)
+    env |= {v: "{{ prefect.blocks.secret." + b + " }}" for v, b in secret_env.items()}
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     chosen = [d for d in config["deployments"] if d["name"] in ("pipeline", "gpu")]
     for deployment in chosen:  # no registry here: the images build.sh made, nothing pushed
@@ -262,7 +349,7 @@ def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> N
         )
         variables.update(image=f"deepfake-worker:{kind}", image_pull_policy="Never",
                          networks=[stack.network],
-                         env={**variables.get("env", {}), **stack.worker_env()})  # fmt: skip
+                         env={**variables.get("env", {}), **env})  # fmt: skip
     config["deployments"] = chosen
     derived = tmp_path / "prefect.yaml"
     derived.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -290,7 +377,7 @@ def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> N
     assert containers["Image"] == "deepfake-worker:cpu"
     print(f"\ndocker pool run {run.id} ({run.name}) by worker docker-host-worker in container "
           f"{containers['Names']} ({containers['Image']})")  # fmt: skip
-    assert "reports/latest/metrics.json" in stack.objects("b/")
+    assert "reports/latest/metrics.json" in stack.objects("pipeline/b/")
     # What a Docker GPU worker would ask Docker for: every GPU, through the NVIDIA runtime.
     from prefect_docker.worker import DockerWorkerJobConfiguration
 
@@ -304,6 +391,13 @@ def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> N
     assert job.container_create_kwargs["device_requests"] == [
         {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}
     ]
+    with stack.client() as client:
+        stored = json.dumps([client.read_work_pool(p).base_job_template for p in
+                             ("cpu-docker", "gpu-docker")] + [
+            client.read_deployment_by_name(d).job_variables
+            for d in ("deepfake-pipeline/pipeline", "inpaint-batch/gpu")], default=str)  # fmt: skip
+    assert "prefect.blocks.secret.s3-worker-secret-key" in stored  # a reference, not a value
+    assert not [v for v in stack.secrets.values() if v in stored], "a secret in a job template"
     sh("docker", "rm", containers["ID"])
 
 
@@ -327,12 +421,14 @@ def test_schedule_fires_by_itself_and_retrains_with_guarded_promotion(stack) -> 
     assert run.auto_scheduled, "this run was started by the schedule"
     s3 = stack.s3_client()
     decisions = [
-        json.loads(s3.get_object(Bucket="deepfake", Key=f"a/{key}")["Body"].read())
-        for key in stack.objects("a/")
+        json.loads(s3.get_object(Bucket="deepfake", Key=f"pipeline/a/{key}")["Body"].read())
+        for key in stack.objects("pipeline/a/")
         if key.endswith("/promotion.json") and not key.startswith("reports/latest")
     ]
     guarded = [d for d in decisions if d["policy"] == "if_better"]
-    assert guarded and "current_roc_auc" in guarded[0], decisions
+    # Compared with the current detector, or found to be the same one (nothing changed).
+    assert guarded and ("current_roc_auc" in guarded[0]
+                        or "the same detector" in guarded[0]["reason"]), decisions  # fmt: skip
     print(f"\nscheduled run {run.id} ({run.name}): promotion {guarded[0]}")
 
 

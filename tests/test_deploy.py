@@ -80,3 +80,38 @@ def test_pipeline_deployment_shares_batches_between_two_workers(
     assert batches == 6
     report = loopback_stack.home / "storage" / "reports" / "latest" / "metrics.json"
     assert json.loads(report.read_text())["n_test_inpainted"] > 0
+
+
+def test_stack_secrets_are_generated_strong_and_placeholders_refused(tmp_path) -> None:
+    import stat
+
+    script = str(ROOT / "docker" / "secrets.sh")
+    example = ROOT / "docker" / ".env.example"
+    refused = subprocess.run(["bash", script, "check", str(example)], capture_output=True,
+                             text=True)  # fmt: skip
+    assert refused.returncode == 1 and "POSTGRES_PASSWORD still holds the placeholder" in (
+        refused.stderr
+    )
+    out = tmp_path / ".env"
+    made = subprocess.run(["bash", script, "generate", "--out", str(out)], capture_output=True,
+                          text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    values = dict(line.split("=", 1) for line in out.read_text().splitlines()
+                  if "=" in line and not line.startswith("#"))  # fmt: skip
+    assert not [k for k, v in values.items() if "change-me" in v]
+    assert len(values["POSTGRES_PASSWORD"]) >= 24
+    assert values["PREFECT_AUTH_STRING"].startswith("admin:")
+    assert values["POSTGRES_PASSWORD"] != values["MINIO_ROOT_PASSWORD"]
+    checked = subprocess.run(["bash", script, "check", str(out)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    again = subprocess.run(["bash", script, "generate", "--out", str(out)], capture_output=True,
+                           text=True)  # fmt: skip
+    assert again.returncode == 1 and "exists" in again.stderr  # never overwritten silently
+    public = tmp_path / "public.env"
+    public.write_text(out.read_text().replace("BIND_ADDRESS=127.0.0.1", "BIND_ADDRESS=0.0.0.0"))
+    exposed = subprocess.run(["bash", script, "check", str(public)], capture_output=True,
+                             text=True)  # fmt: skip
+    assert exposed.returncode == 1 and "TLS-terminating proxy" in exposed.stderr
+    for value in values.values():  # the check names what is wrong, never a value
+        assert len(value) < 16 or value not in refused.stderr + exposed.stderr

@@ -29,7 +29,8 @@ STANDINS = {
     "deepfake-standin/postgres:15": HERE / "postgres",
     "deepfake-standin/s3:moto": HERE / "s3",
 }
-SERVICES = ("postgres", "prefect-server", "minio", "minio-setup", "cpu-worker", "gpu-worker")
+SERVICES = ("check-secrets", "postgres", "prefect-server", "minio", "minio-setup", "cpu-worker",
+            "gpu-worker")  # fmt: skip
 
 
 def sh(*args: str, check: bool = True, timeout: float = 900, **kwargs: Any) -> str:
@@ -52,7 +53,7 @@ class Stack:
         self.home, self.project = home, project
         self.port, self.s3_port = free_port(), free_port()
         self.secrets = {
-            "POSTGRES_PASSWORD": "pg-" + secrets.token_hex(12),
+            "POSTGRES_PASSWORD": "pg-" + secrets.token_hex(12) + "@:/%",  # a URL must escape these
             "PREFECT_AUTH_STRING": "admin:pf-" + secrets.token_hex(12),
             "MINIO_ROOT_USER": "root-" + secrets.token_hex(6),
             "MINIO_ROOT_PASSWORD": "rootpw-" + secrets.token_hex(12),
@@ -64,6 +65,11 @@ class Stack:
             "MINIO_BUCKET": "deepfake",
             "BIND_ADDRESS": "127.0.0.1",
             "PREFECT_PORT": str(self.port),
+            "PUBLIC_URL": f"http://127.0.0.1:{self.port}",
+            "S3_PREFIX": "pipeline",
+            "WORKER_MEMORY": "6g",
+            "WORKER_CPUS": "2",
+            "WORKER_PIDS": "600",
             "MINIO_PORT": str(self.s3_port),
             "MINIO_CONSOLE_PORT": str(free_port()),
             **self.secrets,

@@ -6,8 +6,9 @@ from the variables MinIO and minio-setup read:
 
 - MINIO_ROOT_USER / MINIO_ROOT_PASSWORD: an administrator allowed everything;
 - MINIO_BUCKET: the pipeline's bucket, created empty;
-- S3_WORKER_ACCESS_KEY / S3_WORKER_SECRET_KEY: a user allowed s3:* on that bucket only (the
-  policy minio-setup attaches).
+- S3_WORKER_ACCESS_KEY / S3_WORKER_SECRET_KEY, S3_PREFIX: a user with the policy minio-setup
+  attaches, read from the same document (docker/worker-policy.json, mounted at POLICY): get, put,
+  delete and list under the prefix; the bucket is versioned, as minio-setup makes it.
 
 ``serve`` runs the server; ``check`` (the minio-setup stand-in) waits until the worker user can
 use its bucket. Everything lives in memory: a restart of this container starts empty.
@@ -26,6 +27,7 @@ import time
 os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
 
 PORT = 9000
+POLICY = "/etc/deepfake/worker-policy.json"
 
 
 def _user(iam, name: str, key: str, secret: str, policy: dict) -> None:
@@ -48,19 +50,14 @@ def provision() -> None:
     iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
     everything = {"Version": "2012-10-17",
                   "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}  # fmt: skip
-    own_bucket = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": ["s3:*"],
-                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-            }
-        ],
-    }
+    with open(POLICY) as handle:  # the product's own policy document, as minio-setup reads it
+        text = handle.read().replace("BUCKET", bucket)
+    worker = json.loads(text.replace("PREFIX", env.get("S3_PREFIX", "pipeline")))
     _user(iam, "root", env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"], everything)
-    _user(iam, "worker", env["S3_WORKER_ACCESS_KEY"], env["S3_WORKER_SECRET_KEY"], own_bucket)
-    s3_backends[DEFAULT_ACCOUNT_ID]["aws"].create_bucket(bucket, "us-east-1")
+    _user(iam, "worker", env["S3_WORKER_ACCESS_KEY"], env["S3_WORKER_SECRET_KEY"], worker)
+    s3 = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    s3.create_bucket(bucket, "us-east-1")
+    s3.put_bucket_versioning(bucket, "Enabled")
 
 
 def serve() -> int:
