@@ -204,12 +204,20 @@ def test_official_client_without_credentials_says_where_they_go(no_kaggle_creden
     assert err.value.__cause__ is None
 
 
-class ApiFailure(Exception):
-    """An error as the kaggle client raises it: an HTTP response, and text that echoes a key."""
+def http_error(status: int, text: str) -> Exception:
+    """The error the kaggle client raises for an HTTP status (its http client calls requests'
+    ``raise_for_status``): a real ``requests.HTTPError`` around a real response, whose text
+    echoes a key."""
+    import requests
 
-    def __init__(self, status: int | None, text: str) -> None:
-        super().__init__(text)
-        self.response = type("Response", (), {"status_code": status})() if status else None
+    response = requests.Response()
+    response.status_code, response._content = status, text.encode()
+    response.url = "https://www.kaggle.com/api/v1/datasets/download/danielmao2019/deepfakeart"
+    try:
+        response.raise_for_status()
+    except requests.HTTPError as exc:
+        return requests.HTTPError(text, response=exc.response)
+    raise AssertionError(f"HTTP {status} raised nothing")
 
 
 @pytest.fixture
@@ -252,7 +260,7 @@ def test_official_client_network_failure_keeps_secrets_out(kaggle_api, tmp_path)
 )  # fmt: skip
 def test_official_client_maps_http_errors(kaggle_api, tmp_path, status, error, words) -> None:
     answer, calls = kaggle_api
-    answer(ApiFailure(status, "denied for key s3cr3t-kaggle-key-123"))
+    answer(http_error(status, "denied for key s3cr3t-kaggle-key-123"))
     with pytest.raises(error) as err:
         download_with_retries(OfficialKaggleClient(), "o/d", tmp_path, sleep=lambda s: None)
     assert calls == ["o/d"]  # never retried

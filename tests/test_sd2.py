@@ -98,34 +98,39 @@ def test_real_images_get_the_same_resampling_as_fakes(batch) -> None:
     assert np.array_equal(roundtrip(image[:32, :32], 32), image[:32, :32])
 
 
-class OutOfMemoryAbove(SD2Inpainter):
-    """The real backend, with a GPU that runs out of memory above ``limit`` images a call."""
-
-    limit = 2
-    calls: list[int] = []
-
-    def _run(self, images, masks, seeds):
-        OutOfMemoryAbove.calls.append(len(images))
-        if len(images) > self.limit:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super()._run(images, masks, seeds)
-
-
-def test_out_of_memory_halves_the_batch_and_goes_on(tiny_model: str, batch) -> None:
+def test_out_of_memory_halves_the_batch_and_goes_on(tiny_model: str, batch, monkeypatch) -> None:
+    """A GPU that runs out of memory above two images a call: torch's own error, raised from
+    inside the pipeline's UNet (what a real GPU does), halves the batch until it fits."""
     images, masks, seeds = batch
     images, masks, seeds = images * 3, masks * 3, seeds * 3  # 9 images
-    OutOfMemoryAbove.calls = []
     config = SD2Config(model=tiny_model, prompt="a painting", steps=2, resolution=64, device="cpu")
-    backend = OutOfMemoryAbove(config, max_batch=8)
+    backend = SD2Inpainter(config, max_batch=8)
+    expected = sd2(tiny_model).inpaint(images[:3], masks[:3], seeds[:3])
+    unet = backend.pipeline().unet
+    limit = {"images": 2}
+    real_forward = unet.forward
+
+    def forward(sample, *args, **kwargs):  # both halves of classifier-free guidance: 2 per image
+        if sample.shape[0] > 2 * limit["images"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", forward)
+    calls: list[int] = []
+    real_run = SD2Inpainter._run
+
+    def counted(self, images, masks, seeds):  # counts the calls; their work is the real one
+        calls.append(len(images))
+        return real_run(self, images, masks, seeds)
+
+    monkeypatch.setattr(SD2Inpainter, "_run", counted)
     out = backend.inpaint(images, masks, seeds)
     assert len(out) == 9 and backend.max_batch == 2
-    assert OutOfMemoryAbove.calls == [8, 4, 2, 2, 2, 2, 1]
-    expected = sd2(tiny_model).inpaint(images[:3], masks[:3], seeds[:3])
+    assert calls == [8, 4, 2, 2, 2, 2, 1]
     assert all(np.abs(a.astype(int) - b).max() <= 2 for a, b in zip(out[:3], expected, strict=True))
-    OutOfMemoryAbove.limit = 0
-    with pytest.raises(torch.cuda.OutOfMemoryError):
-        OutOfMemoryAbove(config).inpaint(images[:1], masks[:1], seeds[:1])
-    OutOfMemoryAbove.limit = 2
+    limit["images"] = 0  # not even one image fits: the error is raised, not swallowed
+    with pytest.raises(torch.OutOfMemoryError):
+        SD2Inpainter(config).inpaint(images[:1], masks[:1], seeds[:1])
 
 
 def test_missing_model_gives_one_clear_error(tmp_path: Path, monkeypatch) -> None:
