@@ -307,12 +307,13 @@ def test_killing_the_gpu_worker_mid_batch_loses_nothing(stack) -> None:
         dep = client.read_deployment_by_name("deepfake-pipeline/pipeline-stack")
         run = client.create_flow_run_from_deployment(dep.id, parameters=parameters)
         deadline = time.monotonic() + 300
-        while not any(b.state.is_running() for b in _batch_runs(stack, "c")):
+        # The batch that is running when the worker is killed: the one seen running, read once.
+        while not (running := [b for b in _batch_runs(stack, "c") if b.state.is_running()]):
             assert time.monotonic() < deadline, "no batch started on the GPU worker"
             time.sleep(0.3)
         sh("docker", "kill", gpu)  # in the middle of a batch
-        killed = next(b for b in _batch_runs(stack, "c") if b.state.is_running())
-        time.sleep(5)
+        killed = running[0]
+        assert not json.loads(sh("docker", "inspect", gpu))[0]["State"]["Running"]
         sh("docker", "start", gpu)  # the worker is back; the lost batch is sent again
         final = wait_for_run(client, run.id, timeout=900)
     assert final.state.is_completed(), final.state
@@ -465,7 +466,7 @@ def test_a_worker_started_before_the_server_waits_and_connects(stack) -> None:
        "deepfake-worker:cpu", "prefect", "worker", "start", "--pool", "cpu", "--name",
        "late-worker")  # fmt: skip
     try:
-        time.sleep(15)
+        time.sleep(15)  # it tries, and fails, to reach the server meanwhile
         assert json.loads(sh("docker", "inspect", name))[0]["State"]["Running"], "it crashed"
         stack.compose("start", "prefect-server")
         stack.wait_healthy(("prefect-server",))

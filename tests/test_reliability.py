@@ -89,9 +89,10 @@ def kill_when(storage: Path, settings: list[str], home: Path, pattern: str, coun
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in storage.glob(pattern)}
-        time.sleep(0.01)
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
-    pytest.fail(f"the run ended before {count} files matched {pattern}")
+    log = home.with_suffix(".log").read_text()[-2000:] if home.with_suffix(".log").exists() else ""
+    pytest.fail(f"the run ended before {count} files matched {pattern} (or took 600 s):\n{log}")
 
 
 def outputs(storage: Path) -> dict[str, str]:
