@@ -147,6 +147,23 @@ def test_kill_during_feature_extraction_resumes_with_identical_outputs(
     assert check_manifests(storage) > 0
 
 
+def test_kill_during_training_then_evaluation_resumes_with_identical_outputs(
+    reference, prefect_api_url, tmp_path
+):
+    """Killed once the detector stage has written its first file (before its manifest), then,
+    rerun, once the evaluation has written its first plot: the third run redoes each and every
+    output is the uninterrupted run's; nothing was published in between."""
+    storage = tmp_path / "storage"
+    for stage, pattern in (("detector", "detector/*/search.json"),
+                           ("evaluation", "evaluation/*/roc.png")):  # fmt: skip
+        kill_when(storage, CLASSICAL, tmp_path / f"home-{stage}", pattern, 1)
+        assert not list(storage.glob(f"{stage}/*/manifest.parquet"))  # killed mid-stage
+        assert not (storage / "models" / "latest.json").exists()  # nothing published
+    run(storage, CLASSICAL, tmp_path / "home", prefect_api_url)
+    assert outputs(storage) == reference
+    assert check_manifests(storage) > 0
+
+
 def test_kill_during_inpainting_resumes_with_identical_outputs(prefect_api_url, tmp_path):
     from deepfake.inpaint.random_pipeline import build_random_pipeline
 
