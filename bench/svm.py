@@ -74,7 +74,7 @@ def main() -> None:
     for alpha in cfg.svm.alpha:
         row = {"alpha": alpha, "cells": len(X), "dims": X.shape[1]}
         row["sgd_fit_s"], row["sgd_cell_roc_auc"] = measure(
-            lambda a=alpha: cell_svm(a, cfg.svm.seed), X, y, groups
+            lambda a=alpha: cell_svm(a, cfg.svm.seed, cfg.svm.epochs), X, y, groups
         )
         row["liblinear_fit_s"], row["liblinear_cell_roc_auc"] = measure(
             lambda a=alpha: liblinear(a, len(X), cfg.svm.seed), X, y, groups

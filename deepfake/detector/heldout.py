@@ -29,7 +29,6 @@ from deepfake.detector.training import (
     Fold,
     LinearModel,
     choose,
-    fit_folds,
     fit_many,
     held_out_folds,
 )
@@ -78,21 +77,29 @@ def plan(
 
 def fit(
     protocols: list[Protocol], frame: pd.DataFrame, X: np.ndarray, y: np.ndarray,
-    cell_rows: np.ndarray, alpha: float, cfg: SVMConfig,
+    cell_rows: np.ndarray, alpha: float, cfg: SVMConfig, first_final: LinearModel | None = None,
 ) -> list[Protocol]:  # fmt: skip
-    """Each protocol with its held-out folds and final model (cells of its training images)."""
-    fitted = []
-    for protocol in protocols:
+    """Each protocol with its held-out folds and final model (cells of its training images),
+    every model fitted in one parallel pass; ``first_final``, the first protocol's final model
+    when the caller has fitted it already (the main detector)."""
+    planned, subsets = [], []
+    for number, protocol in enumerate(protocols):
         subset = frame.iloc[protocol.train].reset_index(drop=True)
         # Detectors that leave something out choose k and threshold on folds of photos only:
         # their point is what they never saw.
         folds = held_out_folds(subset, cfg, cross=protocol.left_out is None)
         absolute = [replace(f, held_out=protocol.train[f.held_out], train=protocol.train[f.train])
                     for f in folds]  # fmt: skip
-        cells = np.isin(cell_rows, protocol.train)
-        final = fit_many([(X[cells], y[cells])], alpha, cfg)[0]
-        fitted.append(replace(protocol, folds=fit_folds(absolute, X, y, cell_rows, alpha, cfg),
-                              final=final))  # fmt: skip
+        subsets += [np.isin(cell_rows, f.train) for f in absolute]
+        if number or first_final is None:
+            subsets.append(np.isin(cell_rows, protocol.train))
+        planned.append((protocol, absolute))
+    models = iter(fit_many(X, y, subsets, alpha, cfg))
+    fitted = []
+    for number, (protocol, folds) in enumerate(planned):
+        folds = [replace(f, model=next(models)) for f in folds]
+        final = first_final if number == 0 and first_final is not None else next(models)
+        fitted.append(replace(protocol, folds=folds, final=final))
     return fitted
 
 

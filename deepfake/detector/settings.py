@@ -30,6 +30,9 @@ class SVMConfig(Section):
         "patches (exemplar fills, the clone stamp): a training-free rule, calibrated on real "
         "training images only.",
     )
+    epochs: int = Field(
+        15, ge=1, le=1000, description="Passes of stochastic gradient descent over the cells."
+    )
     cv_folds: int = Field(3, ge=2, description="Grouped cross-validation folds (alpha and k).")
     seed: int = Field(0, description="Seed of the grouped folds and the SVM.")
     n_jobs: int = Field(-1, description="Parallel fits (-1 = all cores).")

@@ -23,13 +23,14 @@ from deepfake.detector.bundle import write_bundle
 from deepfake.detector.model import (
     cell_svm,
     dump_model,
+    linear_form,
     platt_calibration,
     probability,
     top_k_mean,
 )
 from deepfake.detector.scoring import score_uris
 from deepfake.detector.settings import SVMConfig
-from deepfake.detector.training import Fold, cell_labels, search_alpha
+from deepfake.detector.training import Fold, LinearModel, cell_labels, search_alpha
 from deepfake.features.stage import (
     cell_matrix,
     feature_extractor,
@@ -161,8 +162,10 @@ def _fit(
     log.info("detector: %d training cells from %d images", int(in_main.sum()), len(main.train))
     groups = frame["group"].to_numpy()[cell_rows]
     alpha, alpha_auc = search_alpha(X[in_main], y[in_main], groups[in_main], cfg)
-    fitted = heldout.fit(planned, frame, X, y, cell_rows, alpha, cfg)
-    pipeline = cell_svm(alpha, cfg.seed).fit(X[in_main], y[in_main])
+    # The main detector, fitted once: the model the bundle keeps, and the main split's final.
+    pipeline = cell_svm(alpha, cfg.seed, cfg.epochs).fit(X[in_main], y[in_main])
+    main_final = LinearModel(*linear_form(pipeline))
+    fitted = heldout.fit(planned, frame, X, y, cell_rows, alpha, cfg, first_final=main_final)
     log.info("detector: alpha %s (grouped CV cell ROC-AUC %.4f); %d held-out detectors",
              alpha, alpha_auc[alpha], len(fitted) - 1)  # fmt: skip
     return alpha, alpha_auc, pipeline, fitted

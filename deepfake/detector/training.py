@@ -17,6 +17,9 @@ Every split is grouped by source photo: an image and every inpainting of it are 
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,16 +66,40 @@ def cell_labels(coverage: np.ndarray) -> np.ndarray:
     return (coverage >= 0.5).astype(int)
 
 
-def _fit(X: np.ndarray, y: np.ndarray, alpha: float, seed: int) -> LinearModel:
-    return LinearModel(*linear_form(cell_svm(alpha, seed).fit(X, y)))
+def _fit(X: np.ndarray, y: np.ndarray, alpha: float, seed: int, epochs: int) -> LinearModel:
+    return LinearModel(*linear_form(cell_svm(alpha, seed, epochs).fit(X, y)))
+
+
+def _fit_rows(
+    X: np.ndarray, y: np.ndarray, rows: np.ndarray, alpha: float, seed: int, epochs: int
+) -> LinearModel:
+    return _fit(X[rows], y[rows], alpha, seed, epochs)
+
+
+@contextlib.contextmanager
+def _shared(X: np.ndarray, parallel: bool) -> Iterator[np.ndarray]:
+    """``X`` as a read-only memory map of one temporary file, for parallel workers: each job
+    then reaches it by the file's name, where a plain array would be hashed and written out
+    again for every job."""
+    if not parallel or X.nbytes < 2**20:
+        yield X
+        return
+    with tempfile.TemporaryDirectory(prefix="deepfake-cells-") as folder:
+        path = f"{folder}/cells.npy"
+        np.save(path, X)
+        yield np.load(path, mmap_mode="r")
 
 
 def fit_many(
-    jobs: list[tuple[np.ndarray, np.ndarray]], alpha: float, cfg: SVMConfig
+    X: np.ndarray, y: np.ndarray, subsets: Iterable[np.ndarray], alpha: float, cfg: SVMConfig
 ) -> list[LinearModel]:
-    """One cell SVM per (cells, labels), fitted in parallel."""
-    with _portable_warning_filters():
-        return Parallel(n_jobs=cfg.n_jobs)(delayed(_fit)(X, y, alpha, cfg.seed) for X, y in jobs)
+    """One cell SVM per subset of the rows of (X, y) (each a boolean mask or indices), fitted
+    in parallel; the jobs share X instead of each carrying a copy of its rows."""
+    subsets = list(subsets)
+    with _portable_warning_filters(), _shared(X, cfg.n_jobs != 1 and len(subsets) > 1) as cells:
+        return Parallel(n_jobs=cfg.n_jobs)(
+            delayed(_fit_rows)(cells, y, rows, alpha, cfg.seed, cfg.epochs) for rows in subsets
+        )
 
 
 def search_alpha(
@@ -87,7 +114,7 @@ def search_alpha(
     )
     results = {}
     for alpha in cfg.alpha:
-        models = fit_many([(X[tr], y[tr]) for tr, _ in splits], alpha, cfg)
+        models = fit_many(X, y, [tr for tr, _ in splits], alpha, cfg)
         pairs = zip(splits, models, strict=True)
         aucs = [roc_auc_score(y[te], X[te] @ m.weights + m.bias) for (_, te), m in pairs
                 if len(np.unique(y[te])) == 2]  # fmt: skip
@@ -128,21 +155,6 @@ def held_out_folds(frame: pd.DataFrame, cfg: SVMConfig, cross: bool = True) -> l
             kept = train[is_real[train] | (kind[train] != v)]
             out.append(Fold(f"fold {number}, {v}", v, held, kept))
     return out
-
-
-def fit_folds(
-    folds: list[Fold], X: np.ndarray, y: np.ndarray, cell_rows: np.ndarray, alpha: float,
-    cfg: SVMConfig,
-) -> list[Fold]:  # fmt: skip
-    """Each fold with its model, trained on the sampled cells of its training images."""
-    jobs = []
-    for fold in folds:
-        cells = np.isin(cell_rows, fold.train)
-        jobs.append((X[cells], y[cells]))
-    models = fit_many(jobs, alpha, cfg)
-    return [
-        Fold(f.name, f.left_out, f.held_out, f.train, m) for f, m in zip(folds, models, strict=True)
-    ]
 
 
 def choose(
