@@ -75,7 +75,7 @@ def promotion_decision(
         return {"promote": False, "policy": promote, "error": True, "reason": reason}
     if _same_detector(current.meta, bundle_meta(storage, detector.folder)):
         reason = f"the same detector as the current one ({storage.uri(live)})"
-        return {"promote": True, "policy": promote, "reason": reason}
+        return {"promote": True, "policy": promote, "reason": reason, "same": True}
     test = storage.read_parquet(detector.manifest).query("split == 'test'")
     try:
         scores = current.score_uris(storage, list(test["uri"]))
@@ -165,7 +165,8 @@ def publish_run(
             f"{decision['reason']}"
         )
     if decision["promote"]:
-        check_published(storage, f"{MODELS}/{run_id}", detector, device)
+        if not decision.get("same"):  # the same files as the live bundle: checked when it went live
+            check_published(storage, f"{MODELS}/{run_id}", detector, device)
         point_latest(storage, MODELS, run_id)
         storage.write_many({f"{REPORTS}/{LATEST}/{name}": data for name, data in reports.items()})
     return {
