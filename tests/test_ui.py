@@ -150,14 +150,17 @@ def test_deployment_run_form_lists_the_settings(ui, browser, tmp_path, loopback_
     page.get_by_text("Finetune Epochs", exact=False).first.scroll_into_view_if_needed()
     _shoot(page, tmp_path, "deployment-run-form")
     page.close()
-    # A bad value is refused by the server before any run exists.
+    # A bad value is refused by the server (422, naming the setting) before any run exists.
+    from prefect.exceptions import PrefectHTTPStatusError
+
     with (
         temporary_settings({PREFECT_API_URL: loopback_stack.api}),
         get_client(sync_client=True) as client,
     ):
         before = len(client.read_flow_runs())
-        with pytest.raises(Exception, match="cv_folds|minimum"):
+        with pytest.raises(PrefectHTTPStatusError, match="cv_folds|minimum") as refused:
             client.create_flow_run_from_deployment(
                 ui["deployment"].id, parameters={"settings": {"svm": {"cv_folds": 1}}}
             )
+        assert refused.value.response.status_code == 422
         assert len(client.read_flow_runs()) == before
