@@ -150,7 +150,7 @@ def test_deployment_run_form_lists_the_settings(ui, browser, tmp_path, loopback_
     page.get_by_text("Finetune Epochs", exact=False).first.scroll_into_view_if_needed()
     _shoot(page, tmp_path, "deployment-run-form")
     page.close()
-    # A bad value is refused by the server (422, naming the setting) before any run exists.
+    # A bad value is refused by the server (409, naming the setting) before any run exists.
     from prefect.exceptions import PrefectHTTPStatusError
 
     with (
@@ -162,5 +162,5 @@ def test_deployment_run_form_lists_the_settings(ui, browser, tmp_path, loopback_
             client.create_flow_run_from_deployment(
                 ui["deployment"].id, parameters={"settings": {"svm": {"cv_folds": 1}}}
             )
-        assert refused.value.response.status_code == 422
+        assert refused.value.response.status_code == 409
         assert len(client.read_flow_runs()) == before
