@@ -269,7 +269,7 @@ def test_parallel_fit_workers_do_not_load_torch() -> None:
         "import numpy as np; from joblib import Parallel, delayed; "
         "from deepfake.detector.training import _fit; "
         "X, y = np.random.default_rng(0).normal(size=(40, 4)), np.arange(40) % 2; "
-        "Parallel(n_jobs=2)(delayed(_fit)(X, y, 0.1, 0, 15) for _ in range(2)); "
+        "Parallel(n_jobs=2)(delayed(_fit)(X, y, 0.1, 0, 8) for _ in range(2)); "
         "print(Parallel(n_jobs=2)(delayed(eval)(\"'torch' in __import__('sys').modules\") "
         "for _ in range(4)))"
     )

@@ -31,7 +31,11 @@ class SVMConfig(Section):
         "training images only.",
     )
     epochs: int = Field(
-        15, ge=1, le=1000, description="Passes of stochastic gradient descent over the cells."
+        8,
+        ge=1,
+        le=1000,
+        description="Passes of averaged stochastic gradient descent over the cells (8: the "
+        "figures of 15, in about half the time; bench/ablation.py).",
     )
     cv_folds: int = Field(3, ge=2, description="Grouped cross-validation folds (alpha and k).")
     seed: int = Field(0, description="Seed of the grouped folds and the SVM.")
