@@ -191,7 +191,7 @@ def bench_end_to_end(dry: bool, tmp: Path) -> dict[str, Any]:
     settings = ["inpaint.backend=auto", f"inpaint.sd2.model={model}", "inpaint.sd2.steps=2",
                 "inpaint.sd2.resolution=64", "data.limit=12", "data.image_size=64",
                 "masks.types=[random,ellipse]", "evaluate.robustness=false",
-                "evaluate.leave_one_method_out=false", "evaluate.shortcut_audit=false",
+                "evaluate.leave_one_family_out=false", "evaluate.shortcut_audit=false",
                 "evaluate.repeats=1", "evaluate.bootstrap=50", "svm.alpha=[0.1]"]  # fmt: skip
     env = {**os.environ}
     if dry:

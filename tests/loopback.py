@@ -33,7 +33,13 @@ SETTINGS = {
     },  # fmt: skip
     "features": {"input_size": 64, "finetune_epochs": 1},
     "svm": {"alpha": [0.1], "top_k": [1, 4], "cv_folds": 2},
-    "evaluate": {"compare_frozen": False, "bootstrap": 50},
+    # One split, no left-out families: what these tests look at is the deployment and the UI.
+    "evaluate": {
+        "compare_frozen": False,
+        "bootstrap": 50,
+        "repeats": 1,
+        "leave_one_family_out": False,
+    },  # fmt: skip
 }
 
 

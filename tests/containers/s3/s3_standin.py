@@ -85,10 +85,11 @@ def check(timeout: float = 60) -> int:
         region_name="us-east-1",
     )
     bucket = os.environ.get("MINIO_BUCKET", "deepfake")
+    prefix = os.environ.get("S3_PREFIX", "pipeline")
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            client.head_bucket(Bucket=bucket)
+        try:  # a listing of the prefix, as the pipeline's storage check makes it
+            client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/", MaxKeys=1)
             print(f"bucket {bucket} ready for the worker user", flush=True)
             return 0
         except Exception as exc:  # not up yet, or not provisioned yet
