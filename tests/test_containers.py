@@ -198,7 +198,7 @@ def test_stack_is_healthy_and_closed_to_strangers(stack) -> None:
 
 
 def test_workers_run_with_no_capabilities_a_read_only_root_and_limits(stack) -> None:
-    expected = {"Memory": 6 * 2**30, "NanoCpus": 2 * 10**9, "PidsLimit": 600}  # stack's .env
+    expected = {"Memory": 6 * 2**30, "NanoCpus": 2 * 10**9, "PidsLimit": 512}  # stack's .env
     for service in ("cpu-worker", "gpu-worker"):
         host = json.loads(sh("docker", "inspect", stack.container(service)))[0]["HostConfig"]
         print(f"\n{service} HostConfig: " + json.dumps({k: host.get(k) for k in (

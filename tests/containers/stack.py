@@ -69,7 +69,6 @@ class Stack:
             "S3_PREFIX": "pipeline",
             "WORKER_MEMORY": "6g",
             "WORKER_CPUS": "2",
-            "WORKER_PIDS": "600",
             "MINIO_PORT": str(self.s3_port),
             "MINIO_CONSOLE_PORT": str(free_port()),
             **self.secrets,
