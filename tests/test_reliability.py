@@ -139,38 +139,33 @@ def reference(tmp_path_factory, prefect_api_url) -> dict[str, str]:
     return outputs(base / "storage")
 
 
-def test_kill_during_feature_extraction_resumes_with_identical_outputs(
+def test_kills_during_extraction_training_and_evaluation_resume_with_identical_outputs(
     reference, prefect_api_url, tmp_path
 ):
-    storage = tmp_path / "storage"
-    before = kill_when(storage, CLASSICAL, tmp_path / "home", "features/*/parts/*.parquet", 4)
-    assert not list(storage.glob("features/*/manifest.parquet"))  # killed mid-stage
-    printed = run(storage, CLASSICAL, tmp_path / "home2", prefect_api_url)
-    assert "batches already done" in printed and "reusing the fine-tuned backbone" in printed
-    for path, stamp in before.items():  # every batch finished before the kill is kept as it was
-        assert (path.stat().st_mtime_ns, path.stat().st_size) == stamp, path
-    assert outputs(storage) == reference
-    assert check_manifests(storage) > 0
-
-
-def test_kill_during_training_then_evaluation_resumes_with_identical_outputs(
-    reference, prefect_api_url, tmp_path
-):
-    """Killed once the detector stage has written its first file (before its manifest), then,
-    rerun, once the evaluation has written its first plot: the third run redoes each and every
-    output is the uninterrupted run's; nothing was published in between."""
+    """One storage, killed three times: during feature extraction (after 4 of its batches),
+    then, rerun, during training (after the SVM search), then, rerun, during the evaluation
+    (after its first robustness figure); each rerun keeps what was finished and redoes the rest,
+    and the last run's outputs are the uninterrupted run's. Nothing is published before."""
     storage = tmp_path / "storage"
     # With the robustness table, so that the evaluation takes long enough to be killed in; it
     # changes none of the outputs compared (stage manifests up to the detector, the model,
     # ROC-AUC, Brier score and threshold).
     settings = [*CLASSICAL, "evaluate.robustness=true"]
-    # The lines each stage logs in its middle: after the SVM search, after the first robustness
-    # figure (both stages write their files only at their end).
+    before = kill_when(storage, settings, tmp_path / "home", "features/*/parts/*.parquet", 4)
+    assert not list(storage.glob("features/*/manifest.parquet"))  # killed mid-stage
+    # The detector and the evaluation write their files at their end: they are killed on a line
+    # each logs in its middle.
     for stage, line in (("detector", "detector: alpha"), ("evaluation", "robustness: jpeg_95")):
         kill_when(storage, settings, tmp_path / f"home-{stage}", "", 0, said=line)
         assert not list(storage.glob(f"{stage}/*/manifest.parquet"))  # killed mid-stage
         assert not (storage / "models" / "latest.json").exists()  # nothing published
-    run(storage, settings, tmp_path / "home", prefect_api_url)
+        if stage == "detector":  # the run after the first kill resumed the features
+            printed = (tmp_path / "home-detector.log").read_text()
+            assert "batches already done" in printed
+            assert "reusing the fine-tuned backbone" in printed
+    for path, stamp in before.items():  # every batch finished before the kill is kept as it was
+        assert (path.stat().st_mtime_ns, path.stat().st_size) == stamp, path
+    run(storage, settings, tmp_path / "home-last", prefect_api_url)
     assert outputs(storage) == reference
     assert check_manifests(storage) > 0
 
