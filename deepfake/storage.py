@@ -168,13 +168,7 @@ class Storage:
 
     def _read(self, path: str, limit: int | None) -> bytes:
         if self.is_local:
-            # Non-blocking, so that opening a FIFO returns at once; then only a regular file.
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            with open(fd, "rb", closefd=True) as handle:
-                info = os.fstat(fd)
-                if not stat.S_ISREG(info.st_mode):
-                    raise Refused(path, "not a regular file (a FIFO, device or socket)")
-                _check_size(path, info.st_size, limit)
+            with open_regular(path, limit) as handle:
                 data = handle.read() if limit is None else handle.read(limit + 1)
         elif limit is None:
             data = self.fs.cat_file(path)
@@ -361,18 +355,27 @@ def _check_size(path: str, size: int, limit: int | None) -> None:
         raise Refused(path, f"{size} bytes or more, over the limit of {limit} bytes")
 
 
-def file_sha256(path: str, limit: int | None = None) -> str:
-    """sha256 of a local regular file, read in chunks (``Refused`` for anything else, or for a
-    file over ``limit`` bytes)."""
-    import hashlib
-
+@contextlib.contextmanager
+def open_regular(path: str, limit: int | None = None) -> Iterator[io.BufferedReader]:
+    """A local file opened for reading if it is a regular file no larger than ``limit`` bytes,
+    else ``Refused``. Opened without blocking, so that a FIFO is refused at once instead of
+    waiting for a writer."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with open(fd, "rb", closefd=True) as handle:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise Refused(path, "not a regular file (a FIFO, device or socket)")
         _check_size(path, info.st_size, limit)
-        digest = hashlib.sha256()
+        yield handle
+
+
+def file_sha256(path: str, limit: int | None = None) -> str:
+    """sha256 of a local regular file, read in chunks (``Refused`` for anything else, or for a
+    file over ``limit`` bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open_regular(path, limit) as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
