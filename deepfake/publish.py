@@ -169,6 +169,7 @@ def publish_run(
             check_published(storage, f"{MODELS}/{run_id}", detector, device)
         point_latest(storage, MODELS, run_id)
         storage.write_many({f"{REPORTS}/{LATEST}/{name}": data for name, data in reports.items()})
+        _follow_the_live_run(storage, run_id)
     return {
         "run_id": run_id,
         "report": storage.uri(f"{REPORTS}/{run_id}"),
@@ -176,6 +177,22 @@ def publish_run(
         "promoted": decision["promote"],
         "metrics": metrics,
     }
+
+
+def _follow_the_live_run(storage: Storage, run_id: str) -> None:
+    """Make ``reports/latest`` the live run's report. A run publishing at the same time may
+    have gone live after this one and copied its report before this one did: then the live
+    run's report is copied again (whoever copies last reads the pointer last)."""
+    live = live_bundle(storage, MODELS)
+    if live is None or live == f"{MODELS}/{run_id}":
+        return
+    other = live.rsplit("/", 1)[1]
+    names = sorted(storage.list_files(f"{REPORTS}/{other}"))
+    found = storage.read_many([f"{REPORTS}/{other}/{name}" for name in names])
+    storage.write_many({f"{REPORTS}/{LATEST}/{name}": data
+                        for name, data in zip(names, found, strict=True)
+                        if isinstance(data, bytes)})  # fmt: skip
+    log.info("publish: run %s went live meanwhile; reports/latest is its report", other)
 
 
 def _json(obj: Any) -> bytes:

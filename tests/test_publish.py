@@ -196,3 +196,20 @@ def test_a_bundle_published_by_an_earlier_version_stays_loadable(fresh) -> None:
         store.write_bytes(f"models/latest/{name}", store.read_bytes(f"models/run/{name}"))
     store.delete("models/latest.json")
     assert live_bundle(store, "models") == "models/latest" and live_run(store) == "run"
+
+
+def test_reports_latest_follows_a_run_that_went_live_meanwhile(fresh, monkeypatch) -> None:
+    """Two runs publishing at once: the second goes live between the first's pointer and its
+    report copy; the first then copies the live (second) run's report."""
+    store, evaluation, detector = fresh
+    publish_run(store, "second", evaluation, detector, "always")
+    real_point = __import__("deepfake.publish", fromlist=["point_latest"]).point_latest
+
+    def racing(storage, models, run_id):  # the other run goes live right after this one
+        real_point(storage, models, run_id)
+        real_point(storage, models, "second")
+
+    monkeypatch.setattr("deepfake.publish.point_latest", racing)
+    publish_run(store, "first", evaluation, detector, "always")
+    assert store.read_json("models/latest.json") == {"run_id": "second"}
+    assert store.read_json("reports/latest/run.json")["run_id"] == "second"
