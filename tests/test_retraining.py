@@ -108,6 +108,10 @@ def test_the_sd2_weights_revision_names_the_inpainting_folder(tmp_path: Path, mo
 
     if model == "hub":
         assert model_revision("someone/not-cached-here").endswith("@unresolved")
+        # weights on another machine (the GPU workers'), planned from this one: no error
+        assert model_revision("/home/worker/.cache/tiny-sd2") == (
+            "dir:/home/worker/.cache/tiny-sd2@elsewhere"
+        )
         return
     weights = tmp_path / "sd2"
     (weights / "unet").mkdir(parents=True)

@@ -126,7 +126,8 @@ def model_revision(model: str) -> str:
     """What names the weights of ``model``: ``dir:<digest>`` of a local directory (file names and
     sizes, and the contents of its JSON and text files: configurations, tokenizer), or
     ``hub:<commit>`` of a hub model in the local cache (``hub:<id>@unresolved`` before it is
-    there)."""
+    there). A directory that is not on this machine (the pipeline plans on a CPU worker, the GPU
+    workers hold the weights) is named by its path alone: ``dir:<path>@elsewhere``."""
     path = os.path.expanduser(model)
     if os.path.isdir(path):
         digest = hashlib.sha256()
@@ -138,9 +139,14 @@ def model_revision(model: str) -> str:
                     with open(full, "rb") as handle:
                         digest.update(handle.read())
         return f"dir:{digest.hexdigest()[:16]}"
+    if model.startswith(("/", ".", "~")) or "/" not in model:
+        return f"dir:{model}@elsewhere"
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(model, "model_index.json")
+    try:
+        found = try_to_load_from_cache(model, "model_index.json")
+    except ValueError:  # not a hub id after all (huggingface_hub's validation errors)
+        found = None
     if isinstance(found, str):  # .../snapshots/<commit>/model_index.json
         return f"hub:{os.path.basename(os.path.dirname(found))}"
     return f"hub:{model}@unresolved"
