@@ -102,14 +102,16 @@ def _submit(
     return run.id
 
 
-def watch_for_lost_runs(deployment_id: UUID, deployment: str) -> None:
+def watch_for_lost_runs(deployment_id: UUID, deployment: str, lost_after: int = LOST_AFTER) -> None:
     """Make sure the server marks a run of ``deployment`` Crashed when its worker is gone.
 
-    An automation (made once per deployment, found by name after that): a flow run of this
-    deployment that has been Pending, Running or sent a heartbeat, and then sends neither a
-    heartbeat nor a new state for ``LOST_AFTER`` seconds, is set to Crashed.
+    An automation (made once per deployment and window, found by name after that): a flow run
+    of this deployment that has been Pending, Running or sent a heartbeat, and then sends
+    neither a heartbeat nor a new state for ``lost_after`` seconds, is set to Crashed. A run that
+    keeps sending heartbeats is never touched, however long it runs.
     """
-    name = f"deepfake: lost runs of {deployment} are crashed"
+    window = "" if lost_after == LOST_AFTER else f" after {lost_after} s"
+    name = f"deepfake: lost runs of {deployment} are crashed{window}"
     try:
         Automation.read(name=name)
         return
@@ -129,12 +131,12 @@ def watch_for_lost_runs(deployment_id: UUID, deployment: str) -> None:
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
-            within=timedelta(seconds=LOST_AFTER),
+            within=timedelta(seconds=lost_after),
         ),
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"no heartbeat for {LOST_AFTER} s: the worker running it is gone",
+                message=f"no heartbeat for {lost_after} s: the worker running it is gone",
             )
         ],
     ).create()

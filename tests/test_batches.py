@@ -13,14 +13,15 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.states import Failed
+from prefect.flow_engine import FlowRunEngine
+from prefect.states import Completed, Failed, Running
 
 from deepfake.config import DataConfig, InpaintConfig, MaskConfig, StorageConfig
 from deepfake.inpaint.stage import StaleAttempt, plan, run_planned_batch, send_attempt
 from deepfake.masks.stage import make_masks
 from deepfake.sources.stage import prepare_sources
 from deepfake.storage import Storage
-from flows.inpaint import BatchesFailed, _submit, run_batches_on
+from flows.inpaint import BatchesFailed, _submit, inpaint_batch, run_batches_on, watch_for_lost_runs
 
 POOL = "batches-test"
 
@@ -134,3 +135,44 @@ def test_only_the_latest_attempt_of_a_batch_writes(planned) -> None:
     assert not store.list_files(f"{made.folder}/batches")
     assert run_planned_batch(store, made, 0, attempt=2)["images"] == 2
     assert run_planned_batch(store, made, 1)["images"] == 1  # a local run: not fenced
+
+
+def test_a_run_that_sends_heartbeats_outlives_the_window_and_a_silent_one_is_crashed(
+    deployment, planned
+) -> None:
+    """The lost-run automation on the real server, with a 12 s window (90 s in use): a batch run
+    that sends the flow engine's own heartbeats stays Running for more than two windows; one
+    that falls silent is Crashed."""
+    from prefect.events.worker import EventsWorker
+
+    storage, made = planned
+    window = 12
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(deployment)
+        watch_for_lost_runs(dep.id, deployment, lost_after=window)
+        runs = []
+        for index in (0, 1):
+            parameters = {
+                "storage": storage.model_dump(mode="json"),
+                "plan": made.model_dump(mode="json"),
+                "index": index,
+                "attempt": 1,
+            }
+            run = client.create_flow_run_from_deployment(dep.id, parameters=parameters)
+            client.set_flow_run_state(run.id, Running(), force=True)
+            runs.append(client.read_flow_run(run.id))
+        healthy, silent = runs
+        engine = FlowRunEngine(flow=inpaint_batch, flow_run=healthy)  # the worker's heartbeats
+        try:
+            end = time.monotonic() + 2.5 * window
+            while time.monotonic() < end:
+                engine._emit_flow_run_heartbeat()
+                EventsWorker.drain_all()
+                time.sleep(window / 4)
+            states = {name: client.read_flow_run(r.id).state for name, r in
+                      (("healthy", healthy), ("silent", silent))}  # fmt: skip
+        finally:
+            client.set_flow_run_state(healthy.id, Completed(), force=True)
+    assert states["healthy"].name == "Running", states
+    assert states["silent"].name == "Crashed", states
+    assert f"no heartbeat for {window} s" in states["silent"].message
