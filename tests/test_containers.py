@@ -294,10 +294,27 @@ def test_pipeline_runs_on_the_stack_with_batches_on_the_gpu_worker(stack) -> Non
 
 
 def _stage_files(stack: Stack, prefix: str) -> dict[str, str]:
-    """Every stage output (not the run-specific reports, copies of the model, Prefect's results
-    or the evaluation, whose metrics name the storage root), by relative key."""
+    """Every stage output (not the run-specific reports, copies of the model, Prefect's results,
+    the evaluation, whose metrics name the storage root, or the batches' fences, which count
+    the attempts), by relative key."""
     skip = ("reports/", "models/", "prefect-results/", "evaluation/")
-    return {k: v for k, v in stack.objects(f"pipeline/{prefix}/").items() if not k.startswith(skip)}
+    return {
+        k: v
+        for k, v in stack.objects(f"pipeline/{prefix}/").items()
+        if not k.startswith(skip) and "/fences/" not in k
+    }
+
+
+def _attempts(stack: Stack, prefix: str) -> list[int]:
+    """The attempt each batch's fence allows to write, in key order."""
+    s3 = stack.s3_client()
+    keys = sorted(k for k in stack.objects(f"pipeline/{prefix}/") if "/fences/" in k)
+    return [
+        json.loads(s3.get_object(Bucket="deepfake", Key=f"pipeline/{prefix}/{k}")["Body"].read())[
+            "attempt"
+        ]
+        for k in keys
+    ]
 
 
 def test_killing_the_gpu_worker_mid_batch_loses_nothing(stack) -> None:
@@ -324,11 +341,14 @@ def test_killing_the_gpu_worker_mid_batch_loses_nothing(stack) -> None:
     print(f"\nkilled {gpu} during batch {killed.name} ({killed.id}); batch runs: {states}")
     # Every stage output is the same, by digest, as the undisturbed run's.
     assert _stage_files(stack, "c") == _stage_files(stack, "a")
+    # The killed batch was sent a second time, and only that attempt could write.
+    assert sorted(_attempts(stack, "c")) == [1, 1, 2], _attempts(stack, "c")
 
 
 def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> None:
-    # Credentials as Prefect Secret blocks: the job variables name them, the worker resolves
-    # them when it starts a container; neither the deployments nor the pools hold a value.
+    # Credentials as Prefect Secret blocks: the pools' templates name them (docker/
+    # pool_template.py), the worker resolves them when it starts a container; neither the
+    # deployments nor the pools hold a value.
     from prefect.blocks.system import Secret
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
@@ -336,10 +356,12 @@ def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> N
                   "AWS_SECRET_ACCESS_KEY": "s3-worker-secret-key",
                   "PREFECT_API_AUTH_STRING": "prefect-auth-string"}  # fmt: skip
     env = stack.worker_env()
+    env_values = dict(env)
     with temporary_settings({PREFECT_API_URL: stack.api, PREFECT_API_AUTH_STRING: stack.auth}):
         for variable, block in secret_env.items():
             Secret(value=env[variable]).save(block, overwrite=True)
-    env |= {v: "{{ prefect.blocks.secret." + b + " }}" for v, b in secret_env.items()}
+        for variable in secret_env:
+            del env[variable]
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     chosen = [d for d in config["deployments"] if d["name"] in ("pipeline", "gpu")]
     for deployment in chosen:  # no registry here: the images build.sh made, nothing pushed
@@ -354,8 +376,13 @@ def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> N
     config["deployments"] = chosen
     derived = tmp_path / "prefect.yaml"
     derived.write_text(yaml.safe_dump(config, sort_keys=False))
+    pool_template = tmp_path / "docker-pool.json"
+    secrets = [f"--secret={v}={b}" for v, b in secret_env.items()]
+    sh(str(BIN / "python"), str(ROOT / "docker/pool_template.py"), *secrets, "--out",
+       str(pool_template))  # fmt: skip
     for pool in ("cpu-docker", "gpu-docker"):
-        stack.prefect("work-pool", "create", pool, "--type", "docker", "--overwrite")
+        stack.prefect("work-pool", "create", pool, "--type", "docker", "--overwrite",
+                      "--base-job-template", str(pool_template))  # fmt: skip
     stack.prefect("deploy", "--prefect-file", str(derived), "--name", "pipeline", "--name", "gpu",
                   DEEPFAKE_IMAGE="unused")  # fmt: skip
     log = (tmp_path / "docker-worker.log").open("w")
@@ -385,8 +412,11 @@ def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> N
     with stack.client() as client:
         pool = client.read_work_pool("gpu-docker")
         gpu = client.read_deployment_by_name("inpaint-batch/gpu")
-    job = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(
-        pool.base_job_template, gpu.job_variables))  # fmt: skip
+    with temporary_settings({PREFECT_API_URL: stack.api, PREFECT_API_AUTH_STRING: stack.auth}):
+        job = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(
+            pool.base_job_template, gpu.job_variables))  # fmt: skip
+    # The worker resolves the pool's references into the container's environment.
+    assert job.env["AWS_SECRET_ACCESS_KEY"] == env_values["AWS_SECRET_ACCESS_KEY"]
     print(f"gpu deployment's container settings: image {job.image}, "
           f"container_create_kwargs {job.container_create_kwargs}")  # fmt: skip
     assert job.container_create_kwargs["device_requests"] == [
@@ -421,16 +451,20 @@ def test_schedule_fires_by_itself_and_retrains_with_guarded_promotion(stack) -> 
     assert run.state.is_completed(), run.state
     assert run.auto_scheduled, "this run was started by the schedule"
     s3 = stack.s3_client()
-    decisions = [
-        json.loads(s3.get_object(Bucket="deepfake", Key=f"pipeline/a/{key}")["Body"].read())
-        for key in stack.objects("pipeline/a/")
-        if key.endswith("/promotion.json") and not key.startswith("reports/latest")
-    ]
-    guarded = [d for d in decisions if d["policy"] == "if_better"]
-    # Compared with the current detector, or found to be the same one (nothing changed).
-    assert guarded and ("current_roc_auc" in guarded[0]
-                        or "the same detector" in guarded[0]["reason"]), decisions  # fmt: skip
-    print(f"\nscheduled run {run.id} ({run.name}): promotion {guarded[0]}")
+    # Run ids begin with their UTC time: the newest report is the scheduled run's.
+    newest = max(
+        key
+        for key in stack.objects("pipeline/a/reports/")
+        if key.endswith("/promotion.json") and not key.startswith("latest/")
+    )
+    decision = json.loads(
+        s3.get_object(Bucket="deepfake", Key=f"pipeline/a/reports/{newest}")["Body"].read()
+    )
+    # An earlier run on this prefix is live: the scheduled one was compared with it, or found
+    # to be the same detector (nothing changed).
+    assert decision["policy"] == "if_better", decision
+    assert "current_roc_auc" in decision or "the same detector" in decision["reason"], decision
+    print(f"\nscheduled run {run.id} ({run.name}): promotion {decision}")
 
 
 def test_server_restart_keeps_deployments_schedules_and_cached_results(stack) -> None:

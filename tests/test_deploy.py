@@ -115,3 +115,22 @@ def test_stack_secrets_are_generated_strong_and_placeholders_refused(tmp_path) -
     assert exposed.returncode == 1 and "TLS-terminating proxy" in exposed.stderr
     for value in values.values():  # the check names what is wrong, never a value
         assert len(value) < 16 or value not in refused.stderr + exposed.stderr
+
+
+def test_docker_pool_template_references_secret_blocks_and_refuses_values(tmp_path) -> None:
+    script = str(ROOT / "docker" / "pool_template.py")
+    out = tmp_path / "pool.json"
+    made = subprocess.run([str(BIN / "python"), script, "--secret", "AWS_SECRET_ACCESS_KEY=s3-key",
+                           "--out", str(out)], capture_output=True, text=True)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    template = json.loads(out.read_text())
+    env = template["variables"]["properties"]["env"]["default"]
+    assert env == {"AWS_SECRET_ACCESS_KEY": "{{ prefect.blocks.secret.s3-key }}"}
+    assert template["job_configuration"]["env"] == "{{ env }}"  # the Docker worker's own template
+    # A value where a block's name belongs is refused, and not repeated back.
+    value = "wJalrXUtnFEMI/K7MDENG+bPxRfiCY"
+    refused = subprocess.run([str(BIN / "python"), script, "--secret",
+                              f"AWS_SECRET_ACCESS_KEY={value}"], capture_output=True,
+                             text=True)  # fmt: skip
+    assert refused.returncode == 2 and "block-name" in refused.stderr
+    assert value not in refused.stderr + refused.stdout
