@@ -30,6 +30,7 @@ from deepfake.detector.bundle import (
     check_run_id,
     live_bundle,
     point_latest,
+    read_bundle,
 )
 from deepfake.evaluate.report import embed_images
 from deepfake.evaluate.stage import REPORT_FILE, evaluation_files, evaluation_metrics
@@ -66,14 +67,17 @@ def promotion_decision(
         live = live_bundle(storage, MODELS)
         if live is None:
             return {"promote": True, "policy": promote, "reason": "there is no current detector"}
-        current = Detector.load(storage, live, device)
+        # Its files checked first: a rerun that changed nothing builds no backbone.
+        current_meta = read_bundle(storage, live)[0]
+        same = _same_detector(current_meta, bundle_meta(storage, detector.folder))
+        current = None if same else Detector.load(storage, live, device)
     except Exception as exc:  # whatever is wrong with it, a person must look
         reason = (
             f"the current detector ({storage.uri(f'{MODELS}/{LATEST}')}) cannot be loaded: "
             f"{exc}; replace it with promote=always (--promote always)"
         )
         return {"promote": False, "policy": promote, "error": True, "reason": reason}
-    if _same_detector(current.meta, bundle_meta(storage, detector.folder)):
+    if current is None:
         reason = f"the same detector as the current one ({storage.uri(live)})"
         return {"promote": True, "policy": promote, "reason": reason, "same": True}
     test = storage.read_parquet(detector.manifest).query("split == 'test'")

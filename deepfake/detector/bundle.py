@@ -102,6 +102,24 @@ def write_bundle(
     return names
 
 
+def read_bundle(storage: Storage, folder: str) -> tuple[dict[str, Any], Any, dict | None]:
+    """The metadata, fitted model and fine-tuned backbone weights (None: ImageNet's) of the
+    bundle in ``folder``, each file checked against its digest; ``ValueError`` naming the file
+    otherwise. Builds no backbone (what makes loading a detector take seconds)."""
+    folder = resolve_bundle(storage, folder)
+    meta = bundle_meta(storage, folder)
+    name = f"{storage.uri(folder)}/{MODEL_FILE}"
+    model = load_model(storage.read_bytes(f"{folder}/{MODEL_FILE}"), name, meta["svm_sha256"])
+    weights = None
+    if meta.get("weights"):  # the file's name is fixed: never taken from the metadata
+        name = f"{storage.uri(folder)}/{WEIGHTS_FILE}"
+        data = storage.read_bytes(f"{folder}/{WEIGHTS_FILE}")
+        if sha256(data) != meta.get("weights_sha256"):
+            raise ValueError(f"{name}: digest does not match its metadata")
+        weights = read_weights(data, name)
+    return meta, model, weights
+
+
 def has_bundle(storage: Storage, folder: str) -> bool:
     return storage.exists(f"{folder}/{BUNDLE_FILE}")
 
@@ -129,17 +147,7 @@ class Detector:
     @classmethod
     def load(cls, storage: Storage, folder: str, device: str = "auto") -> Detector:
         """The bundle in ``folder`` (``<models>/latest``: the live one)."""
-        folder = resolve_bundle(storage, folder)
-        meta = bundle_meta(storage, folder)
-        name = f"{storage.uri(folder)}/{MODEL_FILE}"
-        model = load_model(storage.read_bytes(f"{folder}/{MODEL_FILE}"), name, meta["svm_sha256"])
-        weights = None
-        if meta.get("weights"):  # the file's name is fixed: never taken from the metadata
-            name = f"{storage.uri(folder)}/{WEIGHTS_FILE}"
-            data = storage.read_bytes(f"{folder}/{WEIGHTS_FILE}")
-            if sha256(data) != meta.get("weights_sha256"):
-                raise ValueError(f"{name}: digest does not match its metadata")
-            weights = read_weights(data, name)
+        meta, model, weights = read_bundle(storage, folder)
         return cls(meta, model, FeatureExtractor.from_info(meta, weights, device))
 
     def __post_init__(self) -> None:
