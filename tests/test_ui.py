@@ -4,6 +4,7 @@ process workers (tests/loopback.py). Screenshots go to the test's temporary fold
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -149,15 +150,29 @@ def test_deployment_run_form_lists_the_settings(ui, browser, tmp_path, loopback_
     assert {"128", "danielmao2019/deepfakeart"} <= set(values)  # two defaults of data.*
     page.get_by_text("Finetune Epochs", exact=False).first.scroll_into_view_if_needed()
     _shoot(page, tmp_path, "deployment-run-form")
+    with (
+        temporary_settings({PREFECT_API_URL: loopback_stack.api}),
+        get_client(sync_client=True) as client,
+    ):
+        before = len(client.read_flow_runs())
+    # A bad value typed into the form: the UI shows the server's refusal, naming the setting,
+    # and no run is made.
+    label = page.locator(".schema-form-property__label", has_text=re.compile(r"^Cv Folds"))
+    page.locator(".schema-form-property", has=label).last.locator("input").fill("1")
+    page.get_by_role("button", name="Submit").click()
+    refusal = "Validation failed for field 'settings.svm.cv_folds'"
+    page.get_by_text(refusal, exact=False).first.wait_for(timeout=30_000)
+    assert "1 is less than the minimum of 2" in page.inner_text("body")
+    _shoot(page, tmp_path, "deployment-run-form-refused")
     page.close()
-    # A bad value is refused by the server (409, naming the setting) before any run exists.
+    # The same refusal through the API (409, naming the setting).
     from prefect.exceptions import PrefectHTTPStatusError
 
     with (
         temporary_settings({PREFECT_API_URL: loopback_stack.api}),
         get_client(sync_client=True) as client,
     ):
-        before = len(client.read_flow_runs())
+        assert len(client.read_flow_runs()) == before
         with pytest.raises(PrefectHTTPStatusError, match="cv_folds|minimum") as refused:
             client.create_flow_run_from_deployment(
                 ui["deployment"].id, parameters={"settings": {"svm": {"cv_folds": 1}}}
