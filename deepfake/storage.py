@@ -54,9 +54,33 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, permanent) or not isinstance(exc, OSError)
 
 
+def _named(exc: OSError, location: str) -> OSError:
+    """``exc`` as the same kind of error, naming ``location`` (itself when it names a file)."""
+    if exc.filename or isinstance(exc, StorageError):
+        return exc
+    try:
+        if exc.errno is not None and exc.strerror:
+            return type(exc)(exc.errno, exc.strerror, location)
+        return type(exc)(f"{location}: {exc}")
+    except TypeError:  # an error class with a constructor of its own
+        return exc
+
+
 def is_url(location: str | Path) -> bool:
     """True for an object-store URL (``s3://...``), False for a local path."""
     return "://" in str(location) and not str(location).startswith("file://")
+
+
+def retry_policy() -> dict[str, Any]:
+    """botocore's retries: 8 attempts in "standard" mode unless AWS_MAX_ATTEMPTS (a whole number,
+    at least 1) or AWS_RETRY_MODE (legacy, standard, adaptive) say otherwise."""
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS", "8")
+    mode = os.environ.get("AWS_RETRY_MODE", "standard")
+    if not attempts.isdigit() or int(attempts) < 1:
+        raise ValueError(f"AWS_MAX_ATTEMPTS={attempts!r}: expected a whole number, at least 1")
+    if mode not in ("legacy", "standard", "adaptive"):
+        raise ValueError(f"AWS_RETRY_MODE={mode!r}: expected legacy, standard or adaptive")
+    return {"max_attempts": int(attempts), "mode": mode}
 
 
 def s3_options(endpoint_url: str | None = None) -> dict[str, Any]:
@@ -68,8 +92,9 @@ def s3_options(endpoint_url: str | None = None) -> dict[str, Any]:
         endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     )
     options: dict[str, Any] = {
-        # "standard" retry mode retries throttling, 5xx and dropped connections with backoff.
-        "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}},
+        # "standard" retry mode retries throttling, 5xx and dropped connections with backoff;
+        # AWS_MAX_ATTEMPTS and AWS_RETRY_MODE change it, as for every AWS tool.
+        "config_kwargs": {"retries": retry_policy()},
         # Several processes write the same prefix: never answer from a stale listing.
         "use_listings_cache": False,
     }
@@ -146,8 +171,20 @@ class Storage:
             uri = uri[len("file://") :]
         return uri if os.path.isabs(uri) or "://" in uri else posixpath.join(self._root_path, uri)
 
+    @contextlib.contextmanager
+    def _naming(self, uri: str) -> Iterator[None]:
+        """Errors of an object store named by the location they concern (S3's name none)."""
+        try:
+            yield
+        except OSError as exc:
+            named = _named(exc, uri if "://" in uri else self.uri(uri))
+            if named is exc:
+                raise
+            raise named from exc
+
     def exists(self, uri: str) -> bool:
-        return self.fs.exists(self._path(uri))
+        with self._naming(uri):
+            return self.fs.exists(self._path(uri))
 
     def read_bytes(self, uri: str, limit: int | None = None) -> bytes:
         """The file's bytes. Only a regular file is read (a FIFO would block, a device never
@@ -162,7 +199,8 @@ class Storage:
                 ) from None
             except OSError as exc:
                 if is_permanent(exc) or attempt + 1 == READ_ATTEMPTS:
-                    raise
+                    with self._naming(uri):
+                        raise
                 time.sleep(READ_PAUSE * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -193,7 +231,8 @@ class Storage:
     def write_bytes(self, uri: str, data: bytes) -> None:
         path = self._path(uri)
         if not self.is_local:
-            self.fs.pipe_file(path, data)
+            with self._naming(uri):
+                self.fs.pipe_file(path, data)
             return
 
         def fill(tmp: str) -> None:
@@ -210,16 +249,19 @@ class Storage:
         if self.is_local:
             self._replace_atomically(path, lambda tmp: shutil.copyfile(local, tmp))
         else:  # an object appears only when its (multipart) upload completes
-            self.fs.put_file(str(local), path)
+            with self._naming(uri):
+                self.fs.put_file(str(local), path)
 
     def get_file(self, uri: str, local: str | Path) -> None:
-        self.fs.get_file(self._path(uri), str(local))
+        with self._naming(uri):
+            self.fs.get_file(self._path(uri), str(local))
 
     def list_files(self, uri: str) -> set[str]:
         """Relative paths of all files below ``uri`` (empty when it does not exist)."""
         base = self._path(uri).rstrip("/")
         try:
-            found = self.fs.find(base)
+            with self._naming(uri):
+                found = self.fs.find(base)
         except FileNotFoundError:
             return set()
         return {p[len(base) + 1 :] for p in found if p.startswith(base + "/")}
@@ -231,7 +273,8 @@ class Storage:
         Changes whenever a file is added, removed or rewritten."""
         base = self._path(uri).rstrip("/")
         try:
-            found = self.fs.find(base, detail=True)
+            with self._naming(uri):
+                found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
         out = {}
@@ -250,8 +293,9 @@ class Storage:
 
     def delete(self, uri: str) -> None:
         path = self._path(uri)
-        if self.fs.exists(path):
-            self.fs.rm(path, recursive=True)
+        with self._naming(uri):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
 
     def read_many(self, uris: list[str]) -> list[bytes | Exception]:
         """Contents of many files, fetched concurrently from object stores. A file that is not
@@ -276,7 +320,8 @@ class Storage:
             if not todo:
                 break
             if attempt + 1 == READ_ATTEMPTS:
-                raise found[todo[0]]
+                with self._naming(todo[0]):
+                    raise found[todo[0]]
             time.sleep(READ_PAUSE * 2**attempt)
         return [
             StorageError(f"{uri}: no such file")
@@ -291,7 +336,8 @@ class Storage:
             for uri, data in items.items():
                 self.write_bytes(uri, data)
         elif items:
-            self.fs.pipe({self._path(uri): data for uri, data in items.items()})
+            with self._naming(next(iter(items)) if len(items) == 1 else ""):
+                self.fs.pipe({self._path(uri): data for uri, data in items.items()})
 
     @contextlib.contextmanager
     def batched_writes(self, size: int = 64) -> Iterator[Callable[[str, bytes], None]]:

@@ -77,15 +77,18 @@ class FaultyProxy:
     """Forwards HTTP to ``target``, answering 503 SlowDown to the first ``fail_first`` requests
     and then to every ``every``-th one (0 = never); ``delay`` seconds are added to each request,
     like the round trip to a remote object store; any request for a key (or a listing) under
-    ``deny`` (``bucket/prefix``) gets 403 AccessDenied, as a bucket policy would answer. Counts
-    what it did."""
+    ``deny`` (``bucket/prefix``) gets 403 AccessDenied, as a bucket policy would answer; once a
+    request's path contains ``outage_after``, every later request gets 503 (an outage that does
+    not pass; ``outage_at`` is when it began). Counts what it did."""
 
     def __init__(
         self, target: str, fail_first: int = 0, every: int = 0, delay: float = 0.0,
-        deny: str | None = None,
+        deny: str | None = None, outage_after: str | None = None,
     ) -> None:  # fmt: skip
         self.target = urlsplit(target)
         self.fail_first, self.every, self.delay, self.deny = fail_first, every, delay, deny
+        self.outage_after = outage_after
+        self.outage_at: float | None = None
         self.requests = self.faults = 0
         self._lock = threading.Lock()
         proxy = self
@@ -121,12 +124,13 @@ class FaultyProxy:
                     if self.command != "HEAD":
                         self.wfile.write(ACCESS_DENIED)
                     return
-                if proxy._should_fail():
+                if proxy._should_fail(self.path):
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(SLOW_DOWN)))
                     self.end_headers()
-                    self.wfile.write(SLOW_DOWN)
+                    if self.command != "HEAD":  # a HEAD answer has no body
+                        self.wfile.write(SLOW_DOWN)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 if body or self.command in ("PUT", "POST"):
@@ -165,12 +169,17 @@ class FaultyProxy:
         wanted = f"{bucket}/{key or listed}"
         return wanted.startswith(self.deny)
 
-    def _should_fail(self) -> bool:
+    def _should_fail(self, path: str) -> bool:
         with self._lock:
             self.requests += 1
-            fail = self.requests <= self.fail_first or (
-                self.every > 0 and self.requests % self.every == 0
+            down = self.outage_at is not None
+            fail = (
+                down
+                or self.requests <= self.fail_first
+                or (self.every > 0 and self.requests % self.every == 0)
             )
+            if not down and self.outage_after and self.outage_after in unquote(path):
+                self.outage_at = time.monotonic()  # this request still goes through
             self.faults += fail
             return fail
 

@@ -47,6 +47,19 @@ def s3():
         yield endpoint
 
 
+def sources_written(endpoint: str, prefix: str) -> dict[str, tuple]:
+    """The sources stage's objects under ``prefix``: key -> (ETag, when it was written)."""
+    client = boto3.client("s3", endpoint_url=endpoint)
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix=f"{prefix}/sources/"
+    )
+    return {
+        item["Key"]: (item["ETag"], item["LastModified"])
+        for page in pages
+        for item in page.get("Contents", [])
+    }
+
+
 def keys(endpoint: str, prefix: str) -> set[str]:
     client = boto3.client("s3", endpoint_url=endpoint)
     found = set()
@@ -153,16 +166,44 @@ def test_cached_results_live_in_s3(s3, clean_run, tmp_path, monkeypatch) -> None
     assert again["roc_auc"] == summary["roc_auc"]
 
 
-def test_transient_s3_faults_are_retried_and_outputs_identical(
+def test_an_outage_fails_the_run_by_name_and_a_run_through_faults_resumes_identically(
     s3, clean_run, tmp_path, monkeypatch
 ):
+    """S3 stops answering (503 to every request) once the masks stage begins: the run fails,
+    its message naming the object and S3's answer. The next run, through a proxy that answers
+    503 SlowDown to its first 3 and then every 9th request, reuses the sources made before the
+    outage (the task's cache key names the endpoint, the stage finds its finished folder), makes
+    every other stage through the faults, and ends with the clean run's outputs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     summary, _ = clean_run
     monkeypatch.chdir(tmp_path)
+    root = f"s3://{BUCKET}/faulty"
+    with monkeypatch.context() as env:
+        env.setenv("AWS_MAX_ATTEMPTS", "1")  # the outage fails a request in seconds, not minutes
+        with FaultyProxy(s3, outage_after=f"/{BUCKET}/faulty/masks/") as proxy:
+            cfg = load_settings(overrides=[*TINY, f"storage.endpoint_url={proxy.url}"],
+                                storage=root)  # fmt: skip
+            flow = pipeline.with_options(result_storage=result_storage_for(cfg.storage))
+            state = flow(settings=cfg.model_dump(mode="json"), return_state=True)
+    assert proxy.outage_at is not None and proxy.faults > 0
+    assert state.is_failed(), state
+    print(f"\nthe run during the outage: {state.message}")
+    assert "Service Unavailable" in state.message or "reduce your request rate" in state.message
+    assert f"s3://{BUCKET}/faulty/masks/" in state.message, state.message  # which object
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))  # fmt: skip
+    assert {t.name.rsplit("-", 1)[0] for t in tasks if t.state.is_failed()} == {"make-masks"}
+    made = sources_written(s3, "faulty")
+    assert made  # the sources were made before the outage
     with FaultyProxy(s3, fail_first=3, every=9) as proxy:
-        faulty, _ = run_flow(f"s3://{BUCKET}/faulty", proxy.url)
+        faulty, _ = run_flow(root, proxy.url)
     assert proxy.faults > 10
+    assert sources_written(s3, "faulty") == made  # reused, not made again; the rest made now
     clean = Storage(f"s3://{BUCKET}/clean", endpoint_url=s3)
-    other = Storage(f"s3://{BUCKET}/faulty", endpoint_url=s3)
+    other = Storage(root, endpoint_url=s3)
     stage_files = {k for k in clean.list_files("") if k.split("/")[0] in
                    ("sources", "masks", "inpainted", "features", "detector")}  # fmt: skip
     assert stage_files and stage_files <= other.list_files("")
@@ -170,6 +211,30 @@ def test_transient_s3_faults_are_retried_and_outputs_identical(
         if key.endswith((".png", ".parquet", ".json")) and "/plans/" not in key:
             assert clean.read_bytes(key) == other.read_bytes(key), key
     assert faulty["roc_auc"] == summary["roc_auc"]
+
+
+def test_s3_errors_name_the_object_and_retries_follow_the_aws_settings(s3, monkeypatch) -> None:
+    from deepfake.storage import retry_policy
+
+    assert retry_policy() == {"max_attempts": 8, "mode": "standard"}
+    monkeypatch.setenv("AWS_RETRY_MODE", "sometimes")
+    with pytest.raises(ValueError, match="AWS_RETRY_MODE='sometimes'"):
+        retry_policy()
+    monkeypatch.delenv("AWS_RETRY_MODE")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "0")
+    with pytest.raises(ValueError, match="AWS_MAX_ATTEMPTS='0'"):
+        retry_policy()
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with FaultyProxy(s3, fail_first=10**9) as proxy:  # S3 down
+        store = Storage(f"s3://{BUCKET}/named", endpoint_url=proxy.url)
+        calls = {"exists": lambda: store.exists("a/b.json"),
+                 "read": lambda: store.read_bytes("a/b.json"),
+                 "write": lambda: store.write_bytes("a/b.json", b"{}"),
+                 "list": lambda: store.list_files("a")}  # fmt: skip
+        for name, call in calls.items():
+            with pytest.raises(OSError, match=f"s3://{BUCKET}/named/a") as raised:
+                call()
+            assert "Service Unavailable" in str(raised.value) or "rate" in str(raised.value), name
 
 
 def test_no_secret_reaches_any_stored_object(s3, clean_run) -> None:
