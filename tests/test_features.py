@@ -250,12 +250,14 @@ TUNED = FeaturesConfig(finetune_epochs=2, finetune_batch_size=8, batch_size=16)
 
 def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
     from deepfake.features import WEIGHTS_FILE, FeatureExtractor, read_weights
+    from deepfake.features.stage import output_folder
     from deepfake.hashing import sha256
 
     store, split = split_dataset
     frame = store.read_parquet(split.manifest)
     test_uris = set(frame.loc[frame["split"] == "test", "uri"])
     assert test_uris
+    store.delete(output_folder(TUNED, split))  # made by another test of the module, perhaps
     store.reads = []
     out = extract_features(store, TUNED, split)
     info = store.read_json(f"{out.folder}/features.json")
