@@ -6,12 +6,12 @@ subflows of the pipeline, one after another. With it, every batch is sent to tha
 them; a batch whose flow run fails or crashes is sent again, to whichever worker is free, up to
 ``inpaint.batch_attempts`` runs. A batch whose worker dies (killed, out of memory, machine lost)
 stops sending heartbeats (every batch run is sent with them on, whatever its deployment's job
-variables say): an automation on the server marks such a run Crashed after ``LOST_AFTER``
-seconds, which makes it a crashed batch like any other. Every run carries its attempt number,
-and only the latest attempt of a batch may write (a run taken for lost that is still alive
-stops before writing: fencing); a run not finished ``inpaint.batch_deadline`` seconds after it
-was sent is cancelled and counts as a failed attempt; each submission has an idempotency key,
-so that a pipeline that is itself retried finds its batch runs instead of sending them twice.
+variables say): an automation on the server marks such a run Crashed after ``inpaint.lost_after``
+seconds, which makes it a crashed batch like any other. Every run carries its attempt number, and
+only the latest attempt of a batch may write (a run taken for lost that is still alive stops before
+writing: fencing); a run not finished ``inpaint.batch_deadline`` seconds after it was sent is
+cancelled and counts as a failed attempt; each submission has an idempotency key, so that a pipeline
+that is itself retried finds its batch runs instead of sending them twice.
 
 Run alone, this module inpaints one batch of an existing plan (what a deployment run does):
 
@@ -70,10 +70,10 @@ def inpaint_batch(
     return {k: v for k, v in stats.items() if k != "failed"} | {"failed": len(stats["failed"])}
 
 
-# A batch run silent for this long (no heartbeat, no new state) has lost its worker. Every batch
-# run is sent with a heartbeat every HEARTBEAT seconds (Prefect's minimum is 30).
+# Every batch run is sent with a heartbeat every HEARTBEAT seconds (Prefect's minimum is 30); one
+# silent for inpaint.lost_after seconds (no heartbeat, no new state) has lost its worker.
 HEARTBEAT = 30
-LOST_AFTER = 90
+LOST_AFTER: int = InpaintConfig.model_fields["lost_after"].default
 
 
 def _submit(
@@ -154,7 +154,8 @@ def run_batches_on(
     crash or pass ``inpaint.batch_deadline``, up to ``inpaint.batch_attempts`` runs each."""
     logger = get_run_logger()
     with get_client(sync_client=True) as client:
-        watch_for_lost_runs(client.read_deployment_by_name(deployment).id, deployment)
+        deployment_id = client.read_deployment_by_name(deployment).id
+        watch_for_lost_runs(deployment_id, deployment, plan.cfg.lost_after)
     pending = {i: (_submit(deployment, storage, plan, i, 1), time.monotonic())
                for i in range(plan.batches)}  # fmt: skip
     attempts = dict.fromkeys(pending, 1)

@@ -55,6 +55,7 @@ SMALL = {
 # On the stack the batches go to the GPU worker, which runs a tiny SD2 pipeline on its CPU.
 SD2_ON_GPU_WORKER = {
     "backend": "sd2", "batch_size": 8, "deployment": "inpaint-batch/batch-stack",
+    "lost_after": 60,  # 90 in use; 60 still outlasts one missed heartbeat (every 30 s)
     "sd2": {"model": TINY_SD2, "device": "cpu", "steps": 2, "resolution": 64},
 }  # fmt: skip
 STAGE_TASKS = {"prepare-sources", "make-masks", "collect-inpainting", "split-dataset",

@@ -43,8 +43,16 @@ class _InpaintSettings(Section):
         "(waiting for a worker included) before it is cancelled and counts as a failed attempt.",
     )
 
+    lost_after: int = Field(
+        90,
+        ge=45,
+        description="With inpaint.deployment: seconds without a heartbeat (each batch run sends "
+        "one every 30 s) after which the run's worker is taken for lost: the run is marked "
+        "Crashed and the batch sent again.",
+    )
+
     EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset(
-        {"batch_size", "deployment", "batch_attempts", "batch_deadline"}
+        {"batch_size", "deployment", "batch_attempts", "batch_deadline", "lost_after"}
     )
 
     @model_validator(mode="before")
