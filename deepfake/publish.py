@@ -67,10 +67,10 @@ def promotion_decision(
         live = live_bundle(storage, MODELS)
         if live is None:
             return {"promote": True, "policy": promote, "reason": "there is no current detector"}
-        # Its files checked first: a rerun that changed nothing builds no backbone.
-        current_meta = read_bundle(storage, live)[0]
-        same = _same_detector(current_meta, bundle_meta(storage, detector.folder))
-        current = None if same else Detector.load(storage, live, device)
+        # Its files read and checked once; a rerun that changed nothing builds no backbone.
+        bundle = read_bundle(storage, live)
+        same = _same_detector(bundle[0], bundle_meta(storage, detector.folder))
+        current = None if same else Detector.of(bundle, device)
     except Exception as exc:  # whatever is wrong with it, a person must look
         reason = (
             f"the current detector ({storage.uri(f'{MODELS}/{LATEST}')}) cannot be loaded: "

@@ -147,7 +147,12 @@ class Detector:
     @classmethod
     def load(cls, storage: Storage, folder: str, device: str = "auto") -> Detector:
         """The bundle in ``folder`` (``<models>/latest``: the live one)."""
-        meta, model, weights = read_bundle(storage, folder)
+        return cls.of(read_bundle(storage, folder), device)
+
+    @classmethod
+    def of(cls, bundle: tuple[dict[str, Any], Any, dict | None], device: str = "auto") -> Detector:
+        """The detector of a bundle already read (``read_bundle``): builds its backbone."""
+        meta, model, weights = bundle
         return cls(meta, model, FeatureExtractor.from_info(meta, weights, device))
 
     def __post_init__(self) -> None:
