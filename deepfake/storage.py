@@ -142,9 +142,16 @@ class Storage:
         """Fail fast, with one clear message, when the root cannot be used (S3: bucket, access)."""
         if self.is_local:
             return
+        from botocore.exceptions import NoCredentialsError  # s3fs's own dependency
+
         bucket = self._root_path.split("/", 1)[0]
         try:
             self.fs.ls(bucket, refresh=True)
+        except NoCredentialsError:
+            raise StorageError(
+                f"storage {self.root}: no AWS credentials were found (environment, profile or "
+                "instance role)"
+            ) from None
         except FileNotFoundError:
             raise StorageError(f"storage {self.root}: bucket {bucket!r} does not exist") from None
         except PermissionError:

@@ -35,16 +35,28 @@ CREDENTIALS = {
 }
 
 
+def fake_credentials(env: pytest.MonkeyPatch) -> None:
+    for key, value in {**CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        env.setenv(key, value)
+    env.delenv("AWS_ENDPOINT_URL", raising=False)
+    env.delenv("AWS_PROFILE", raising=False)
+
+
 @pytest.fixture(scope="module")
-def s3():
-    """moto on loopback with one bucket; yields its endpoint URL."""
-    with pytest.MonkeyPatch.context() as env, moto_server() as endpoint:
-        for key, value in {**CREDENTIALS, "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            env.setenv(key, value)
-        env.delenv("AWS_ENDPOINT_URL", raising=False)
-        env.delenv("AWS_PROFILE", raising=False)
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+def moto_endpoint():
+    """moto on loopback with one bucket, for the module; its endpoint URL."""
+    with moto_server() as endpoint:
+        keys = {name.lower(): value for name, value in CREDENTIALS.items()}
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+        client.create_bucket(Bucket=BUCKET)
         yield endpoint
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The endpoint, with the fake credentials in the environment for this test only."""
+    fake_credentials(monkeypatch)
+    return moto_endpoint
 
 
 def sources_written(endpoint: str, prefix: str) -> dict[str, tuple]:
@@ -102,14 +114,23 @@ def test_missing_bucket_fails_fast_with_one_message(s3: str, capsys, tmp_path, m
     assert code == 2 and "does not exist" in err and "Traceback" not in err
 
 
-def test_refused_credentials_fail_fast_with_one_message() -> None:
+def test_refused_or_missing_credentials_fail_fast_with_one_message(monkeypatch) -> None:
     # This moto server checks access keys against its (empty) IAM: ours are unknown to it.
-    with (
-        moto_process({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint,
-        pytest.raises(StorageError, match="access to bucket 'any' was refused") as err,
-    ):
-        Storage("s3://any/prefix", endpoint_url=endpoint).check()
-    assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
+    fake_credentials(monkeypatch)
+    with moto_process({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as endpoint:
+        with pytest.raises(StorageError, match="access to bucket 'any' was refused") as err:
+            Storage("s3://any/prefix", endpoint_url=endpoint).check()
+        assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in str(err.value)
+        # No credentials anywhere (a fresh process: fsspec keeps file systems per options): said
+        # so, not botocore's traceback.
+        type(Storage("s3://any/prefix", endpoint_url=endpoint).fs).clear_instance_cache()
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        with pytest.raises(StorageError, match="no AWS credentials were found"):
+            Storage("s3://any/prefix", endpoint_url=endpoint).check()
 
 
 def run_flow(root: str, endpoint: str, *extra: str) -> tuple[dict, set[str]]:
@@ -130,14 +151,15 @@ def run_flow(root: str, endpoint: str, *extra: str) -> tuple[dict, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def clean_run(s3, prefect_server, tmp_path_factory):
+def clean_run(moto_endpoint, prefect_server, tmp_path_factory):
+    """One whole run on S3, shared by the module; its credentials are set only while it runs."""
     workdir = tmp_path_factory.mktemp("cwd")
     before = os.getcwd()
-    os.chdir(workdir)
-    try:
-        summary, _ = run_flow(f"s3://{BUCKET}/clean", s3)
-    finally:
-        os.chdir(before)
+    with pytest.MonkeyPatch.context() as env:
+        fake_credentials(env)
+        env.chdir(workdir)
+        summary, _ = run_flow(f"s3://{BUCKET}/clean", moto_endpoint)
+    assert os.getcwd() == before
     return summary, workdir
 
 
