@@ -268,10 +268,19 @@ def _batch_runs(stack: Stack, prefix: str) -> list:
     ]
 
 
-def test_pipeline_runs_on_the_stack_with_batches_on_the_gpu_worker(stack) -> None:
+@pytest.fixture(scope="module")
+def reference_run(stack):
+    """The undisturbed run on prefix "a", its batches on the GPU worker, made once for the tests
+    that name it: what the kill test compares with, the detector the scheduled retraining finds
+    live, the results the restarted server finds cached. Any of them runs alone too."""
     run = _run_pipeline(stack, "deepfake-pipeline/pipeline-stack",
                         {"settings": settings("a", **SD2_ON_GPU_WORKER)})  # fmt: skip
     assert run.state.is_completed(), run.state
+    return run
+
+
+def test_pipeline_runs_on_the_stack_with_batches_on_the_gpu_worker(stack, reference_run) -> None:
+    run = reference_run
     batches = _batch_runs(stack, "a")
     assert len(batches) == 3 and all(b.state.is_completed() for b in batches)
     gpu_log = sh("docker", "logs", stack.container("gpu-worker"))
@@ -318,7 +327,7 @@ def _attempts(stack: Stack, prefix: str) -> list[int]:
     ]
 
 
-def test_killing_the_gpu_worker_mid_batch_loses_nothing(stack) -> None:
+def test_killing_the_gpu_worker_mid_batch_loses_nothing(stack, reference_run) -> None:
     gpu = stack.container("gpu-worker")
     parameters = {"settings": settings("c", **SD2_ON_GPU_WORKER)}
     with stack.client() as client:
@@ -433,7 +442,7 @@ def test_docker_work_pool_runs_the_pipeline_in_a_container(stack, tmp_path) -> N
     sh("docker", "rm", containers["ID"])
 
 
-def test_schedule_fires_by_itself_and_retrains_with_guarded_promotion(stack) -> None:
+def test_schedule_fires_by_itself_and_retrains_with_guarded_promotion(stack, reference_run):
     # The weekly cron of retrain-stack, plus a 20-second interval so that it fires during the test.
     parameters = {"settings": settings("a", **SD2_ON_GPU_WORKER), "promote": "if_better"}
     since = dt.datetime.now(dt.UTC)
@@ -468,7 +477,7 @@ def test_schedule_fires_by_itself_and_retrains_with_guarded_promotion(stack) -> 
     print(f"\nscheduled run {run.id} ({run.name}): promotion {decision}")
 
 
-def test_server_restart_keeps_deployments_schedules_and_cached_results(stack) -> None:
+def test_server_restart_keeps_deployments_schedules_and_cached_results(stack, reference_run):
     def snapshot():
         with stack.client() as client:
             return sorted(
@@ -496,13 +505,19 @@ def test_server_restart_keeps_deployments_schedules_and_cached_results(stack) ->
 def test_a_worker_started_before_the_server_waits_and_connects(stack) -> None:
     stack.compose("stop", "prefect-server")
     name = f"{stack.project}_late-worker"
-    env = [f"-e{k}={v}" for k, v in stack.worker_env().items()]
+    # Debug logging: its attempts to reach the server, and their failures, are in its log.
+    worker_env = {**stack.worker_env(), "PREFECT_LOGGING_LEVEL": "DEBUG"}
+    env = [f"-e{k}={v}" for k, v in worker_env.items()]
+    # The command of the image and of compose's workers, named.
     sh("docker", "run", "-d", "--name", name, "--network", stack.network, *env,
-       "deepfake-worker:cpu", "prefect", "worker", "start", "--pool", "cpu", "--name",
-       "late-worker")  # fmt: skip
+       "deepfake-worker:cpu", "prefect", "worker", "start", "--pool", "cpu", "--type",
+       "process", "--name", "late-worker")  # fmt: skip
     try:
-        time.sleep(15)  # it tries, and fails, to reach the server meanwhile
-        assert json.loads(sh("docker", "inspect", name))[0]["State"]["Running"], "it crashed"
+        deadline = time.monotonic() + 120
+        # Its first request is under way while the server is down: only then is it started.
+        while "Connecting to API at" not in (log := sh("docker", "logs", name)):
+            assert time.monotonic() < deadline, f"it never tried to reach the server:\n{log}"
+            time.sleep(0.5)
         stack.compose("start", "prefect-server")
         stack.wait_healthy(("prefect-server",))
         deadline = time.monotonic() + 120
@@ -510,6 +525,8 @@ def test_a_worker_started_before_the_server_waits_and_connects(stack) -> None:
             while "late-worker" not in {w.name for w in client.read_workers_for_work_pool("cpu")}:
                 assert time.monotonic() < deadline, sh("docker", "logs", name)
                 time.sleep(2)
+        # It was trying before the server was started (seen above), and it is still up.
+        assert json.loads(sh("docker", "inspect", name))[0]["State"]["Running"], log
     finally:
         sh("docker", "rm", "-f", name, check=False)
 
