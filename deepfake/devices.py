@@ -6,6 +6,9 @@ never loads it.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,3 +36,24 @@ def resolve_device(name: str) -> torch.device:
             count = torch.cuda.device_count()
             raise Unavailable(f"device {name!r}: this machine has {count} CUDA GPU(s)")
     return device
+
+
+def check_device(name: str) -> None:
+    """``Unavailable`` when the device setting ``name`` cannot be used here (see
+    ``resolve_device``). ``auto`` and ``cpu`` always can: those are checked without loading
+    torch, which a run whose stages are all cached never needs."""
+    if name not in ("auto", "cpu"):
+        resolve_device(name)
+
+
+def gpu_driver_present() -> bool:
+    """Whether torch could find a GPU here, answered without importing torch: on Linux, False
+    when neither the CUDA driver library loads nor the ROCm kernel driver is there (torch's
+    ``cuda.is_available()`` needs one of them); True means only that it might."""
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return os.path.exists("/dev/kfd")
+    return True

@@ -5,7 +5,7 @@ command line refuses the run with one line instead of failing minutes in."""
 from __future__ import annotations
 
 from deepfake.config import Settings
-from deepfake.devices import resolve_device
+from deepfake.devices import check_device
 from deepfake.features.backbones import preflight_backbone
 from deepfake.inpaint.registry import preflight_backend
 from deepfake.sources.stage import preflight_source
@@ -20,4 +20,4 @@ def preflight(settings: Settings) -> None:
     preflight_source(storage, settings.data)
     preflight_backend(settings.inpaint)
     preflight_backbone(settings.features.backbone)
-    resolve_device(settings.features.device)
+    check_device(settings.features.device)

@@ -19,21 +19,19 @@ import logging
 from typing import Any, Literal
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from deepfake.config import Settings
-from deepfake.detector.bundle import (
+from deepfake.detector.files import (
     LATEST,
-    Detector,
     bundle_files,
     bundle_meta,
     check_run_id,
     live_bundle,
     point_latest,
-    read_bundle,
+    verified_files,
 )
+from deepfake.evaluate.outputs import REPORT_FILE, evaluation_files, evaluation_metrics
 from deepfake.evaluate.report import embed_images
-from deepfake.evaluate.stage import REPORT_FILE, evaluation_files, evaluation_metrics
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 
@@ -67,10 +65,15 @@ def promotion_decision(
         live = live_bundle(storage, MODELS)
         if live is None:
             return {"promote": True, "policy": promote, "reason": "there is no current detector"}
-        # Its files read and checked once; a rerun that changed nothing builds no backbone.
-        bundle = read_bundle(storage, live)
-        same = _same_detector(bundle[0], bundle_meta(storage, detector.folder))
-        current = None if same else Detector.of(bundle, device)
+        # Its files read and checked against their digests once. The same files as the new
+        # detector's (a rerun that changed nothing) were loaded and checked when they went live:
+        # such a rerun loads neither torch nor scikit-learn.
+        meta, files = verified_files(storage, live)
+        current = None
+        if not _same_detector(meta, bundle_meta(storage, detector.folder)):
+            from deepfake.detector.bundle import Detector, loaded_bundle
+
+            current = Detector.of(loaded_bundle(storage.uri(live), meta, files), device)
     except Exception as exc:  # whatever is wrong with it, a person must look
         reason = (
             f"the current detector ({storage.uri(f'{MODELS}/{LATEST}')}) cannot be loaded: "
@@ -80,6 +83,8 @@ def promotion_decision(
     if current is None:
         reason = f"the same detector as the current one ({storage.uri(live)})"
         return {"promote": True, "policy": promote, "reason": reason, "same": True}
+    from sklearn.metrics import roc_auc_score
+
     test = storage.read_parquet(detector.manifest).query("split == 'test'")
     try:
         scores = current.score_uris(storage, list(test["uri"]))
@@ -117,6 +122,8 @@ def check_published(
 ) -> None:
     """Load the bundle in ``folder`` as a user would and score ``count`` of its test images:
     ``PromotionError`` unless they get the scores the detector stage gave them."""
+    from deepfake.detector.bundle import Detector
+
     test = storage.read_parquet(detector.manifest).query("split == 'test'").head(count)
     try:
         got = Detector.load(storage, folder, device).score_uris(storage, list(test["uri"]))

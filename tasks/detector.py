@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from prefect import task
 
+from deepfake import detector  # the stage loads torch when it runs, not on import
 from deepfake.config import StorageConfig, SVMConfig
-from deepfake.detector import stage
-from deepfake.detector.stage import HeldOut
+from deepfake.detector.settings import HeldOut
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
@@ -16,4 +16,4 @@ def train_detector(
 ) -> StageOutput:
     """The cell SVM on the training split, its choices made on held-out data; every record's
     score and heat map; with ``protocols``, the held-out detectors the evaluation reports."""
-    return stage.train_detector(Storage.open(storage), cfg, features, protocols)
+    return detector.train_detector(Storage.open(storage), cfg, features, protocols)

@@ -10,9 +10,9 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
+from deepfake import evaluate  # the stage loads its libraries when it runs, not on import
 from deepfake.config import Settings, StorageConfig
-from deepfake.evaluate import stage
-from deepfake.evaluate.metrics import SUMMARY
+from deepfake.evaluate.names import SUMMARY
 from deepfake.publish import Promote, publish_run, self_contained_report
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
@@ -30,7 +30,7 @@ def evaluate_detector(
     baseline: StageOutput | None = None,
 ) -> StageOutput:
     """Held-out metrics, plots and report (with the frozen-backbone ``baseline``, if given)."""
-    return stage.evaluate_detector(
+    return evaluate.evaluate_detector(
         Storage.open(storage), settings, sources, dataset, features, detector, baseline
     )
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from prefect import task
 
+from deepfake import features  # the stage loads torch when it runs, not on import
 from deepfake.config import FeaturesConfig, StorageConfig
-from deepfake.features import stage
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
 from tasks._common import TASK_DEFAULTS
@@ -14,4 +14,4 @@ def extract_features(
     storage: StorageConfig, cfg: FeaturesConfig, dataset: StageOutput
 ) -> StageOutput:
     """CNN features of every real and inpainted image."""
-    return stage.extract_features(Storage.open(storage), cfg, dataset)
+    return features.extract_features(Storage.open(storage), cfg, dataset)

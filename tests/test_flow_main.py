@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +21,12 @@ from prefect.client.schemas.filters import (
 )
 
 from deepfake.config import load_settings
-from deepfake.evaluate.metrics import HEADLINE_METRICS
+from deepfake.evaluate.names import HEADLINE_METRICS
 from deepfake.predict import Detector
 from deepfake.storage import Storage
 from flows.main import main, pipeline
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "data.limit=24",
     "data.image_size=64",
@@ -260,6 +264,23 @@ def reference_run(prefect_server, tmp_path_factory) -> tuple[Path, dict]:
     summary, states = run(storage, *REFERENCE)
     assert set(states.values()) == {"Completed"}
     return storage, summary
+
+
+def test_a_cached_run_loads_no_model_library(first_run, prefect_api_url: str) -> None:
+    # A rerun that changed nothing, in a process of its own as a user starts it, imports neither
+    # torch, scikit-learn nor matplotlib: each costs a second or more at every start.
+    storage, _, _ = first_run
+    heavy = ("torch", "torchvision", "sklearn", "matplotlib", "skops")
+    code = (
+        "import sys; from flows.main import main; code = main(sys.argv[1:]); "
+        f"print('loaded:', sorted(m for m in {heavy!r} if m in sys.modules)); sys.exit(code)"
+    )
+    args = ["--storage", str(storage), *(a for o in TINY for a in ("--set", o))]
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300,
+                            env={**os.environ, "PREFECT_API_URL": prefect_api_url})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded: []" in result.stdout, result.stdout[-2000:]
 
 
 @pytest.mark.parametrize("setting", list(FIRST_REDONE))

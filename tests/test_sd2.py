@@ -153,6 +153,16 @@ def test_sd2_runs_on_cpu_only_when_asked(tiny_model: str) -> None:
         sd2(tiny_model, device="auto").pipeline()
 
 
+def test_the_quick_no_gpu_answer_never_contradicts_torch() -> None:
+    # device=auto asks first, without torch, whether a GPU driver is there at all: "no" must
+    # mean that torch finds no GPU either.
+    from deepfake.devices import gpu_driver_present
+
+    assert gpu_driver_present() or not torch.cuda.is_available()
+    if not gpu_driver_present():
+        assert SD2Inpainter.unavailable(SD2Config()) == "no CUDA GPU is visible"
+
+
 def test_sd2_stage_resumes_and_matches_an_uninterrupted_run(tiny_model: str, tmp_path: Path):
     tiny = SD2Config(model=tiny_model, device="cpu", steps=2, resolution=64, vae_roundtrip=True)
     cfg = InpaintConfig(backend="sd2", batch_size=4, sd2=tiny)

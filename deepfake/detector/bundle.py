@@ -1,27 +1,11 @@
-"""The detector bundle: the one folder that holds a trained detector, how it is written and
-loaded, and the ``Detector`` that scores images with it.
-
-A bundle is the detector stage's folder, or ``models/<run id>`` after publishing. Its files have
-fixed names:
-
-- ``detector.json``: how cells are made, the aggregation, the threshold, the probability
-  calibrations and the sha256 of the other files;
-- ``svm.skops``: the fitted cell pipeline (scaler and linear SVM), in skops' format, not pickle;
-- ``backbone.safetensors``: the fine-tuned backbone, when there is one (tensors only).
-
-Loading checks both digests and runs no code from the files: skops admits scikit-learn's and
-numpy's own types only; safetensors holds tensors only.
-
-Published bundles live in ``models/<run id>/``, written whole and never changed; which one is
-live is one small file beside them, ``models/latest.json`` (``{"run_id": ...}``), replaced in one
-atomic write. ``models/latest`` names the live bundle wherever a bundle is loaded by name.
+"""The ``Detector`` that scores images with a bundle (see ``files`` for what a bundle holds and
+how it is written, published and found): loading checks every digest and runs no code from the
+files (skops admits scikit-learn's and numpy's own types only; safetensors holds tensors only).
+``models/latest`` names the live bundle wherever a bundle is loaded by name.
 """
 
 from __future__ import annotations
 
-import json
-import posixpath
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,112 +14,37 @@ import cv2
 import numpy as np
 
 from deepfake.detector import copyrule
+from deepfake.detector.files import (
+    MODEL_FILE,
+    WEIGHTS_FILE,
+    resolve_bundle,
+    verified_files,
+)
 from deepfake.detector.model import linear_form, load_model, probability, top_k_mean
 from deepfake.detector.scoring import cell_decisions, score_uris
-from deepfake.features.extractor import WEIGHTS_FILE, FeatureExtractor, read_weights
-from deepfake.hashing import sha256
+from deepfake.features.extractor import FeatureExtractor, read_weights
 from deepfake.images import decode, encode_png, square
 from deepfake.storage import Storage
-
-BUNDLE_FILE = "detector.json"
-MODEL_FILE = "svm.skops"
-LATEST = "latest"
-POINTER_FILE = f"{LATEST}.json"
-RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def check_run_id(run_id: str) -> str:
-    """``run_id``, if it can name a run's folders: letters, digits, ``_``, ``.`` and ``-``,
-    starting with a letter or digit, and not ``latest``; else ``ValueError``."""
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id) or run_id == LATEST:
-        raise ValueError(
-            f"run id {run_id!r} cannot name a run: use letters, digits, '_', '.' and '-', "
-            f"starting with a letter or digit, and not {LATEST!r}"
-        )
-    return run_id
-
-
-def live_bundle(storage: Storage, models: str) -> str | None:
-    """The folder of the live bundle among ``models`` (``models/<run id>`` as its pointer says),
-    or None when there is none. A ``latest`` folder holding a bundle itself (earlier versions
-    published so) counts when there is no pointer."""
-    pointer = posixpath.join(models, POINTER_FILE) if models else POINTER_FILE
-    if storage.exists(pointer):
-        run_id = storage.read_json(pointer).get("run_id")
-        try:
-            return posixpath.join(models, check_run_id(run_id))
-        except ValueError as exc:
-            raise ValueError(f"{storage.uri(pointer)}: {exc}") from None
-    legacy = posixpath.join(models, LATEST)
-    return legacy if has_bundle(storage, legacy) else None
-
-
-def resolve_bundle(storage: Storage, folder: str) -> str:
-    """``folder``, or for ``<models>/latest`` the live bundle's folder."""
-    parent, name = posixpath.split(folder.rstrip("/"))
-    if name != LATEST:
-        return folder
-    live = live_bundle(storage, parent)
-    if live is None:
-        raise FileNotFoundError(f"{storage.uri(folder)}: no detector has been published there")
-    return live
-
-
-def point_latest(storage: Storage, models: str, run_id: str) -> None:
-    """Make ``models/<run id>`` the live bundle: one atomic write of the pointer."""
-    storage.write_json(posixpath.join(models, POINTER_FILE), {"run_id": check_run_id(run_id)})
-
-
-def write_bundle(
-    storage: Storage, folder: str, meta: dict[str, Any], model: bytes, weights: bytes | None
-) -> list[str]:
-    """Write a bundle's files into ``folder`` (``meta`` gains the files' digests); returns the
-    names written."""
-    storage.write_bytes(f"{folder}/{MODEL_FILE}", model)
-    meta = {**meta, "svm_sha256": sha256(model), "weights": None}
-    names = [MODEL_FILE, BUNDLE_FILE]
-    if weights is not None:
-        storage.write_bytes(f"{folder}/{WEIGHTS_FILE}", weights)
-        meta.update(weights=WEIGHTS_FILE, weights_sha256=sha256(weights))
-        names.append(WEIGHTS_FILE)
-    storage.write_json(f"{folder}/{BUNDLE_FILE}", meta)
-    return names
 
 
 def read_bundle(storage: Storage, folder: str) -> tuple[dict[str, Any], Any, dict | None]:
     """The metadata, fitted model and fine-tuned backbone weights (None: ImageNet's) of the
     bundle in ``folder``, each file checked against its digest; ``ValueError`` naming the file
     otherwise. Builds no backbone (what makes loading a detector take seconds)."""
-    folder = resolve_bundle(storage, folder)
-    meta = bundle_meta(storage, folder)
-    name = f"{storage.uri(folder)}/{MODEL_FILE}"
-    model = load_model(storage.read_bytes(f"{folder}/{MODEL_FILE}"), name, meta["svm_sha256"])
+    meta, files = verified_files(storage, folder)
+    return loaded_bundle(storage.uri(resolve_bundle(storage, folder)), meta, files)
+
+
+def loaded_bundle(
+    where: str, meta: dict[str, Any], files: dict[str, bytes]
+) -> tuple[dict[str, Any], Any, dict | None]:
+    """``read_bundle``'s result from the files ``verified_files`` read (``where``: their folder,
+    for messages)."""
+    model = load_model(files[MODEL_FILE], f"{where}/{MODEL_FILE}")
     weights = None
-    if meta.get("weights"):  # the file's name is fixed: never taken from the metadata
-        name = f"{storage.uri(folder)}/{WEIGHTS_FILE}"
-        data = storage.read_bytes(f"{folder}/{WEIGHTS_FILE}")
-        if sha256(data) != meta.get("weights_sha256"):
-            raise ValueError(f"{name}: digest does not match its metadata")
-        weights = read_weights(data, name)
+    if WEIGHTS_FILE in files:
+        weights = read_weights(files[WEIGHTS_FILE], f"{where}/{WEIGHTS_FILE}")
     return meta, model, weights
-
-
-def has_bundle(storage: Storage, folder: str) -> bool:
-    return storage.exists(f"{folder}/{BUNDLE_FILE}")
-
-
-def bundle_meta(storage: Storage, folder: str) -> dict[str, Any]:
-    return storage.read_json(f"{folder}/{BUNDLE_FILE}")
-
-
-def bundle_files(storage: Storage, folder: str, extra: dict[str, Any]) -> dict[str, bytes]:
-    """Every file of the bundle in ``folder`` (name -> bytes), ``extra`` added to its
-    metadata: what publishing copies."""
-    meta = bundle_meta(storage, folder)
-    names = [MODEL_FILE] + ([WEIGHTS_FILE] if meta.get("weights") else [])
-    files = {name: storage.read_bytes(f"{folder}/{name}") for name in names}
-    files[BUNDLE_FILE] = json.dumps({**meta, **extra}, indent=2, sort_keys=True).encode()
-    return files
 
 
 @dataclass

@@ -1,12 +1,16 @@
-"""The detector stage's settings, ``svm.*``."""
+"""The detector stage's settings, ``svm.*``, and which held-out detectors it trains beside the
+main one (``HeldOut``, from the evaluation's and the split's settings)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from deepfake.section import Section
+
+if TYPE_CHECKING:  # the settings hold this module's section
+    from deepfake.config import Settings
 
 
 class SVMConfig(Section):
@@ -42,3 +46,33 @@ class SVMConfig(Section):
     n_jobs: int = Field(-1, description="Parallel fits (-1 = all cores).")
 
     EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"n_jobs"})
+
+
+class HeldOut(BaseModel):
+    """The held-out detectors trained beside the main one (see ``heldout``): ``repeats`` grouped
+    splits of ``test_size`` from ``seed`` on, each with a detector per left-out family of fill
+    and, if asked, per left-out method."""
+
+    model_config = ConfigDict(frozen=True)
+
+    repeats: int = 1
+    test_size: float = 0.25
+    seed: int = 0
+    leave_one_family_out: bool = False
+    leave_one_method_out: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> HeldOut:
+        """The held-out detectors the evaluation settings ask for, on the split's settings."""
+        return cls(
+            repeats=settings.evaluate.repeats,
+            test_size=settings.split.test_size,
+            seed=settings.split.seed,
+            leave_one_family_out=settings.evaluate.leave_one_family_out,
+            leave_one_method_out=settings.evaluate.leave_one_method_out,
+        )
+
+    def leave_out(self) -> tuple[str, ...]:
+        """The columns whose values are left out in turn."""
+        return tuple(c for c, on in (("family", self.leave_one_family_out),
+                                     ("method", self.leave_one_method_out)) if on)  # fmt: skip

@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
 
-from deepfake.config import Settings
 from deepfake.detector import copyrule, heldout
-from deepfake.detector.bundle import write_bundle
+from deepfake.detector.files import write_bundle
 from deepfake.detector.model import (
     cell_svm,
     dump_model,
@@ -29,7 +27,7 @@ from deepfake.detector.model import (
     top_k_mean,
 )
 from deepfake.detector.scoring import score_uris
-from deepfake.detector.settings import SVMConfig
+from deepfake.detector.settings import HeldOut, SVMConfig
 from deepfake.detector.training import Fold, LinearModel, cell_labels, search_alpha
 from deepfake.features.stage import (
     cell_matrix,
@@ -51,36 +49,6 @@ PROTOCOLS_FILE = "protocols.json"
 CELL_COLUMNS = ["cells", "cell_index", "cell_coverage"]
 # What shapes the models and scores besides the settings (every image's cells are made again).
 PACKAGES = ("scikit-learn", "skops", "numpy", "torch", "timm", "torchvision")
-
-
-class HeldOut(BaseModel):
-    """The held-out detectors trained beside the main one (see ``heldout``): ``repeats`` grouped
-    splits of ``test_size`` from ``seed`` on, each with a detector per left-out family of fill
-    and, if asked, per left-out method."""
-
-    model_config = ConfigDict(frozen=True)
-
-    repeats: int = 1
-    test_size: float = 0.25
-    seed: int = 0
-    leave_one_family_out: bool = False
-    leave_one_method_out: bool = False
-
-    @classmethod
-    def of(cls, settings: Settings) -> HeldOut:
-        """The held-out detectors the evaluation settings ask for, on the split's settings."""
-        return cls(
-            repeats=settings.evaluate.repeats,
-            test_size=settings.split.test_size,
-            seed=settings.split.seed,
-            leave_one_family_out=settings.evaluate.leave_one_family_out,
-            leave_one_method_out=settings.evaluate.leave_one_method_out,
-        )
-
-    def leave_out(self) -> tuple[str, ...]:
-        """The columns whose values are left out in turn."""
-        return tuple(c for c, on in (("family", self.leave_one_family_out),
-                                     ("method", self.leave_one_method_out)) if on)  # fmt: skip
 
 
 def _cell_calibration(

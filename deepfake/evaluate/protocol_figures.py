@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepfake.evaluate.metrics import PROTOCOL_FIGURES, binary_metrics, recall_at_fpr
+from deepfake.evaluate.metrics import binary_metrics, recall_at_fpr
+from deepfake.evaluate.names import PROTOCOL_FIGURES
 
 
 def protocol_figures(

@@ -11,7 +11,7 @@ from typing import Any
 
 from PIL import Image
 
-from deepfake.evaluate.metrics import COMPARED, LABELS, LEFT_OUT, METRICS, OVER_SPLITS
+from deepfake.evaluate.names import COMPARED, LABELS, LEFT_OUT, METRICS, OVER_SPLITS
 
 
 def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
@@ -325,7 +325,7 @@ def embed_images(report: str, images: dict[str, bytes], max_width: int = 720) ->
             height = round(image.height * max_width / image.width)
             image = image.resize((max_width, height), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=True)
+        image.save(buffer, format="PNG")  # optimize=True: 4x the time for 2.5 % less
         return f"![{alt}](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
 
     return _IMAGE_LINK.sub(inline, report)

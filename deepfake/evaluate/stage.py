@@ -17,6 +17,7 @@ from deepfake.detector.stage import protocol_results, search_results
 from deepfake.evaluate.checks import bootstrap_ci, external_metrics, robustness, shortcut_audit
 from deepfake.evaluate.localisation import localisation
 from deepfake.evaluate.metrics import comparison, evaluate
+from deepfake.evaluate.outputs import METRICS_FILE, REPORT_FILE
 from deepfake.evaluate.plots import curves, example_grid, summary_plots
 from deepfake.evaluate.protocol_figures import held_out
 from deepfake.evaluate.report import report_markdown
@@ -24,7 +25,7 @@ from deepfake.features.stage import skipped_features
 from deepfake.hashing import digest_of
 from deepfake.inpaint.stage import backend_note
 from deepfake.sources.stage import external_records, skipped_sources
-from deepfake.stages import MANIFEST, StageOutput, run_stage, stage_folder
+from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -32,8 +33,6 @@ log = logging.getLogger("deepfake")
 STAGE = "evaluation"
 # What shapes the figures and plots besides the settings (the detector rescores degraded copies).
 PACKAGES = ("scikit-learn", "matplotlib", "numpy", "torch", "pillow")
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.md"
 
 
 def detector_metrics(
@@ -149,20 +148,3 @@ def _write(
     storage.write_bytes(f"{folder}/{REPORT_FILE}", report_markdown(metrics, notes).encode())
     storage.write_json(f"{folder}/{METRICS_FILE}", metrics)
     return [METRICS_FILE, REPORT_FILE, *images]
-
-
-def evaluation_metrics(storage: Storage, evaluation: StageOutput) -> dict[str, Any]:
-    """The evaluation's figures (``metrics.json``)."""
-    return storage.read_json(f"{evaluation.folder}/{METRICS_FILE}")
-
-
-def evaluation_files(storage: Storage, evaluation: StageOutput) -> dict[str, bytes]:
-    """Every file of the evaluation but its manifest (report, metrics, plots), by name."""
-    names = sorted(storage.list_files(evaluation.folder) - {MANIFEST})
-    found = storage.read_many([f"{evaluation.folder}/{name}" for name in names])
-    out = {}
-    for name, data in zip(names, found, strict=True):
-        if isinstance(data, Exception):
-            raise data
-        out[name] = data
-    return out

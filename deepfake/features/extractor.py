@@ -16,13 +16,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from deepfake.detector.files import WEIGHTS_FILE  # the name the bundle gives the file too
 from deepfake.devices import resolve_device
 from deepfake.features.backbones import Backbone, get_backbone
 from deepfake.features.forensics import FORENSIC_CHANNELS, as_batch, forensic_cells
 
 log = logging.getLogger("deepfake")
-
-WEIGHTS_FILE = "backbone.safetensors"
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
