@@ -56,6 +56,13 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
         ["features.relative_stages=5"],
     ),
     ("svm-15-epochs", "default with 15 passes of SGD instead of 8", ["svm.epochs=15"]),
+    (
+        "finetune-2",
+        "default + the backbone fine-tuned 2 epochs on the main split's training images (JPEG, "
+        "blur, flips); its other splits and left-out families are optimistic: that backbone saw "
+        "some of their test images and every family",
+        ["features.finetune_epochs=2"],
+    ),
 ]
 
 
