@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from deepfake.config import Settings
-from deepfake.detector.files import (
+from deepfake.detector.bundle import (
     LATEST,
     bundle_files,
     bundle_meta,

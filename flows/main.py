@@ -20,7 +20,7 @@ from prefect import Task, flow
 from prefect.filesystems import WritableFileSystem
 
 from deepfake.config import ConfigError, Settings, describe_settings, load_settings
-from deepfake.detector.files import check_run_id
+from deepfake.detector.bundle import check_run_id
 from deepfake.detector.settings import HeldOut
 from deepfake.preflight import preflight
 from deepfake.publish import Promote, new_run_id

@@ -8,8 +8,7 @@ import pytest
 
 from deepfake.config import load_settings
 from deepfake.detector import train_detector
-from deepfake.detector.bundle import Detector
-from deepfake.detector.files import live_bundle
+from deepfake.detector.bundle import Detector, live_bundle
 from deepfake.evaluate.stage import evaluate_detector
 from deepfake.features.stage import extract_features
 from deepfake.inpaint import run_inpaint

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepfake.detector.files import live_bundle
+from deepfake.detector.bundle import live_bundle
 from deepfake.storage import Storage
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from deepfake.detector import copyrule, heldout
-from deepfake.detector.files import write_bundle
+from deepfake.detector.bundle import write_bundle
 from deepfake.detector.model import (
     cell_svm,
     dump_model,

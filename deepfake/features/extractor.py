@@ -16,7 +16,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from deepfake.detector.files import WEIGHTS_FILE  # the name the bundle gives the file too
+from deepfake.detector.bundle import WEIGHTS_FILE  # the name the bundle gives the file too
 from deepfake.devices import resolve_device
 from deepfake.features.backbones import Backbone, get_backbone
 from deepfake.features.forensics import FORENSIC_CHANNELS, as_batch, forensic_cells

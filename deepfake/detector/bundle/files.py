@@ -1,13 +1,6 @@
-"""The detector bundle's files: their names, run ids, the live bundle's pointer, and reading and
-writing them without deserialising anything (no scikit-learn, no torch: publishing a detector
-that is already live loads neither).
-
-A bundle is the detector stage's folder, or ``models/<run id>`` after publishing: ``detector.json``
-(the metadata, with the sha256 of the other files), ``svm.skops`` (the fitted cell pipeline) and,
-for a fine-tuned backbone, ``backbone.safetensors``. Published bundles are written whole and never
-changed; which one is live is one small file beside them, ``models/latest.json``
-(``{"run_id": ...}``), replaced in one atomic write.
-"""
+"""The bundle's files (see the package): their names, run ids, the live bundle's pointer, and
+writing, reading and checking them without deserialising anything (no scikit-learn, no torch:
+publishing a detector that is already live loads neither)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
-"""The ``Detector`` that scores images with a bundle (see ``files`` for what a bundle holds and
-how it is written, published and found): loading checks every digest and runs no code from the
-files (skops admits scikit-learn's and numpy's own types only; safetensors holds tensors only).
-``models/latest`` names the live bundle wherever a bundle is loaded by name.
-"""
+"""The ``Detector`` that scores images with a bundle (see the package for what a bundle holds,
+and ``files`` for how it is written, published and found): loading checks every digest and runs
+no code from the files (skops admits scikit-learn's and numpy's own types only; safetensors holds
+tensors only)."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import cv2
 import numpy as np
 
 from deepfake.detector import copyrule
-from deepfake.detector.files import (
+from deepfake.detector.bundle.files import (
     MODEL_FILE,
     WEIGHTS_FILE,
     resolve_bundle,
