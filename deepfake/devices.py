@@ -24,7 +24,7 @@ def resolve_device(name: str) -> torch.device:
     from deepfake.section import Unavailable
 
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_visible() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -57,3 +57,13 @@ def gpu_driver_present() -> bool:
     except OSError:
         return os.path.exists("/dev/kfd")
     return True
+
+
+def cuda_visible() -> bool:
+    """Whether torch sees a CUDA GPU; torch is loaded only where a GPU driver is there at all
+    (most machines have none, and a run whose stages are all cached then loads no torch)."""
+    if not gpu_driver_present():
+        return False
+    import torch
+
+    return torch.cuda.is_available()

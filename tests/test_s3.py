@@ -46,8 +46,8 @@ def fake_credentials(env: pytest.MonkeyPatch) -> None:
 def moto_endpoint():
     """moto on loopback with one bucket, for the module; its endpoint URL."""
     with moto_server() as endpoint:
-        keys = {name.lower(): value for name, value in CREDENTIALS.items()}
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+        credentials = {name.lower(): value for name, value in CREDENTIALS.items()}
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **credentials)
         client.create_bucket(Bucket=BUCKET)
         yield endpoint
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, field_validator
 
-from deepfake.devices import gpu_driver_present, resolve_device
+from deepfake.devices import cuda_visible, resolve_device
 from deepfake.inpaint.base import Inpainter
 from deepfake.section import Section, Unavailable
 
@@ -258,14 +258,8 @@ class SD2Inpainter(Inpainter):
     def unavailable(cls, cfg: Section) -> str | None:
         """No CUDA GPU for ``device=auto``, or weights that cannot be loaded (loading them once
         per process, so that the batches that follow find them)."""
-        if cfg.device == "auto":  # type: ignore[attr-defined]
-            # Most machines have no GPU driver at all: known without loading torch.
-            if not gpu_driver_present():
-                return "no CUDA GPU is visible"
-            import torch
-
-            if not torch.cuda.is_available():
-                return "no CUDA GPU is visible"
+        if cfg.device == "auto" and not cuda_visible():  # type: ignore[attr-defined]
+            return "no CUDA GPU is visible"
         try:
             cls(cfg).pipeline()  # type: ignore[arg-type]
         except (ModelUnavailable, BackendUnavailable) as exc:

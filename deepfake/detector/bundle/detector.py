@@ -30,8 +30,9 @@ def read_bundle(storage: Storage, folder: str) -> tuple[dict[str, Any], Any, dic
     """The metadata, fitted model and fine-tuned backbone weights (None: ImageNet's) of the
     bundle in ``folder``, each file checked against its digest; ``ValueError`` naming the file
     otherwise. Builds no backbone (what makes loading a detector take seconds)."""
+    folder = resolve_bundle(storage, folder)  # once: for models/latest it reads the pointer
     meta, files = verified_files(storage, folder)
-    return loaded_bundle(storage.uri(resolve_bundle(storage, folder)), meta, files)
+    return loaded_bundle(storage.uri(folder), meta, files)
 
 
 def loaded_bundle(

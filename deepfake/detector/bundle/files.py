@@ -86,12 +86,20 @@ def bundle_meta(storage: Storage, folder: str) -> dict[str, Any]:
     return storage.read_json(f"{folder}/{BUNDLE_FILE}")
 
 
+def _digests(meta: dict[str, Any]) -> dict[str, str | None]:
+    """The bundle's data files (name -> the sha256 its metadata gives). The names are fixed:
+    never taken from the metadata."""
+    digests = {MODEL_FILE: meta.get("svm_sha256")}
+    if meta.get("weights"):
+        digests[WEIGHTS_FILE] = meta.get("weights_sha256")
+    return digests
+
+
 def bundle_files(storage: Storage, folder: str, extra: dict[str, Any]) -> dict[str, bytes]:
     """Every file of the bundle in ``folder`` (name -> bytes), ``extra`` added to its
     metadata: what publishing copies."""
     meta = bundle_meta(storage, folder)
-    names = [MODEL_FILE] + ([WEIGHTS_FILE] if meta.get("weights") else [])
-    files = {name: storage.read_bytes(f"{folder}/{name}") for name in names}
+    files = {name: storage.read_bytes(f"{folder}/{name}") for name in _digests(meta)}
     files[BUNDLE_FILE] = json.dumps({**meta, **extra}, indent=2, sort_keys=True).encode()
     return files
 
@@ -102,12 +110,8 @@ def verified_files(storage: Storage, folder: str) -> tuple[dict[str, Any], dict[
     naming the file otherwise. Nothing is deserialised."""
     folder = resolve_bundle(storage, folder)
     meta = bundle_meta(storage, folder)
-    # The file names are fixed: never taken from the metadata.
-    expected = {MODEL_FILE: meta.get("svm_sha256")}
-    if meta.get("weights"):
-        expected[WEIGHTS_FILE] = meta.get("weights_sha256")
     files = {}
-    for name, digest in expected.items():
+    for name, digest in _digests(meta).items():
         data = storage.read_bytes(f"{folder}/{name}")
         if sha256(data) != digest:
             raise ValueError(f"{storage.uri(folder)}/{name}: digest does not match its metadata")
