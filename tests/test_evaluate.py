@@ -203,6 +203,44 @@ def test_localisation_scores_heat_maps_against_true_masks(tmp_path) -> None:
     assert set(out["per_mask_type"]) == {"diagonal"} and set(out["per_mask_area"]) == {"0.45-0.55"}
 
 
+def test_localisation_auc_of_every_group_is_scikit_learns(tmp_path) -> None:
+    """One sort of every pixel serves every group's pixel ROC-AUC: each equals the AUC of that
+    group's own pixels."""
+    from sklearn.metrics import roc_auc_score
+
+    from deepfake.evaluate.localisation import localisation, pixel_maps
+    from deepfake.images import encode_png
+    from deepfake.storage import Storage
+
+    store = Storage(tmp_path)
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(8):
+        fake = i % 4 != 0
+        if fake:
+            mask = np.zeros((16, 16), np.uint8)
+            mask[rng.integers(0, 8) :, : rng.integers(4, 16)] = 255
+            store.write_bytes(f"m{i}.png", encode_png(mask))
+        heat = np.round(rng.normal(size=16), 1)  # rounded: ties within and across images
+        rows.append({"label": int(fake), "variant": "ab"[i % 2] if fake else "real",
+                     "coverage": 0.3 if i % 3 else 0.7, "mask_uri": f"m{i}.png" if fake else "",
+                     "grid": [4, 4], "heat": heat.tolist()})  # fmt: skip
+    test = pd.DataFrame(rows)
+    calibration = {"a": 1.0, "b": 0.0}
+    out = localisation(store, test, calibration, 16)
+    masks, heats = pixel_maps(store, test, calibration, 16)
+
+    def auc(chosen: np.ndarray) -> float:
+        truth = np.concatenate([masks[i].ravel() for i in chosen])
+        return roc_auc_score(truth, np.concatenate([heats[i].ravel() for i in chosen]))
+
+    assert out["pixel_roc_auc"] == pytest.approx(auc(np.arange(8)), abs=1e-12)
+    for variant in ("a", "b"):
+        chosen = np.flatnonzero(test["variant"] == variant)
+        got = out["per_mask_type"][variant]["pixel_roc_auc"]
+        assert got == pytest.approx(auc(chosen), abs=1e-12)
+
+
 def test_perturbations_keep_shape_and_change_pixels(textured: np.ndarray) -> None:
     from deepfake.perturb import PERTURBATIONS
 

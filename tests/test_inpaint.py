@@ -44,6 +44,52 @@ def test_exemplar_fill_copies_real_texture_and_diffusion_does_not(textured: np.n
     assert copied["exemplar"] > 0.3 and copied["telea"] < 0.05
 
 
+@pytest.mark.parametrize("kind", ["random", "ellipse", "blob", "diagonal_upper_left"])
+def test_exemplar_fill_refreshed_locally_equals_a_whole_image_refresh(
+    textured: np.ndarray, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepfake.inpaint import exemplar
+
+    mask = make_mask(kind, 64, 64, "x", 3)
+    local = exemplar.exemplar_fill(textured, mask)
+
+    def refresh_everything(self, y0, y1, x0, x1, todo, level):  # type: ignore[no-untyped-def]
+        self.confidence[y0 + self.r : y1 + self.r, x0 + self.r : x1 + self.r][todo] = level
+        height, width = self.hole.shape
+        self.update(0, height, 0, width)
+
+    monkeypatch.setattr(exemplar._Priorities, "fill", refresh_everything)
+    assert np.array_equal(exemplar.exemplar_fill(textured, mask), local)
+
+
+# Not telea and ns (OpenCV reads a ring of pixels just inside the mask) nor patchvote (its
+# coarse levels, made by cv2.pyrDown, average pixels up to two inside the mask's edge).
+@pytest.mark.parametrize("method", ["biharmonic", "exemplar"])
+def test_a_fill_never_reads_what_the_mask_hides(textured: np.ndarray, method: str) -> None:
+    mask = make_mask("ellipse", 64, 64, "x", 0)
+    hidden = mask > 127
+    other = textured.copy()
+    other[hidden] = 255 - other[hidden]  # different content under the mask, same elsewhere
+    backend = ClassicalInpainter(ClassicalConfig(methods=(method,), postprocess=()))
+    first, second = backend.inpaint([textured, other], [mask, mask], [0, 0])
+    assert np.array_equal(first, second)
+
+
+def test_fills_use_one_thread_each_and_leave_the_thread_settings_as_they_were() -> None:
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from deepfake.inpaint.classical import one_thread_per_task
+
+    def blas_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    torch_before, blas_before = torch.get_num_threads(), blas_threads()
+    with one_thread_per_task():
+        assert torch.get_num_threads() == 1 and set(blas_threads()) == {1}
+    assert torch.get_num_threads() == torch_before and blas_threads() == blas_before
+
+
 def test_families_share_the_records_evenly_and_methods_within_them() -> None:
     backend = ClassicalInpainter()
     assert backend.families() == ["learned", "patch", "pde", "postprocessed"]

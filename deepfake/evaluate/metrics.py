@@ -30,7 +30,13 @@ def ranking_scores(y: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     half; precision at each distinct score), from one sort instead of their many checks, so that a
     bootstrap of a thousand resamples takes a fraction of a second."""
     order = np.argsort(-scores, kind="stable")
-    ranked, truth = scores[order], y[order].astype(np.float64)
+    return ranked_scores(y[order], scores[order])
+
+
+def ranked_scores(truth: np.ndarray, ranked: np.ndarray) -> tuple[float, float]:
+    """``ranking_scores`` of labels and scores already sorted by descending score: any subset
+    taken in order is sorted too, so many subsets of a large set need one sort in all."""
+    truth = truth.astype(np.float64)
     distinct = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # last of each tie
     tps = np.cumsum(truth)[distinct]
     fps = distinct + 1 - tps

@@ -17,7 +17,10 @@ record always gets the same fill.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import cv2
@@ -88,6 +91,26 @@ class ClassicalConfig(Section):
         if value % 2 == 0:
             raise ValueError(f"patch {value} is not odd")
         return value
+
+
+@contextmanager
+def one_thread_per_task() -> Iterator[None]:
+    """BLAS (patch voting's matrix products) and torch (the learned fill) on one thread each
+    while the pool's threads use every core: threads of their own on top of the pool's fight
+    over the same cores (the offline default's fills: 53 -> 47 s on 2 cores). It also makes a
+    fill's arithmetic independent of the machine's core count."""
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")  # only where a fill uses it (imported already)
+    before = torch.get_num_threads() if torch else 0
+    with threadpool_limits(limits=1):
+        if torch:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if torch:
+                torch.set_num_threads(before)
 
 
 def _opencv(image: np.ndarray, mask: np.ndarray, radius: int, flag: int) -> np.ndarray:
@@ -196,7 +219,7 @@ class ClassicalInpainter(Inpainter):
         interpreter lock while they work; each fill is independent, so the order of work
         changes nothing)."""
         methods = [self.method(seed) for seed in seeds]
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with one_thread_per_task(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             return list(pool.map(self.fill, images, masks, methods, seeds))
 
     def describe(self) -> dict[str, Any]:

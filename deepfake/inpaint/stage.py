@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -240,11 +242,15 @@ def run_batch(
     outputs = _outputs(inpainter, kept, images, masks) if kept else []
     backend = _backend_columns(inpainter)
     rows, written = [], {}
-    for rec, variants in zip(kept, outputs, strict=True):
+    # PNG compression releases the interpreter lock: encode on every core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        encoded = [{name: pool.submit(encode_png, image) for name, image in variants.items()}
+                   for variants in outputs]  # fmt: skip
+    for rec, variants in zip(kept, encoded, strict=True):
         method = inpainter.method(int(rec["seed"]))
-        for name, result in variants.items():
+        for name, future in variants.items():
+            data = future.result()
             record_id = f"{rec['record_id']}__{name}" if name else rec["record_id"]
-            data = encode_png(result)
             uri = f"{folder}/images/{record_id}.png"
             written[uri] = data
             rows.append({**rec, "record_id": record_id, "planned_id": rec["record_id"],
