@@ -118,12 +118,19 @@ def test_batched_copy_search_is_the_plain_search_image_by_image(textured: np.nda
     third = np.tile(rng.integers(0, 255, (8, 8, 3)), (8, 8, 1)).astype(np.uint8)  # repeats
     edge = np.zeros((64, 64, 3), np.uint8)
     edge[:, 30:] = 200  # the same windows all along the edge, but no texture: never copies
-    batch = [first, second, third, edge]
+    # One 4x4 patch, twice in each of two images: far apart in one (a copy), 6 pixels apart in
+    # the other (not a copy). Their windows share a key across the images: the groups must not.
+    patch = rng.integers(0, 255, (4, 4, 3)).astype(np.uint8)
+    far, near = (np.clip(textured + rng.integers(-12, 12, textured.shape), 0, 255).astype(np.uint8)
+                 for _ in range(2))  # fmt: skip
+    far[4:8, 4:8] = far[40:44, 40:44] = patch
+    near[10:14, 10:14] = near[10:14, 16:20] = patch
+    batch = [first, second, third, edge, far, near]
     got = duplicate_maps(as_batch(batch)).numpy()
     for image, marked in zip(batch, got, strict=True):
         assert np.array_equal(marked, reference_duplicates(image))
     assert got[0].mean() > 0.05 and got[1].sum() == 0 and got[2].mean() == 1.0
-    assert got[3].sum() == 0
+    assert got[3].sum() == 0 and got[4].sum() > 0 and got[5].sum() == 0
 
 
 def test_noise_maps_are_opencvs(textured: np.ndarray) -> None:

@@ -125,21 +125,28 @@ def duplicate_maps(
     # Equal windows side by side, image by image; stable, so that within a group the windows
     # keep their order: row by row, its first and last windows are its top and bottom ones.
     keys, order = torch.sort(keys, dim=1, stable=True)
-    new = torch.ones_like(keys, dtype=torch.bool)
-    new[:, 1:] = keys[:, 1:] != keys[:, :-1]
-    new = new.flatten()
-    group = torch.cumsum(new, 0) - 1
-    ys, xs = (order // cols).flatten(), (order % cols).flatten()
-    last = torch.ones_like(new)
-    last[:-1] = new[1:]
-    tall = ys[last] - ys[new]
-    groups = len(tall)
-    wide = xs.new_full((groups,), -1).scatter_reduce(0, group, xs, "amax") - xs.new_full(
-        (groups,), cols
-    ).scatter_reduce(0, group, xs, "amin")
-    far = tall**2 + wide**2 >= min_offset**2  # not just a patch and its shifted neighbour
+    same = keys[:, 1:] == keys[:, :-1]
+    shared = torch.zeros_like(keys, dtype=torch.bool)
+    shared[:, 1:] |= same
+    shared[:, :-1] |= same
+    # Only windows whose key another window shares can be copies: few, in most images.
+    image, position = shared.nonzero(as_tuple=True)
     copied = torch.zeros(n, size, device=batch.device)
-    copied.scatter_(1, order, far[group].view(n, size).float())
+    if len(position):
+        key, window = keys[image, position], order[image, position]
+        new = torch.ones_like(key, dtype=torch.bool)
+        new[1:] = (key[1:] != key[:-1]) | (image[1:] != image[:-1])
+        group = torch.cumsum(new, 0) - 1
+        ys, xs = window // cols, window % cols
+        last = torch.ones_like(new)
+        last[:-1] = new[1:]
+        tall = ys[last] - ys[new]
+        groups = len(tall)
+        wide = xs.new_full((groups,), -1).scatter_reduce(0, group, xs, "amax") - xs.new_full(
+            (groups,), cols
+        ).scatter_reduce(0, group, xs, "amin")
+        far = tall**2 + wide**2 >= min_offset**2  # not just a patch and its shifted neighbour
+        copied[image, window] = far[group].float()
     # A pixel is covered when any window containing it was copied.
     hits = F.pad(copied.view(n, 1, rows, cols), (patch - 1,) * 4)
     return _per_image(hits, hits.new_ones(1, patch, patch))[:, 0].clamp_(max=1.0)
