@@ -97,7 +97,7 @@ class ClassicalConfig(Section):
 def one_thread_per_task() -> Iterator[None]:
     """BLAS (patch voting's matrix products) and torch (the learned fill) on one thread each
     while the pool's threads use every core: threads of their own on top of the pool's fight
-    over the same cores (the offline default's fills: 53 -> 47 s on 2 cores). It also makes a
+    over the same cores (the offline default's inpainting: 53 -> 47 s on 2 cores). It also makes a
     fill's arithmetic independent of the machine's core count."""
     from threadpoolctl import threadpool_limits
 

@@ -126,7 +126,8 @@ def _masked_ssd(region: np.ndarray, template: np.ndarray, weights: np.ndarray) -
     differences over the template pixels where ``weights`` (h x w, 0 or 1) is 1: what
     ``cv2.matchTemplate(..., TM_SQDIFF, mask=...)`` computes, as
     sum(w * region^2) - 2 sum(w * template * region) + sum(w * template^2), about four times
-    faster for patches this small. Exact for whole-number pixel values."""
+    faster for patches this small. Whole-number pixels give whole-number costs, exact while the
+    terms stay below 2**24 (float32)."""
     h, w = weights.shape
     out = (region.shape[0] - h + 1, region.shape[1] - w + 1)
 
