@@ -42,39 +42,42 @@ def pixel_maps(
     return masks, heats
 
 
-class _Ranked:
-    """Every pixel of the test images, sorted once by descending heat: the ROC-AUC of any set
-    of images is then one pass over the pixels in order, not a sort of its own."""
+class _Pixels:
+    """Every pixel of the test images, read once: sorted by descending heat, so that the ROC-AUC
+    of any set of images is one pass over the pixels in order, not a sort of its own; and each
+    image's counts at the heat map's threshold, so that F1 and IoU of a set are sums."""
 
-    def __init__(self, masks: list[np.ndarray], heats: list[np.ndarray]) -> None:
+    def __init__(self, masks: list[np.ndarray], heats: list[np.ndarray], fakes: np.ndarray) -> None:
         heat = np.concatenate([h.ravel() for h in heats])
         order = np.argsort(-heat, kind="stable")
         self.heat = heat[order]
         self.truth = np.concatenate([m.ravel() for m in masks])[order]
         self.image = np.repeat(np.arange(len(masks)), [m.size for m in masks])[order]
-        self.count = len(masks)
+        said = [h >= 0.5 for h in heats]
+        self.hits = np.array([(m & s).sum() for m, s in zip(masks, said, strict=True)])
+        self.said = np.array([s.sum() for s in said])
+        self.true = np.array([m.sum() for m in masks])
+        unions = np.array([(m | s).sum() for m, s in zip(masks, said, strict=True)])
+        self.iou = self.hits / np.maximum(unions, 1)
+        self.fakes = fakes
 
-    def roc_auc(self, images: np.ndarray) -> float | None:
-        chosen = np.zeros(self.count, bool)
+    def scores(self, images: np.ndarray) -> dict[str, Any]:
+        """Pixel ROC-AUC, pixel F1 and mean IoU (over its inpainted images) of a set of images."""
+        fakes = images[self.fakes[images]]
+        f1 = float(2 * self.hits[images].sum() / max(self.said[images].sum()
+                                                     + self.true[images].sum(), 1))  # fmt: skip
+        return {"pixel_roc_auc": self._roc_auc(images), "pixel_f1": f1,
+                "iou": float(np.mean(self.iou[fakes])) if len(fakes) else None,
+                "n_inpainted": len(fakes)}  # fmt: skip
+
+    def _roc_auc(self, images: np.ndarray) -> float | None:
+        chosen = np.zeros(len(self.fakes), bool)
         chosen[images] = True
         keep = chosen[self.image]
         truth = self.truth[keep]
         if truth.all() or not truth.any():
             return None
         return ranked_scores(truth, self.heat[keep])[0]
-
-
-def _scores(
-    masks: list[np.ndarray], heats: list[np.ndarray], fakes: np.ndarray, auc: float | None
-) -> dict[str, Any]:
-    truth = np.concatenate([m.ravel() for m in masks])
-    heat = np.concatenate([h.ravel() for h in heats])
-    said = heat >= 0.5
-    f1 = float(2 * (said & truth).sum() / max(said.sum() + truth.sum(), 1))
-    ious = [float((m & (h >= 0.5)).sum() / max((m | (h >= 0.5)).sum(), 1))
-            for m, h, f in zip(masks, heats, fakes, strict=True) if f]  # fmt: skip
-    return {"pixel_roc_auc": auc, "pixel_f1": f1, "iou": float(np.mean(ious)) if ious else None,
-            "n_inpainted": int(fakes.sum())}  # fmt: skip
 
 
 def localisation(
@@ -84,14 +87,13 @@ def localisation(
     (that group's inpainted images only)."""
     masks, heats = pixel_maps(storage, test, cell_calibration, side)
     fakes = test["label"].to_numpy() == 1
-    ranked = _Ranked(masks, heats)
-    out = _scores(masks, heats, fakes, ranked.roc_auc(np.arange(len(masks))))
+    pixels = _Pixels(masks, heats, fakes)
+    out = pixels.scores(np.arange(len(masks)))
     for column, keys in (("per_mask_type", test["variant"]),
                          ("per_mask_area", test["coverage"].map(area_bucket))):  # fmt: skip
         out[column] = {}
         for value in sorted(keys[fakes].unique()):
-            chosen = np.flatnonzero(fakes & (keys == value).to_numpy())
-            picked_masks, picked_heats = [masks[i] for i in chosen], [heats[i] for i in chosen]
-            out[column][str(value)] = _scores(picked_masks, picked_heats, fakes[chosen],
-                                              ranked.roc_auc(chosen))  # fmt: skip
+            out[column][str(value)] = pixels.scores(
+                np.flatnonzero(fakes & (keys == value).to_numpy())
+            )
     return out
