@@ -29,7 +29,8 @@ from typing import Any
 from results_file import RESULTS, save
 
 from deepfake.config import load_settings
-from deepfake.detector.stage import HeldOut, train_detector
+from deepfake.detector.settings import HeldOut
+from deepfake.detector.stage import train_detector
 from deepfake.evaluate.outputs import evaluation_metrics
 from deepfake.evaluate.stage import evaluate_detector
 from deepfake.features.stage import extract_features

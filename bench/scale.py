@@ -111,7 +111,8 @@ class PeakMemory:
 def run_size(root: Path, size: int) -> dict[str, Any]:
     """Every stage on ``size`` generated sources: seconds and peak GiB per stage."""
     from deepfake.config import load_settings
-    from deepfake.detector.stage import HeldOut, train_detector
+    from deepfake.detector.settings import HeldOut
+    from deepfake.detector.stage import train_detector
     from deepfake.evaluate.stage import evaluate_detector
     from deepfake.features.stage import extract_features
     from deepfake.inpaint import run_inpaint

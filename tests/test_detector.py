@@ -18,7 +18,8 @@ from deepfake.config import (
 )
 from deepfake.detector import BUNDLE_FILE, MODEL_FILE, copyrule, heldout, load_model, probability
 from deepfake.detector.model import platt_calibration, top_k_mean
-from deepfake.detector.stage import PROTOCOLS_FILE, HeldOut, train_detector
+from deepfake.detector.settings import HeldOut
+from deepfake.detector.stage import PROTOCOLS_FILE, train_detector
 from deepfake.detector.training import choose, held_out_folds, search_alpha
 from deepfake.features.stage import extract_features
 from deepfake.inpaint.stage import run_inpaint
