@@ -71,6 +71,21 @@ def test_cell_features_are_the_stage_maps_over_each_cell(textured: np.ndarray) -
     assert np.allclose(got, stage2, rtol=1e-3, atol=1e-3 * np.abs(stage2).max())
 
 
+@pytest.mark.parametrize("relative_stages", [0, 2])
+def test_chosen_cells_are_those_cells_of_every_cell(textured: np.ndarray, relative_stages) -> None:
+    # 64 px at cells of 4: a 16x16 grid, finer than the last two stages (interpolated there).
+    extractor = FeatureExtractor("efficientnet_lite0", device="cpu", cell=4,
+                                 relative_stages=relative_stages)  # fmt: skip
+    images = [textured, textured[::-1].copy(), np.ascontiguousarray(textured.transpose(1, 0, 2))]
+    keep = [np.array([0, 17, 255]), np.array([], np.int64), np.array([200, 3, 3, 100])]
+    every = extractor.cells(images).reshape(3, -1, extractor.cell_dim)
+    chosen = extractor.chosen_cells(images, keep)
+    assert [c.shape for c in chosen] == [(3, extractor.cell_dim), (0, extractor.cell_dim),
+                                         (4, extractor.cell_dim)]  # fmt: skip
+    for got, cells, index in zip(chosen, every, keep, strict=True):
+        assert np.array_equal(got, cells[index])
+
+
 def test_copied_texture_is_marked_and_a_straight_edge_is_not(textured: np.ndarray) -> None:
     noise = np.random.default_rng(0).integers(-12, 12, textured.shape)
     image = np.clip(textured + noise, 0, 255).astype(np.uint8)  # camera noise: texture anywhere
@@ -131,6 +146,17 @@ def test_batched_copy_search_is_the_plain_search_image_by_image(textured: np.nda
         assert np.array_equal(marked, reference_duplicates(image))
     assert got[0].mean() > 0.05 and got[1].sum() == 0 and got[2].mean() == 1.0
     assert got[3].sum() == 0 and got[4].sum() > 0 and got[5].sum() == 0
+
+
+def test_copy_search_in_an_image_of_more_windows_than_the_small_key_holds(textured) -> None:
+    # 160 x 160: 24,649 windows, an index of 15 bits (the key's hash keeps 47).
+    rng = np.random.default_rng(5)
+    image = np.tile(textured, (3, 3, 1))[:160, :160]
+    image = np.clip(image + rng.integers(-12, 12, image.shape), 0, 255).astype(np.uint8)
+    image[140:152, 130:142] = image[4:16, 6:18]  # corner to corner
+    got = duplicate_map(image)
+    assert np.array_equal(got, reference_duplicates(image))
+    assert got[140:152, 130:142].mean() == 1.0 and got.mean() < 0.05
 
 
 def test_noise_maps_are_opencvs(textured: np.ndarray) -> None:

@@ -187,11 +187,9 @@ class FeatureExtractor:
         side_h, side_w = (self.input_size,) * 2 if self.input_size else (height, width)
         return max(1, side_h // self.cell), max(1, side_w // self.cell)
 
-    @torch.inference_mode()
-    def cells(self, images: list[np.ndarray]) -> np.ndarray:
-        """(n, rows, columns, cell_dim) float32 cell features of images of one size."""
-        if not images:
-            return np.zeros((0, 1, 1, self.cell_dim), np.float32)
+    def _cell_maps(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """The (n, channels, rows, columns) maps whose channels, in order, make a cell's
+        features."""
         pixels = self.pixels(images)
         x = self.preprocess(images, pixels)
         rows, cols = self.grid(*images[0].shape[:2])
@@ -208,7 +206,32 @@ class FeatureExtractor:
             median = stage.flatten(2).median(dim=2).values
             pooled.append(stage - median[..., None, None])
         pooled.append(forensic_cells(pixels, (rows, cols)))
-        return torch.cat(pooled, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+        return pooled
+
+    @torch.inference_mode()
+    def cells(self, images: list[np.ndarray]) -> np.ndarray:
+        """(n, rows, columns, cell_dim) float32 cell features of images of one size."""
+        if not images:
+            return np.zeros((0, 1, 1, self.cell_dim), np.float32)
+        return torch.cat(self._cell_maps(images), 1).permute(0, 2, 3, 1).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def chosen_cells(self, images: list[np.ndarray], keep: list[np.ndarray]) -> list[np.ndarray]:
+        """The features of only the cells ``keep`` names (per image, indices into its flattened
+        grid): (len(keep[i]), cell_dim) float32 each, the same values as ``cells`` gives them,
+        without gathering every cell of a wide backbone (ResNet-50: 3,846 numbers a cell)."""
+        if not images:
+            return []
+        maps = self._cell_maps(images)
+        size = maps[0].shape[-2] * maps[0].shape[-1]
+        flat = np.concatenate([np.asarray(k, np.int64) + i * size for i, k in enumerate(keep)])
+        rows = torch.from_numpy(flat).to(self.device)
+        # Cell by cell, channels last: a view of the channels-last maps, so gathering copies
+        # only the chosen cells.
+        chosen = torch.cat(
+            [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]).index_select(0, rows) for m in maps], 1
+        )
+        return np.split(chosen.float().cpu().numpy(), np.cumsum([len(k) for k in keep])[:-1])
 
     @torch.inference_mode()
     def transform(self, images: list[np.ndarray]) -> np.ndarray:

@@ -38,6 +38,11 @@ FORENSIC_CHANNELS = ("copies_mean", "copies_max", "residual", "residual_vs_image
 # between two windows but for a chance of 2**-10; the four together, 2**-40.
 _HASHES = 4
 _HASH_BITS = 10
+# The four hashes are folded into 48 bits, of which the search keeps as many as the window's
+# index leaves of 62 (all 48 up to 2**14 windows, an image of 131 x 131; 40 at 2048 x 2048, near
+# the hashes' own limit); the index below them makes a plain sort of the keys put equal windows
+# side by side in the windows' order, with no order to track.
+_KEY_BITS = 62
 
 
 def _hash_weights(patch: int, device: torch.device) -> torch.Tensor:
@@ -98,11 +103,19 @@ def _textured(batch: torch.Tensor, patch: int, min_std: float, min_gradient: flo
 
 
 def _window_keys(batch: torch.Tensor, patch: int) -> torch.Tensor:
-    """(n, rows, cols) int64: a 62-bit key of every window's pixels; equal windows, equal keys."""
+    """(n, rows, cols) int64: a 48-bit key of every window's pixels; equal windows, equal keys."""
     weights = _hash_weights(patch, batch.device)
     hashes = [_per_image(batch, weights[j]).sum(1).to(torch.int64) for j in range(_HASHES)]
     h0, h1, h2, h3 = hashes
-    return (h0 | (h1 << 24)) ^ (h2 << 12) ^ (h3 << 38)
+    return (h0 | (h1 << 24)) ^ (h2 << 12) ^ (h3 << 24)
+
+
+def _sort_rows(keys: torch.Tensor) -> torch.Tensor:
+    """Each row of ``keys`` (int64) sorted. On a CPU numpy's sort takes a quarter of torch's
+    time (which also tracks the order); the tensors share memory, nothing is copied."""
+    if keys.device.type != "cpu":
+        return torch.sort(keys, dim=1).values
+    return torch.from_numpy(np.sort(keys.numpy(), axis=1))
 
 
 def duplicate_maps(
@@ -119,12 +132,15 @@ def duplicate_maps(
     rows, cols = height - patch + 1, width - patch + 1
     size = rows * cols
     textured = _textured(batch, patch, min_std, min_gradient).view(n, size)
-    # Windows that are not textured never match: each gets a key of its own (negative).
-    own = -1 - torch.arange(size, device=batch.device).expand(n, size)
-    keys = torch.where(textured, _window_keys(batch, patch).view(n, size), own)
-    # Equal windows side by side, image by image; stable, so that within a group the windows
-    # keep their order: row by row, its first and last windows are its top and bottom ones.
-    keys, order = torch.sort(keys, dim=1, stable=True)
+    index_bits = max(1, (size - 1).bit_length())
+    index = torch.arange(size, device=batch.device).expand(n, size)
+    hashes = _window_keys(batch, patch).view(n, size) & ((1 << (_KEY_BITS - index_bits)) - 1)
+    # Windows that are not textured never match: each gets a key of its own, sorted last.
+    own = (1 << _KEY_BITS) | (index << index_bits)
+    keys = _sort_rows(torch.where(textured, hashes << index_bits, own) | index)
+    # Equal windows side by side, image by image, in the windows' order: row by row, a group's
+    # first and last windows are its top and bottom ones.
+    keys, order = keys >> index_bits, keys & ((1 << index_bits) - 1)
     same = keys[:, 1:] == keys[:, :-1]
     shared = torch.zeros_like(keys, dtype=torch.bool)
     shared[:, 1:] |= same

@@ -189,24 +189,24 @@ def _extract(
     for (index, batch), (images, masks) in zip(todo, prefetch(todo, load), strict=True):
         bad = [next((x for x in (image, mask) if isinstance(x, Exception)), None)
                for image, mask in zip(images, masks, strict=True)]  # fmt: skip
-        good = [_augmented(image, row.record_id, cfg)
-                for row, image, why in zip(batch, images, bad, strict=True)
-                if why is None]  # fmt: skip
-        cells = iter(extractor.cells(good))
+        good = [i for i, why in enumerate(bad) if why is None]
+        # Which cells of each image to keep, before extracting: only those are gathered.
+        plans = {i: _training_cells(extractor, cfg, batch[i], images[i], masks[i]) for i in good}
+        values = extractor.chosen_cells(
+            [_augmented(images[i], batch[i].record_id, cfg) for i in good],
+            [plans[i][2] for i in good],
+        )
+        cells = dict(zip(good, values, strict=True))
         part = []
-        for row, image, mask, why in zip(batch, images, masks, bad, strict=True):
+        for i, (row, image, why) in enumerate(zip(batch, images, bad, strict=True)):
             if why is not None:
                 log.warning("features: skipping %s: %s", row.uri, why)
                 part.append({"record_id": row.record_id, "reason": str(why)})
                 continue
-            grid = extractor.grid(*image.shape[:2])
-            coverage = mask_coverage(mask, grid, fake=row.label == 1)
-            chosen = sample_cells(coverage, cfg.cells_per_image,
-                                  seed_of(f"{cfg.seed}:{row.record_id}", 4))  # fmt: skip
-            values = next(cells).reshape(-1, extractor.cell_dim)[chosen]
+            grid, coverage, chosen = plans[i]
             part.append({
                 "record_id": row.record_id,
-                "cells": values.astype(np.float16).tobytes(),
+                "cells": cells[i].astype(np.float16).tobytes(),
                 "cell_index": chosen.tolist(),
                 "cell_coverage": coverage.ravel()[chosen].astype(float).tolist(),
                 "grid": list(grid),
@@ -221,6 +221,17 @@ def _extract(
         for i, b in batches
     ]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def _training_cells(
+    extractor: FeatureExtractor, cfg: FeaturesConfig, row: Any, image: np.ndarray,
+    mask: np.ndarray | None,
+) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:  # fmt: skip
+    """An image's grid, each cell's share inpainted, and the training cells drawn from them."""
+    grid = extractor.grid(*image.shape[:2])
+    coverage = mask_coverage(mask, grid, fake=row.label == 1)
+    return grid, coverage, sample_cells(coverage, cfg.cells_per_image,
+                                        seed_of(f"{cfg.seed}:{row.record_id}", 4))  # fmt: skip
 
 
 def _augmented(image: np.ndarray, record_id: str, cfg: FeaturesConfig) -> np.ndarray:
