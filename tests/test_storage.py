@@ -47,6 +47,23 @@ def test_json_and_parquet_round_trip(tmp_path: Path) -> None:
     assert Storage.parquet_metadata(data) == {"deepfake.files": "[]"}
 
 
+def test_parquet_compresses_text_and_stores_arrays_of_numbers_plain(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    store = Storage(tmp_path)
+    uris = [f"inpainted/{i:05d}.png" for i in range(400)]
+    text = pd.DataFrame({"uri": uris, "grid": [[16, 16]] * 400})
+    cells = text.assign(cells=[np.full(8, i, np.float16).tobytes() for i in range(400)])
+    for name, frame, codec in (("text", text, "SNAPPY"), ("cells", cells, "UNCOMPRESSED")):
+        data = store.write_parquet(f"{name}.parquet", frame)
+        chunks = pq.ParquetFile(io.BytesIO(data)).metadata.row_group(0)
+        assert {chunks.column(i).compression for i in range(chunks.num_columns)} == {codec}
+        pd.testing.assert_frame_equal(store.read_parquet(f"{name}.parquet"), frame)
+
+
 def test_missing_file_error_names_it(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="nothing/here.png"):
         Storage(tmp_path).read_bytes("nothing/here.png")
