@@ -86,6 +86,19 @@ def test_chosen_cells_are_those_cells_of_every_cell(textured: np.ndarray, relati
         assert np.array_equal(got, cells[index])
 
 
+@pytest.mark.parametrize("relative_stages", [0, 2])
+def test_projected_cells_are_every_cell_times_the_weights(textured, relative_stages) -> None:
+    extractor = FeatureExtractor("efficientnet_lite0", device="cpu", cell=4,
+                                 relative_stages=relative_stages)  # fmt: skip
+    images = [textured, textured[::-1].copy()]
+    weights = np.random.default_rng(0).standard_normal((extractor.cell_dim, 3))
+    want = extractor.cells(images).reshape(2, -1, extractor.cell_dim) @ weights
+    got = extractor.project(images, weights)
+    assert got.shape == (2, 256, 3) and got.dtype == np.float32
+    assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    assert extractor.project([], weights).shape == (0, 1, 3)
+
+
 def test_copied_texture_is_marked_and_a_straight_edge_is_not(textured: np.ndarray) -> None:
     noise = np.random.default_rng(0).integers(-12, 12, textured.shape)
     image = np.clip(textured + noise, 0, 255).astype(np.uint8)  # camera noise: texture anywhere

@@ -20,10 +20,7 @@ def cell_decisions(
 ) -> np.ndarray:
     """(n, cells, models) decision values of images of one size; ``weights`` is (cell_dim,
     models), ``biases`` (models,)."""
-    cells = extractor.cells(images)
-    flat = cells.reshape(len(images), -1, cells.shape[-1])
-    # In the cells' float32: float64 weights would copy every cell to float64 first.
-    return flat @ weights.astype(np.float32) + biases.astype(np.float32)
+    return extractor.project(images, weights) + biases.astype(np.float32)
 
 
 def score_uris(

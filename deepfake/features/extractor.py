@@ -234,6 +234,23 @@ class FeatureExtractor:
         return np.split(chosen.float().cpu().numpy(), np.cumsum([len(k) for k in keep])[:-1])
 
     @torch.inference_mode()
+    def project(self, images: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+        """(n, rows * columns, models) float32: every cell's features times ``weights``
+        (cell_dim, models), computed on the device map by map, so that no cell's features are
+        gathered or leave the device (linear models score every cell of an image this way)."""
+        n = len(images)
+        if not n:
+            return np.zeros((0, 1, weights.shape[1]), np.float32)
+        w = torch.from_numpy(np.ascontiguousarray(weights, np.float32)).to(self.device)
+        out, start = None, 0
+        for m in self._cell_maps(images):
+            channels = m.shape[1]
+            part = m.permute(0, 2, 3, 1).reshape(n, -1, channels) @ w[start : start + channels]
+            out = part if out is None else out.add_(part)
+            start += channels
+        return out.cpu().numpy()
+
+    @torch.inference_mode()
     def transform(self, images: list[np.ndarray]) -> np.ndarray:
         """(n, dim) multi-scale vectors of images of one size."""
         if not images:
