@@ -192,11 +192,10 @@ def _extract(
         good = [i for i, why in enumerate(bad) if why is None]
         # Which cells of each image to keep, before extracting: only those are gathered.
         plans = {i: _training_cells(extractor, cfg, batch[i], images[i], masks[i]) for i in good}
-        values = extractor.chosen_cells(
+        cells = iter(extractor.chosen_cells(
             [_augmented(images[i], batch[i].record_id, cfg) for i in good],
             [plans[i][2] for i in good],
-        )
-        cells = dict(zip(good, values, strict=True))
+        ))  # fmt: skip
         part = []
         for i, (row, image, why) in enumerate(zip(batch, images, bad, strict=True)):
             if why is not None:
@@ -206,7 +205,7 @@ def _extract(
             grid, coverage, chosen = plans[i]
             part.append({
                 "record_id": row.record_id,
-                "cells": cells[i].astype(np.float16).tobytes(),
+                "cells": next(cells).astype(np.float16).tobytes(),
                 "cell_index": chosen.tolist(),
                 "cell_coverage": coverage.ravel()[chosen].astype(float).tolist(),
                 "grid": list(grid),
