@@ -97,6 +97,8 @@ def test_projected_cells_are_every_cell_times_the_weights(textured, relative_sta
     assert got.shape == (2, 256, 3) and got.dtype == np.float32
     assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     assert extractor.project([], weights).shape == (0, 1, 3)
+    with pytest.raises(ValueError, match=f"weights for {extractor.cell_dim - 1} features a cell"):
+        extractor.project(images, weights[1:])
 
 
 def test_copied_texture_is_marked_and_a_straight_edge_is_not(textured: np.ndarray) -> None:

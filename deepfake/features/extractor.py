@@ -238,6 +238,9 @@ class FeatureExtractor:
         """(n, rows * columns, models) float32: every cell's features times ``weights``
         (cell_dim, models), computed on the device map by map, so that no cell's features are
         gathered or leave the device (linear models score every cell of an image this way)."""
+        if weights.shape[0] != self.cell_dim:
+            raise ValueError(f"weights for {weights.shape[0]} features a cell; "
+                             f"{self.spec.name}'s cells have {self.cell_dim}")  # fmt: skip
         n = len(images)
         if not n:
             return np.zeros((0, 1, weights.shape[1]), np.float32)
