@@ -172,8 +172,11 @@ def bench_finetune(dry: bool) -> dict[str, Any]:
     epochs, batch = (2, 8) if dry else (4, 32)
     steps = epochs * -(-len(images) // batch)
     start = time.perf_counter()
-    losses = finetune(extractor, lambda kept: (kept, [images[i] for i in kept]), labels,
-                      epochs=epochs, lr=1e-4, batch_size=batch, seed=0)  # fmt: skip
+
+    def load(kept: list[int]) -> tuple[list[int], list[np.ndarray], list[None]]:
+        return kept, [images[i] for i in kept], [None] * len(kept)
+
+    losses = finetune(extractor, load, labels, epochs=epochs, lr=1e-4, batch_size=batch, seed=0)
     synchronize()
     seconds = time.perf_counter() - start
     print(f"finetune {precision}: {steps / seconds:.2f} steps/s, losses {losses}", flush=True)

@@ -330,6 +330,26 @@ def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
     assert np.allclose(stored[rows == 0], want, rtol=1e-2, atol=1e-2)  # stored as float16
 
 
+def test_fine_tuning_cells_reads_the_training_masks_only(split_dataset) -> None:
+    from deepfake.features.stage import output_folder
+
+    store, split = split_dataset
+    cells = TUNED.model_copy(update={"finetune_target": "cells", "finetune_epochs": 1})
+    frame = store.read_parquet(split.manifest)
+    train = frame[frame["split"] == "train"]
+    store.delete(output_folder(cells, split))
+    store.reads = []
+    out = extract_features(store, cells, split)
+    extraction = len(frame) + int((frame["mask_uri"] != "").sum())
+    tuned = sorted(store.reads[:-extraction])
+    assert tuned == sorted([*train["uri"], *(m for m in train["mask_uri"] if m)])
+    info = store.read_json(f"{out.folder}/features.json")["finetune"]
+    assert info["target"] == "cells" and "mask" in info["augmentation"]
+    image = extract_features(store, TUNED.model_copy(update={"finetune_epochs": 1}), split)
+    weights = [store.read_json(f"{o.folder}/features.json")["weights_sha256"] for o in (out, image)]
+    assert weights[0] != weights[1]
+
+
 def test_fine_tuning_is_reproducible(split_dataset) -> None:
     store, split = split_dataset
     out = extract_features(store, TUNED, split)

@@ -179,8 +179,13 @@ class FeatureExtractor:
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(n, dim) multi-scale vectors of a preprocessed batch, differentiable (the trainable
-        backbone): what fine-tuning trains on."""
+        backbone): what fine-tuning an image head trains on."""
         return torch.cat([m.mean((2, 3)) for m in self._maps(self.model, x)], 1)
+
+    def embed_cells(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """(n, dim, rows, columns): the backbone's part of each cell's features, differentiable:
+        what fine-tuning a cell head trains on."""
+        return torch.cat(self.pool(self._maps(self.model, x), grid), 1)
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """(rows, columns) of cells of an image this size."""
@@ -192,20 +197,26 @@ class FeatureExtractor:
         features."""
         pixels = self.pixels(images)
         x = self.preprocess(images, pixels)
-        rows, cols = self.grid(*images[0].shape[:2])
-        pooled = []
-        for fmap in self._maps(self.inference_model(x[:1]), x):
-            if fmap.shape[-2] >= rows and fmap.shape[-1] >= cols:
-                pooled.append(F.adaptive_avg_pool2d(fmap, (rows, cols)))
-            else:  # a late stage coarser than the cells: its value at each cell's centre
-                pooled.append(F.interpolate(fmap, size=(rows, cols), mode="bilinear",
-                                            align_corners=False))  # fmt: skip
+        grid = self.grid(*images[0].shape[:2])
+        pooled = self.pool(self._maps(self.inference_model(x[:1]), x), grid)
         for stage in pooled[: self.relative_stages]:
             # The fine texture of a cell against the image's own (its median cell): what an
             # edit changes locally, and what JPEG or resizing, acting on the whole image, do not.
             median = stage.flatten(2).median(dim=2).values
             pooled.append(stage - median[..., None, None])
-        pooled.append(forensic_cells(pixels, (rows, cols)))
+        pooled.append(forensic_cells(pixels, grid))
+        return pooled
+
+    @staticmethod
+    def pool(maps: list[torch.Tensor], grid: tuple[int, int]) -> list[torch.Tensor]:
+        """Each stage's map averaged over the cells of a (rows, columns) grid."""
+        pooled = []
+        for fmap in maps:
+            if fmap.shape[-2] >= grid[0] and fmap.shape[-1] >= grid[1]:
+                pooled.append(F.adaptive_avg_pool2d(fmap, grid))
+            else:  # a late stage coarser than the cells: its value at each cell's centre
+                pooled.append(F.interpolate(fmap, size=grid, mode="bilinear",
+                                            align_corners=False))  # fmt: skip
         return pooled
 
     @torch.inference_mode()

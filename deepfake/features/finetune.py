@@ -1,10 +1,16 @@
 """Transfer learning: fine-tune an ImageNet backbone to tell real from inpainted images.
 
-A linear head on the extractor's own image vector (the one the SVM later sees) is trained with
-the backbone, on the training split only, with everyday degradations as augmentation (JPEG,
-Gaussian blur, horizontal flip) so that the features survive them. Batch-norm statistics stay
-frozen: the batches are small and the ImageNet statistics are a better estimate. The head is
-thrown away afterwards; the fine-tuned backbone's features feed the SVM.
+A linear head is trained with the backbone, on the training split only, and thrown away
+afterwards; the fine-tuned backbone's features feed the SVM. Two heads (``target``):
+
+- ``image``: real or inpainted, from the extractor's image vector, with everyday degradations as
+  augmentation (JPEG, Gaussian blur, horizontal flip);
+- ``cells``: each cell inpainted or clean, from the backbone's part of the cell's features (what
+  the detector itself learns), the labels following the mask, with the features stage's
+  degradations (resize, blur, noise, JPEG; ``deepfake.perturb.augment``) and flips.
+
+Batch-norm statistics stay frozen: the batches are small and the ImageNet statistics are a better
+estimate.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepfake.features.forensics import pool_cells
+from deepfake.perturb import augment as degrade
 from deepfake.perturb import blur, jpeg
 from deepfake.progress import Progress, prefetch
 
@@ -27,11 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("deepfake")
 
-# (indices) -> (the indices that could be read, their images)
-Loader = Callable[[list[int]], tuple[list[int], list[np.ndarray]]]
+# (indices) -> (the indices that could be read, their images, their masks: None for a real
+# image, or where the head does not read them)
+Loader = Callable[[list[int]], tuple[list[int], list[np.ndarray], list[np.ndarray | None]]]
 
-
-AUGMENTATION = "JPEG q60-95 (p 0.5), Gaussian blur r0.3-1.5 (p 0.3), horizontal flip (p 0.5)"
+TARGETS = ("image", "cells")
+AUGMENTATION = {
+    "image": "JPEG q60-95 (p 0.5), Gaussian blur r0.3-1.5 (p 0.3), horizontal flip (p 0.5)",
+    "cells": "the features stage's degradations, then a horizontal flip (p 0.5) of image and mask",
+}
 
 
 def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -44,6 +56,33 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         image = image[:, ::-1]
     return np.ascontiguousarray(image)
+
+
+def augment_cells(
+    image: np.ndarray, mask: np.ndarray | None, grid: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A degraded copy of the image and each cell's share inpainted, (rows, columns); every cell
+    of a real image (``mask`` None) is clean. The degradations keep the image's geometry, so the
+    mask keeps its place; a flip flips both."""
+    image = degrade(image, rng)
+    if mask is None:
+        coverage = np.zeros(grid, np.float32)
+    else:
+        coverage = pool_cells((mask > 127).astype(np.float32), grid)
+    if rng.random() < 0.5:
+        image, coverage = image[:, ::-1], coverage[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(coverage)
+
+
+def cell_loss(logits: torch.Tensor, coverage: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of each cell (inpainted: at least half covered), inpainted and clean
+    cells weighing half each, whatever their numbers; cells under a mask's edge (covered less
+    than half) are left out: their features mix both."""
+    target = (coverage >= 0.5).float()
+    losses = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    inside, clean = coverage >= 0.5, coverage == 0
+    parts = [losses[cells].mean() for cells in (inside, clean) if cells.any()]
+    return torch.stack(parts).mean()
 
 
 def _freeze_batchnorm(model: nn.Module) -> None:
@@ -60,16 +99,21 @@ def finetune(
     lr: float,
     batch_size: int,
     seed: int,
+    target: str = "image",
 ) -> list[float]:
     """Fine-tune ``extractor.model`` in place on images ``load(indices)`` with ``labels``
-    (1 = inpainted); returns the mean training loss of each epoch."""
+    (1 = inpainted), a head of ``target`` (see the module); returns the mean training loss of
+    each epoch. The cell head reads the masks ``load`` gives."""
+    if target not in TARGETS:
+        raise ValueError(f"fine-tuning target must be one of {TARGETS}, got {target!r}")
     n_fake, n_real = int((labels == 1).sum()), int((labels == 0).sum())
     if not n_fake or not n_real:
         raise ValueError("fine-tuning needs real and inpainted images in the training split")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model, device = extractor.model, extractor.device
-    head = nn.Linear(extractor.dim, 1).to(device)
+    head = (nn.Linear(extractor.dim, 1) if target == "image"
+            else nn.Conv2d(extractor.dim, 1, kernel_size=1)).to(device)  # fmt: skip
     optimiser = torch.optim.AdamW(
         [{"params": model.parameters(), "lr": lr}, {"params": head.parameters(), "lr": lr * 10}],
         weight_decay=1e-4,
@@ -88,14 +132,21 @@ def finetune(
         order = rng.permutation(len(labels))
         batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
         total, seen = 0.0, 0
-        for kept, images in prefetch(batches, load):  # the next batch is read during this one
+        for kept, images, masks in prefetch(batches, load):  # the next batch is read meanwhile
             if not kept:
                 progress.advance()
                 continue
-            x = extractor.preprocess([augment(image, rng) for image in images])
-            target = torch.as_tensor(labels[kept], dtype=torch.float32, device=device)
-            logits = head(extractor.embed(x)).squeeze(1)
-            loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
+            if target == "image":
+                x = extractor.preprocess([augment(image, rng) for image in images])
+                y = torch.as_tensor(labels[kept], dtype=torch.float32, device=device)
+                logits = head(extractor.embed(x)).squeeze(1)
+                loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
+            else:
+                grid = extractor.grid(*images[0].shape[:2])
+                pairs = [augment_cells(i, m, grid, rng) for i, m in zip(images, masks, strict=True)]
+                x = extractor.preprocess([image for image, _ in pairs])
+                coverage = torch.from_numpy(np.stack([c for _, c in pairs])).to(device)
+                loss = cell_loss(head(extractor.embed_cells(x, grid)).squeeze(1).float(), coverage)
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)

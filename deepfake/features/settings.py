@@ -54,6 +54,12 @@ class FeaturesConfig(Section):
         description="Fine-tune the backbone for this many epochs on the training split only "
         "(JPEG/blur/flip augmentation) before extracting features; 0 = frozen ImageNet weights.",
     )
+    finetune_target: Literal["image", "cells"] = Field(
+        "image",
+        description="What fine-tuning teaches: image = real or inpainted, from the image's "
+        "pooled vector; cells = each cell inpainted or clean, following the mask (what the "
+        "detector learns), with the degradations of features.augment.",
+    )
     finetune_lr: float = Field(1e-4, gt=0, description="Fine-tuning learning rate (backbone).")
     finetune_batch_size: int = Field(32, ge=2, description="Images per fine-tuning step.")
     seed: int = Field(

@@ -80,12 +80,18 @@ def _finetune(
     train = split_rows(frame, "train")
     uris, labels = list(train["uri"]), train["label"].to_numpy()
 
-    def load(indices: list[int]) -> tuple[list[int], list[np.ndarray]]:
+    masks = list(train["mask_uri"]) if cfg.finetune_target == "cells" else [""] * len(train)
+
+    def load(indices: list[int]) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None]]:
         images = read_images(storage, [uris[i] for i in indices])
-        good = [isinstance(image, np.ndarray) for image in images]
-        return [i for i, ok in zip(indices, good, strict=True) if ok], [
-            image for image, ok in zip(images, good, strict=True) if ok
+        wanted = [i for i in indices if masks[i]]
+        read = dict(zip(wanted, read_images(storage, [masks[i] for i in wanted]), strict=True))
+        good = [
+            (i, image, read.get(i))
+            for i, image in zip(indices, images, strict=True)
+            if isinstance(image, np.ndarray) and not isinstance(read.get(i), Exception)
         ]
+        return [g[0] for g in good], [g[1] for g in good], [g[2] for g in good]
 
     log.info(
         "fine-tuning %s on %s: %d training images, %d epochs",
@@ -99,15 +105,17 @@ def _finetune(
         lr=cfg.finetune_lr,
         batch_size=cfg.finetune_batch_size,
         seed=cfg.seed,
+        target=cfg.finetune_target,
     )
     return {
         "epochs": cfg.finetune_epochs,
+        "target": cfg.finetune_target,
         "lr": cfg.finetune_lr,
         "batch_size": cfg.finetune_batch_size,
         "seed": cfg.seed,
         "train_images": len(train),
         "train_groups": int(train["group"].nunique()),
-        "augmentation": AUGMENTATION,
+        "augmentation": AUGMENTATION[cfg.finetune_target],
         "losses": losses,
     }
 
