@@ -7,7 +7,8 @@ seed and each family of fill left out (or none), that family's training images a
 the split, the backbone is fine-tuned on what is left, the features are extracted and the detector
 is trained exactly as the default's; the protocol's figures are then read:
 
-- nothing left out: that split's main detector (the repeated-split figures);
+- nothing left out: that split's main detector (the repeated-split figures), and the same test
+  images after JPEG 80 and after downscaling by 0.5 (the evaluation's robustness table);
 - family f left out: that run's detector "without family f", tested on the split's real test
   images against f's (the leave-one-family-out figures).
 
@@ -34,8 +35,10 @@ import numpy as np
 from results_file import RESULTS, save
 
 from deepfake.config import Settings, load_settings
+from deepfake.detector.bundle import Detector
 from deepfake.detector.settings import HeldOut
 from deepfake.detector.stage import protocol_results, search_results, train_detector
+from deepfake.evaluate.checks import robustness
 from deepfake.evaluate.protocol_figures import protocol_figures
 from deepfake.features.stage import extract_features
 from deepfake.hashing import digest_of
@@ -47,6 +50,7 @@ from deepfake.stages import StageOutput, run_stage, stage_folder
 from deepfake.storage import Storage
 
 FIGURES = ("roc_auc", "balanced_accuracy", "specificity", "recall", "recall_at_5pct_fpr_small")
+DEGRADED = ("jpeg_80", "downscale_0.5")
 
 
 def without_family(storage: Storage, split: StageOutput, family: str | None) -> StageOutput:
@@ -79,16 +83,23 @@ def protocol(
                    leave_one_family_out=family is not None)  # fmt: skip
     detector = train_detector(storage, settings.svm, features, held)
     scored = storage.read_parquet(detector.manifest)
+    degraded = {}
     if family is None:
         test = scored[scored["split"] == "test"]
         ids, scores = list(test["record_id"]), list(test["score"])
         threshold = float(search_results(storage, detector)["threshold"])
+        bundle = Detector.load(storage, detector.folder, settings.features.device)
+        table = robustness(storage, bundle, test, threshold)
+        degraded = {
+            f"{n} {k}": table[n][k] for n in DEGRADED for k in ("roc_auc", "balanced_accuracy")
+        }
     else:
         (result,) = [p for p in protocol_results(storage, detector) if p["left_out"] == family]
         ids, scores = result["test_record_ids"], result["test_scores"]
         threshold = result["threshold"]
     figures = protocol_figures(scored, ids, scores, threshold)
-    return {**{k: figures[k] for k in FIGURES}, "seconds": round(time.monotonic() - start, 1)}
+    return {**{k: figures[k] for k in FIGURES}, **degraded,
+            "seconds": round(time.monotonic() - start, 1)}  # fmt: skip
 
 
 def run(root: str, epochs: int, splits: int, overrides: list[str]) -> dict[str, Any]:
@@ -108,32 +119,37 @@ def run(root: str, epochs: int, splits: int, overrides: list[str]) -> dict[str, 
             name = family or "split"
             figures = protocol(storage, settings, split, family)
             out.setdefault(name, []).append(figures)
-            print(f"  epochs {epochs}, split seed {seed}, {name}: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()), flush=True)  # fmt: skip
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in figures.items() if v is not None)
+            print(f"  epochs {epochs}, split seed {seed}, {name}: {shown}", flush=True)
     return {name: summary(rows) for name, rows in out.items()}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean of each figure over the splits, and the values per split."""
     out: dict[str, Any] = {}
-    for key in (*FIGURES, "seconds"):
-        values = [r[key] for r in rows if r[key] is not None]
+    for key in dict.fromkeys(k for r in rows for k in r):
+        values = [r[key] for r in rows if r.get(key) is not None]
         out[key] = float(np.mean(values)) if values else None
         out[f"{key}_per_split"] = values
     return out
 
 
+def pair(figures: dict[str, Any], prefix: str = "") -> str:
+    auc, ba = (figures.get(f"{prefix}{k}") for k in ("roc_auc", "balanced_accuracy"))
+    return "n/a" if auc is None else f"{auc:.3f}/{ba:.3f}"
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     names = sorted({n for r in results.values() for n in r} - {"split"})
     head = ["backbone", *(f"LOFO {n} AUC/BA" for n in names), "splits AUC/BA",
-            "min specificity", "small TPR@5%", "s"]  # fmt: skip
+            *(f"{n} AUC/BA" for n in DEGRADED), "min specificity", "small TPR@5%", "s"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, r in results.items():
         s = r["split"]
         seconds = sum(sum(v["seconds_per_split"]) for v in r.values())
         cells = [label,
-                 *(f"{r[n]['roc_auc']:.3f}/{r[n]['balanced_accuracy']:.3f}" for n in names),
-                 f"{s['roc_auc']:.3f}/{s['balanced_accuracy']:.3f}",
+                 *(pair(r[n]) for n in names), pair(s),
+                 *(pair(s, f"{n} ") for n in DEGRADED),
                  f"{min(s['specificity_per_split']):.3f}", f"{s['recall_at_5pct_fpr_small']:.3f}",
                  f"{seconds:.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
