@@ -131,7 +131,8 @@ def test_flow_writes_metrics_report_and_bundle(first_run) -> None:
     assert comparison["fine_tuned"]["roc_auc"] == metrics["roc_auc"]
     assert 0.5 < comparison["frozen"]["roc_auc"] <= 1.0
     assert set(comparison["frozen"]["robustness_roc_auc"]) == set(metrics["robustness"])
-    assert metrics["finetune"]["epochs"] == 1
+    assert metrics["finetune"]["epochs"] == 1 and metrics["finetune"]["target"] == "image"
+    assert "fine-tuned on the training split only (image head)" in report
     # The Brier score is that of the published probabilities of the test images.
     detector = Detector.load(store, f"models/{summary['run_id']}", device="cpu")
     scored = store.read_parquet(f"{run_folders(store, summary)['detector']}/manifest.parquet")

@@ -282,13 +282,15 @@ def _features_lines(metrics: dict[str, Any]) -> list[str]:
     if tune:
         losses = ", ".join(f"{v:.3f}" for v in tune["losses"])
         lines.append(
-            f"- Backbone fine-tuned on the training split only: {tune['epochs']} epochs, "
+            f"- Backbone fine-tuned on the training split only ({tune.get('target', 'image')} "
+            f"head): {tune['epochs']} epochs, "
             f"{tune['train_images']} images from {tune['train_groups']} groups, lr {tune['lr']}, "
             f"augmentation {tune['augmentation']}; loss per epoch {losses}. The held-out "
             "fold figures are optimistic for a fine-tuned backbone: it saw every training fold. "
             "So are the repeated splits after the first and every left-out family: the backbone "
             "was fine-tuned on the main split's training images, every family included, and "
-            "those detectors test on some of them; the main split's test figures are the fair ones."
+            "those detectors test on some of them; the main split's test figures are the fair "
+            "ones (`bench/finetune_protocols.py` fine-tunes once for every split and family)."
         )
     return lines
 
