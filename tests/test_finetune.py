@@ -22,7 +22,7 @@ def test_cell_labels_follow_the_mask_through_flips() -> None:
     image, mask = _masked()
     flips = set()
     for seed in range(8):
-        degraded, coverage = augment_cells(image, mask, (8, 8), np.random.default_rng(seed))
+        degraded, coverage = augment_cells(image, mask, True, (8, 8), np.random.default_rng(seed))
         assert degraded.shape == image.shape and coverage.shape == (8, 8)
         flipped = coverage[0, -1] == 1
         flips.add(bool(flipped))
@@ -31,8 +31,10 @@ def test_cell_labels_follow_the_mask_through_flips() -> None:
         want[:, :2] = 0 if flipped else 1
         assert np.array_equal(coverage, want)
     assert flips == {True, False}  # both sides drawn
-    _, real = augment_cells(image, None, (8, 8), np.random.default_rng(0))
+    _, real = augment_cells(image, None, False, (8, 8), np.random.default_rng(0))
     assert not real.any()
+    _, whole = augment_cells(image, None, True, (8, 8), np.random.default_rng(0))
+    assert whole.all()  # a fake without a mask: a whole-image reconstruction
 
 
 def test_cell_loss_weighs_inpainted_and_clean_cells_alike_and_skips_edges() -> None:

@@ -59,14 +59,16 @@ def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augment_cells(
-    image: np.ndarray, mask: np.ndarray | None, grid: tuple[int, int], rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """A degraded copy of the image and each cell's share inpainted, (rows, columns); every cell
-    of a real image (``mask`` None) is clean. The degradations keep the image's geometry, so the
-    mask keeps its place; a flip flips both."""
+    image: np.ndarray, mask: np.ndarray | None, fake: bool, grid: tuple[int, int],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A degraded copy of the image and each cell's share inpainted, (rows, columns). Without a
+    ``mask`` every cell of a real image is clean and every cell of a fake inpainted (a
+    whole-image reconstruction), as the features stage labels them. The degradations keep the
+    image's geometry, so the mask keeps its place; a flip flips both."""
     image = degrade(image, rng)
     if mask is None:
-        coverage = np.zeros(grid, np.float32)
+        coverage = np.full(grid, 1.0 if fake else 0.0, np.float32)
     else:
         coverage = pool_cells((mask > 127).astype(np.float32), grid)
     if rng.random() < 0.5:
@@ -143,7 +145,11 @@ def finetune(
                 loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight)
             else:
                 grid = extractor.grid(*images[0].shape[:2])
-                pairs = [augment_cells(i, m, grid, rng) for i, m in zip(images, masks, strict=True)]
+                fakes = labels[kept] == 1
+                pairs = [
+                    augment_cells(image, mask, fake, grid, rng)
+                    for image, mask, fake in zip(images, masks, fakes, strict=True)
+                ]
                 x = extractor.preprocess([image for image, _ in pairs])
                 coverage = torch.from_numpy(np.stack([c for _, c in pairs])).to(device)
                 loss = cell_loss(head(extractor.embed_cells(x, grid)).squeeze(1).float(), coverage)

@@ -80,7 +80,9 @@ def _finetune(
     train = split_rows(frame, "train")
     uris, labels = list(train["uri"]), train["label"].to_numpy()
 
-    masks = list(train["mask_uri"]) if cfg.finetune_target == "cells" else [""] * len(train)
+    # Only the cell head reads masks; a dataset without a mask column has none to read.
+    reads_masks = cfg.finetune_target == "cells" and "mask_uri" in train
+    masks = list(train["mask_uri"].fillna("")) if reads_masks else [""] * len(train)
 
     def load(indices: list[int]) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None]]:
         images = read_images(storage, [uris[i] for i in indices])
