@@ -178,6 +178,30 @@ def test_flow_reports_held_out_families_splits_and_localisation(first_run) -> No
                     "## Per mask area", "## Per inpainting method"):  # fmt: skip
         assert heading in report, heading
     assert f"Weakest family: **{weakest}**" in report
+    over = metrics["robustness_over_splits"]
+    assert set(over) == {"jpeg_80", "downscale_0.5"}
+    for name, figures in over.items():
+        assert len(figures["roc_auc_per_split"]) == 2
+        assert figures["roc_auc_per_split"][0] == metrics["robustness"][name]["roc_auc"]
+        assert figures["roc_auc"] == pytest.approx(sum(figures["roc_auc_per_split"]) / 2)
+    assert "Over 2 grouped splits (each split's own detector" in report
+
+
+def test_each_split_detector_rescored_gives_its_clean_scores(first_run) -> None:
+    """The path that scores the other splits' degraded test images, with no degradation,
+    gives back the scores the detector stage gave those detectors' test images."""
+    from deepfake.evaluate.robust_splits import split_protocols, split_scores
+
+    storage, summary, _ = first_run
+    store = Storage(storage)
+    folder = run_folders(store, summary)["detector"]
+    (split,) = split_protocols(store.read_json(f"{folder}/protocols.json"))
+    scored = store.read_parquet(f"{folder}/manifest.parquet")
+    detector = Detector.load(store, folder, device="cpu")
+    (scores,) = split_scores(store, detector, scored, [split], None)
+    assert np.allclose(scores, split["test_scores"], rtol=1e-4, atol=1e-4)
+    (darker,) = split_scores(store, detector, scored, [split], lambda image: image // 2)
+    assert not np.allclose(darker, split["test_scores"], rtol=1e-4, atol=1e-4)
 
 
 def test_published_detector_scores_images(first_run) -> None:

@@ -145,5 +145,10 @@ def results(
             **chosen,
             "test_record_ids": frame["record_id"].to_numpy()[protocol.test].tolist(),
             "test_scores": scores.astype(float).tolist(),
+            # A repeated split's own cell model: the evaluation scores its test images again
+            # after degradations (robustness over the splits).
+            **({"final": {"weights": protocol.final.weights.astype(float).tolist(),
+                          "bias": float(protocol.final.bias)}}
+               if protocol.left_out is None and protocol.final is not None else {}),
         })  # fmt: skip
     return out

@@ -62,6 +62,7 @@ def report_markdown(metrics: dict[str, Any], notes: dict[str, Any]) -> str:
         *_groups(metrics),
         *_localisation(metrics.get("localisation")),
         *_robustness(metrics.get("robustness")),
+        *_robustness_over_splits(metrics.get("robustness_over_splits")),
         *_audit(metrics.get("shortcut_audit")),
         *_images(metrics),
         *_external(metrics.get("external")),
@@ -182,6 +183,26 @@ def _localisation(loc: dict[str, Any] | None) -> list[str]:
             ],
         ) + [""]
     return lines
+
+
+def _robustness_over_splits(table: dict[str, Any] | None) -> list[str]:
+    if not table:
+        return []
+    splits = len(next(iter(table.values()))["roc_auc_per_split"])
+    rows = []
+    for name, m in table.items():
+        per = ", ".join(_fmt(v) for v in m["roc_auc_per_split"])
+        rows.append([name, f"{_fmt(m['roc_auc'])} ({per})", _fmt(m["balanced_accuracy"]),
+                     _fmt(min(m["specificity_per_split"]))])  # fmt: skip
+    return [
+        "",
+        f"Over {splits} grouped splits (each split's own detector on its test images, degraded; "
+        "the main split's are the rows above):",
+        "",
+        *_table(
+            ["degradation", "ROC-AUC (per split)", "balanced accuracy", "lowest specificity"], rows
+        ),  # fmt: skip
+    ]
 
 
 def _robustness(table: dict[str, Any] | None) -> list[str]:

@@ -21,6 +21,7 @@ from deepfake.evaluate.outputs import METRICS_FILE, REPORT_FILE
 from deepfake.evaluate.plots import curves, example_grid, summary_plots
 from deepfake.evaluate.protocol_figures import held_out
 from deepfake.evaluate.report import report_markdown
+from deepfake.evaluate.robust_splits import robustness_over_splits, split_protocols
 from deepfake.features.stage import skipped_features
 from deepfake.hashing import digest_of
 from deepfake.inpaint.stage import backend_note
@@ -65,6 +66,10 @@ def detector_metrics(
         metrics.update(held_out(scored, main, protocols))
     if settings.evaluate.robustness:
         metrics["robustness"] = robustness(storage, detector, test, threshold, which)
+        if split_protocols(protocols):
+            metrics["robustness_over_splits"] = robustness_over_splits(
+                storage, detector, scored, metrics["robustness"], protocols
+            )
     return metrics, scored, detector
 
 
