@@ -10,6 +10,7 @@ scores.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from deepfake.detector.scoring import score_uris
 from deepfake.evaluate.metrics import binary_metrics
 from deepfake.evaluate.protocol_figures import summarise
 from deepfake.storage import Storage
+
+log = logging.getLogger("deepfake")
 
 DEGRADATIONS = ("jpeg_80", "downscale_0.5")
 
@@ -86,4 +89,6 @@ def robustness_over_splits(
             y = labels.loc[protocol["test_record_ids"]].to_numpy()
             per_split.append(binary_metrics(y, values, protocol["threshold"]))
         out[name] = summarise(per_split)
+        values = ", ".join(f"{m['roc_auc']:.4f}" for m in per_split if m["roc_auc"] is not None)
+        log.info("robustness over %d splits: %s -> ROC-AUC %s", len(per_split), name, values)
     return out
