@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepfake.features.forensics import pool_cells
+from deepfake.features.stage import mask_coverage
 from deepfake.perturb import augment as degrade
 from deepfake.perturb import blur, jpeg
 from deepfake.progress import Progress, prefetch
@@ -67,10 +67,7 @@ def augment_cells(
     whole-image reconstruction), as the features stage labels them. The degradations keep the
     image's geometry, so the mask keeps its place; a flip flips both."""
     image = degrade(image, rng)
-    if mask is None:
-        coverage = np.full(grid, 1.0 if fake else 0.0, np.float32)
-    else:
-        coverage = pool_cells((mask > 127).astype(np.float32), grid)
+    coverage = mask_coverage(mask, grid, fake)
     if rng.random() < 0.5:
         image, coverage = image[:, ::-1], coverage[:, ::-1]
     return np.ascontiguousarray(image), np.ascontiguousarray(coverage)
