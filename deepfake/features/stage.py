@@ -65,6 +65,15 @@ def read_images(storage: Storage, uris: list[str]) -> list[np.ndarray | Exceptio
     return out
 
 
+def read_with_masks(
+    storage: Storage, uris: list[str], mask_uris: list[str]
+) -> tuple[list[np.ndarray | Exception], list[np.ndarray | Exception | None]]:
+    """``read_images`` of images and of their masks (None where ``mask_uris`` has none)."""
+    wanted = [m for m in mask_uris if m]
+    read = dict(zip(wanted, read_images(storage, wanted), strict=True))
+    return read_images(storage, uris), [read[m] if m else None for m in mask_uris]
+
+
 def output_folder(cfg: FeaturesConfig, dataset: StageOutput) -> str:
     settings = cfg.result_dict()
     if not cfg.finetune_epochs:  # fine-tuning settings shape nothing when there is none
@@ -85,13 +94,12 @@ def _finetune(
     masks = list(train["mask_uri"].fillna("")) if reads_masks else [""] * len(train)
 
     def load(indices: list[int]) -> tuple[list[int], list[np.ndarray], list[np.ndarray | None]]:
-        images = read_images(storage, [uris[i] for i in indices])
-        wanted = [i for i in indices if masks[i]]
-        read = dict(zip(wanted, read_images(storage, [masks[i] for i in wanted]), strict=True))
+        images, read = read_with_masks(storage, [uris[i] for i in indices],
+                                       [masks[i] for i in indices])  # fmt: skip
         good = [
-            (i, image, read.get(i))
-            for i, image in zip(indices, images, strict=True)
-            if isinstance(image, np.ndarray) and not isinstance(read.get(i), Exception)
+            (i, image, mask)
+            for i, image, mask in zip(indices, images, read, strict=True)
+            if isinstance(image, np.ndarray) and not isinstance(mask, Exception)
         ]
         return [g[0] for g in good], [g[1] for g in good], [g[2] for g in good]
 
@@ -189,11 +197,8 @@ def _extract(
 
     def load(item: tuple[int, list[Any]]) -> tuple[list, list]:
         batch = item[1]
-        masks = [row.mask_uri for row in batch if getattr(row, "mask_uri", "")]
-        read = dict(zip(masks, read_images(storage, masks), strict=True))
-        return read_images(storage, [row.uri for row in batch]), [
-            read.get(getattr(row, "mask_uri", "")) for row in batch
-        ]
+        return read_with_masks(storage, [row.uri for row in batch],
+                               [getattr(row, "mask_uri", "") or "" for row in batch])  # fmt: skip
 
     written = {}
     for (index, batch), (images, masks) in zip(todo, prefetch(todo, load), strict=True):
