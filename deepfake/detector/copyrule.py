@@ -36,6 +36,13 @@ def channel_weights(cell_dim: int) -> np.ndarray:
     return weights
 
 
+def with_channel(weights: list[np.ndarray], biases: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Linear cell models' (cell_dim, models + 1) weights and (models + 1,) biases: theirs, then
+    the copy channel (the cell's copied share) that the rule reads, in one product."""
+    channel = channel_weights(len(weights[0]))
+    return np.stack([*weights, channel], 1), np.array([*biases, 0.0])
+
+
 def shares(copied_cells: np.ndarray) -> np.ndarray:
     """Images' copied shares from their cells' (n, cells) copied shares."""
     return copied_cells.mean(axis=1)

@@ -146,9 +146,7 @@ def _score_all(
     protocol, and (last column) its copied share for the copy rule, in one pass over the
     images."""
     every = heldout.models(fitted)
-    cell_dim = len(every[0].weights)
-    weights = np.stack([*(m.weights for m in every), copyrule.channel_weights(cell_dim)], 1)
-    biases = np.array([*(m.bias for m in every), 0.0])
+    weights, biases = copyrule.with_channel([m.weights for m in every], [m.bias for m in every])
     return score_uris(
         feature_extractor(storage, features),
         storage,

@@ -49,10 +49,10 @@ def split_scores(
     ids = sorted(set().union(*(p["test_record_ids"] for p in protocols)))
     position = {record: i for i, record in enumerate(ids)}
     uris = list(scored.set_index("record_id").loc[ids, "uri"])
-    dim = len(protocols[0]["final"]["weights"])
-    weights = np.stack([*(np.asarray(p["final"]["weights"]) for p in protocols),
-                        copyrule.channel_weights(dim)], 1)  # fmt: skip
-    biases = np.array([*(p["final"]["bias"] for p in protocols), 0.0])
+    weights, biases = copyrule.with_channel(
+        [np.asarray(p["final"]["weights"]) for p in protocols],
+        [p["final"]["bias"] for p in protocols],
+    )
     decisions = score_uris(detector.extractor, storage, uris, weights, biases,
                            read=lambda uri, data: detector.normalise(data, uri),
                            transform=transform)  # fmt: skip

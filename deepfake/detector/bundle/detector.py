@@ -67,8 +67,7 @@ class Detector:
     def __post_init__(self) -> None:
         weights, bias = linear_form(self.model)
         # Column 0: the SVM; column 1: each cell's copied share, for the copy rule.
-        self._weights = np.stack([weights, copyrule.channel_weights(len(weights))], 1)
-        self._bias = np.array([bias, 0.0])
+        self._weights, self._bias = copyrule.with_channel([weights], [bias])
         rule = self.meta.get("copy_rule")
         self._copy_threshold = float(rule["threshold"]) if rule else None
 
