@@ -11,7 +11,8 @@ On the offline default's images (the sample tiles, their classical inpaintings; 
 - ours: ``deepfake.features.stage.extract_features`` itself (storage reads and PNG decoding in
   a background thread, batches, ``inference_mode``, channels-last, batch norms folded into the
   convolutions), writing its manifest as the stage does;
-- forward only: the backbone on batches already in memory (on the device): the ceiling.
+- forward only: the backbone on batches already in memory (on the device), in the passes the
+  extractor makes (``FeatureExtractor.pass_size``): the ceiling.
 
 Ours runs in float32 (the default) and in ``auto`` precision (bfloat16 where the device computes
 it natively); the naive loop always in float32. The largest difference between the two paths'
@@ -94,7 +95,9 @@ def naive(name: str, paths: list[str], device: torch.device, cell: int) -> list[
 
 def forward_only(extractor: FeatureExtractor, images: list[np.ndarray], batch: int) -> float:
     """Seconds for the (inference) backbone alone on preprocessed batches already on the
-    device."""
+    device, in the extractor's passes (``FeatureExtractor.pass_size``: on a CPU, 16 images of
+    128 px at a time, as the stage runs them)."""
+    batch = min(batch, extractor.pass_size(*images[0].shape[:2]))
     batches = [extractor.preprocess(images[i : i + batch]) for i in range(0, len(images), batch)]
     model = extractor.inference_model(batches[0])
     with (

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import ctypes
+import os
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -9,6 +13,7 @@ import torch
 from PIL import Image
 
 from deepfake.config import DataConfig, FeaturesConfig, InpaintConfig, MaskConfig
+from deepfake.features import extractor as extractor_module
 from deepfake.features.backbones import BACKBONES, WeightsUnavailable, efficientnet_lite0
 from deepfake.features.extractor import FeatureExtractor
 from deepfake.features.forensics import (
@@ -99,6 +104,68 @@ def test_projected_cells_are_every_cell_times_the_weights(textured, relative_sta
     assert extractor.project([], weights).shape == (0, 1, 3)
     with pytest.raises(ValueError, match=f"weights for {extractor.cell_dim - 1} features a cell"):
         extractor.project(images, weights[1:])
+
+
+def test_passes_through_the_backbone_give_what_one_pass_gives(textured, monkeypatch) -> None:
+    # Five 64 px images in passes of two (the last of one) on a CPU, against one pass.
+    extractor = FeatureExtractor("efficientnet_lite0", device="cpu", cell=8)
+    images = [np.roll(textured, 7 * i, axis=i % 2).copy() for i in range(5)]
+    keep = [np.array([i, 63 - i]) for i in range(5)]
+    weights = np.random.default_rng(0).standard_normal((extractor.cell_dim, 2))
+    whole = extractor.cells(images), extractor.chosen_cells(images, keep)
+    projected = extractor.project(images, weights)
+    # Other batch shapes, other convolution kernels: equal to float32 rounding.
+    tolerance = {"rtol": 1e-4, "atol": 1e-4 * float(np.abs(whole[0]).max())}
+    assert extractor.pass_size(64, 64) >= 5
+    monkeypatch.setattr(extractor_module, "CPU_PASS_PIXELS", 2 * 64 * 64 + 1)
+    assert extractor.pass_size(64, 64) == 2
+    assert np.allclose(extractor.cells(images), whole[0], **tolerance)
+    chosen = extractor.chosen_cells(images, keep)
+    assert [len(c) for c in chosen] == [2] * 5
+    for got, want in zip(chosen, whole[1], strict=True):
+        assert np.allclose(got, want, **tolerance)
+    got = extractor.project(images, weights)
+    assert np.allclose(got, projected, rtol=1e-4, atol=1e-4 * float(np.abs(projected).max()))
+    # The pass follows the backbone's input: resized to 256 px, one image a pass at this budget.
+    resized = FeatureExtractor("efficientnet_lite0", device="cpu", input_size=256)
+    assert resized.pass_size(64, 64) == 1
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+from deepfake.devices import keep_freed_memory
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks "
+                 "keepcost").split()]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+before = libc.mallinfo2()
+block = libc.malloc(20 << 20)  # an activation of 20 MiB
+mapped = libc.mallinfo2().hblkhd - before.hblkhd
+libc.free(block)
+print(kept, mapped >> 20, libc.mallinfo2().fordblks >> 20)
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc >= 2.33")
+def test_freed_activations_stay_with_the_process() -> None:
+    def probe(mode: str, **env: str) -> list[str]:
+        run = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True,
+                             text=True, check=True, env={**os.environ, **env})  # fmt: skip
+        return run.stdout.split()
+
+    # glibc's default: a 20 MiB block is mapped afresh and handed back when freed.
+    assert probe("default") == ["None", "20", "0"]
+    # Kept: served from the heap, and still there for the next pass once freed.
+    kept, mapped, free = probe("keep")
+    assert (kept, mapped) == ("True", "0") and int(free) >= 20
+    # A user's own setting is left alone.
+    assert probe("keep", MALLOC_TRIM_THRESHOLD_="1048576")[:2] == ["False", "20"]
 
 
 def test_copied_texture_is_marked_and_a_straight_edge_is_not(textured: np.ndarray) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,14 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from deepfake.detector.bundle import WEIGHTS_FILE  # the name the bundle gives the file too
-from deepfake.devices import resolve_device
+from deepfake.devices import keep_freed_memory, resolve_device
 from deepfake.features.backbones import Backbone, get_backbone
 from deepfake.features.forensics import FORENSIC_CHANNELS, as_batch, forensic_cells
 
 log = logging.getLogger("deepfake")
+
+# Pixels a pass through the backbone on a CPU (16 images of 128 x 128): see pass_size.
+CPU_PASS_PIXELS = 16 * 128 * 128
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -67,6 +71,8 @@ class FeatureExtractor:
         self.relative_stages = min(relative_stages, len(self.spec.stage_channels))
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.model = self.spec.build().eval()
         if weights is not None:
             self.model.load_state_dict(weights)
@@ -219,30 +225,52 @@ class FeatureExtractor:
                                             align_corners=False))  # fmt: skip
         return pooled
 
+    def pass_size(self, height: int, width: int) -> int:
+        """Images of this size per pass through the backbone. On a CPU, passes of at most
+        ``CPU_PASS_PIXELS``: a larger pass's activations (ResNet-50's or Lite0's early maps, 100
+        MB and more at 64 images of 128 px) exceed glibc's mmap threshold, so each is mapped and
+        zero-filled afresh on every pass: Lite0's backbone ran about 1.5x faster in passes of
+        16 images than of 64 (README "Performance"). A GPU takes the batch whole."""
+        if self.device.type != "cpu":
+            return 1 << 30
+        side_h, side_w = (self.input_size,) * 2 if self.input_size else (height, width)
+        return max(1, CPU_PASS_PIXELS // (side_h * side_w))
+
+    def _passes(self, images: list[np.ndarray]) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """(first image's index, ``_cell_maps``) of consecutive passes over ``images``."""
+        size = self.pass_size(*images[0].shape[:2])
+        for start in range(0, len(images), size):
+            yield start, self._cell_maps(images[start : start + size])
+
     @torch.inference_mode()
     def cells(self, images: list[np.ndarray]) -> np.ndarray:
         """(n, rows, columns, cell_dim) float32 cell features of images of one size."""
         if not images:
             return np.zeros((0, 1, 1, self.cell_dim), np.float32)
-        return torch.cat(self._cell_maps(images), 1).permute(0, 2, 3, 1).float().cpu().numpy()
+        return np.concatenate([
+            torch.cat(maps, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+            for _, maps in self._passes(images)
+        ])  # fmt: skip
 
     @torch.inference_mode()
     def chosen_cells(self, images: list[np.ndarray], keep: list[np.ndarray]) -> list[np.ndarray]:
         """The features of only the cells ``keep`` names (per image, indices into its flattened
         grid): (len(keep[i]), cell_dim) float32 each, the same values as ``cells`` gives them,
         without gathering every cell of a wide backbone (ResNet-50: 3,846 numbers a cell)."""
-        if not images:
-            return []
-        maps = self._cell_maps(images)
-        size = maps[0].shape[-2] * maps[0].shape[-1]
-        flat = np.concatenate([np.asarray(k, np.int64) + i * size for i, k in enumerate(keep)])
-        rows = torch.from_numpy(flat).to(self.device)
-        # Cell by cell, channels last: a view of the channels-last maps, so gathering copies
-        # only the chosen cells.
-        chosen = torch.cat(
-            [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]).index_select(0, rows) for m in maps], 1
-        )
-        return np.split(chosen.float().cpu().numpy(), np.cumsum([len(k) for k in keep])[:-1])
+        out: list[np.ndarray] = []
+        for start, maps in self._passes(images) if images else ():
+            chunk = keep[start : start + len(maps[0])]
+            size = maps[0].shape[-2] * maps[0].shape[-1]
+            flat = np.concatenate([np.asarray(k, np.int64) + i * size for i, k in enumerate(chunk)])
+            rows = torch.from_numpy(flat).to(self.device)
+            # Cell by cell, channels last: a view of the channels-last maps, so gathering copies
+            # only the chosen cells.
+            chosen = torch.cat(
+                [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]).index_select(0, rows) for m in maps],
+                1,
+            )
+            out += np.split(chosen.float().cpu().numpy(), np.cumsum([len(k) for k in chunk])[:-1])
+        return out
 
     @torch.inference_mode()
     def project(self, images: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -252,17 +280,19 @@ class FeatureExtractor:
         if weights.shape[0] != self.cell_dim:
             raise ValueError(f"weights for {weights.shape[0]} features a cell; "
                              f"{self.spec.name}'s cells have {self.cell_dim}")  # fmt: skip
-        n = len(images)
-        if not n:
+        if not images:
             return np.zeros((0, 1, weights.shape[1]), np.float32)
         w = torch.from_numpy(np.ascontiguousarray(weights, np.float32)).to(self.device)
-        out, start = None, 0
-        for m in self._cell_maps(images):
-            channels = m.shape[1]
-            part = m.permute(0, 2, 3, 1).reshape(n, -1, channels) @ w[start : start + channels]
-            out = part if out is None else out.add_(part)
-            start += channels
-        return out.cpu().numpy()
+        scores = []
+        for _, maps in self._passes(images):
+            out, start, n = None, 0, len(maps[0])
+            for m in maps:
+                channels = m.shape[1]
+                part = m.permute(0, 2, 3, 1).reshape(n, -1, channels) @ w[start : start + channels]
+                out = part if out is None else out.add_(part)
+                start += channels
+            scores.append(out.cpu().numpy())
+        return np.concatenate(scores)
 
     @torch.inference_mode()
     def transform(self, images: list[np.ndarray]) -> np.ndarray:

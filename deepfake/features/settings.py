@@ -71,7 +71,13 @@ class FeaturesConfig(Section):
         "device computes it natively (recent GPUs, CPUs with AVX512-BF16/AMX), else float32. "
         "Faster, but the vectors differ slightly from float32 ones.",
     )
-    batch_size: int = Field(64, ge=1, description="Images per forward pass.")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Images per batch read, extracted and written (one part file each); a CPU "
+        "runs a batch through the backbone in passes of at most 16 images of 128 px (fewer "
+        "when larger), a GPU whole.",
+    )
     device: str = Field(
         "auto", description="torch device for feature extraction (auto = cuda if any)."
     )
