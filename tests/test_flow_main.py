@@ -235,6 +235,16 @@ def test_artifacts_are_in_the_prefect_ui(first_run) -> None:
     assert {a.key for a in found} == {"detector-metrics", "detector-report"}
     table = next(a for a in found if a.key == "detector-metrics")
     assert "roc_auc" in json.dumps(table.data)
+    # The evaluation's long passes over degraded images show their progress, to the end.
+    keys = ["robustness-progress", "robustness-over-the-splits-progress"]
+    with get_client(sync_client=True) as client:
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=keys),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[summary["flow_run_id"]]),
+            )
+        )
+    assert {a.key: a.data for a in progress} == dict.fromkeys(keys, 100.0)
 
 
 def test_second_run_recomputes_nothing(first_run) -> None:

@@ -23,6 +23,7 @@ from deepfake.detector.model import top_k_mean
 from deepfake.detector.scoring import score_uris
 from deepfake.evaluate.metrics import binary_metrics
 from deepfake.evaluate.protocol_figures import summarise
+from deepfake.progress import Progress
 from deepfake.storage import Storage
 
 log = logging.getLogger("deepfake")
@@ -81,6 +82,8 @@ def robustness_over_splits(
 
     others = split_protocols(protocols)
     labels = scored.set_index("record_id")["label"]
+    progress = Progress("robustness over the splits", len(DEGRADATIONS), "degradations",
+                        log=False)  # fmt: skip
     out = {}
     for name in DEGRADATIONS:
         per_split = [main[name]]
@@ -91,4 +94,5 @@ def robustness_over_splits(
         out[name] = summarise(per_split)
         values = ", ".join(f"{m['roc_auc']:.4f}" for m in per_split if m["roc_auc"] is not None)
         log.info("robustness over %d splits: %s -> ROC-AUC %s", len(per_split), name, values)
+        progress.advance()
     return out
