@@ -472,6 +472,40 @@ def test_folding_batch_norms_keeps_the_function(name: str) -> None:
             assert torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("groups", [1, 8])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_same_padding_without_a_pad_gives_timms_outputs(kernel: int, groups: int) -> None:
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from deepfake.features.same_padding import StaticSameConv
+
+    torch.manual_seed(0)
+    for stride in (1, 2):
+        conv = Conv2dSame(8, 16, kernel, stride=stride, groups=groups).eval()
+        static = StaticSameConv(conv)
+        # Even sides pad one pixel more at the end, odd ones alike; a non-square map has both.
+        for size in [(16, 16), (17, 17), (16, 15), (7, 6), (2, 3)]:
+            x = torch.randn(2, 8, *size).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                want, got = conv(x), static(x)
+            assert got.shape == want.shape, (stride, size)
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+def test_lite0s_inference_copy_pads_no_activation() -> None:
+    extractor = FeatureExtractor("efficientnet_lite0", device="cpu")
+    # 100 px: sides 50, 25, 13, 7 on the way, where SAME pads evenly and unevenly.
+    x = extractor.preprocess([np.random.default_rng(0).integers(0, 256, (100, 100, 3), np.uint8)])
+    model = extractor.inference_model(x)
+    assert model is not extractor.model  # the checked copy, not the fallback
+    assert not any(type(m).__name__ == "Conv2dSame" for m in model.modules())
+    assert sum(type(m).__name__ == "StaticSameConv" for m in model.modules()) == 5
+    with torch.inference_mode():
+        maps = zip(extractor._maps(extractor.model, x), extractor._maps(model, x), strict=True)
+        for want, got in maps:
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
 def test_an_interrupted_stage_redoes_only_unfinished_batches(split_dataset) -> None:
     from deepfake.features.stage import FINETUNE_FILE
 
