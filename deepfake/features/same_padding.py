@@ -43,18 +43,18 @@ class StaticSameConv(nn.Conv2d):
             if conv.bias is not None:
                 self.bias.copy_(conv.bias)
             # By which sides the padding is odd (one pixel more at the end): a zero tap in front.
-            self._kernels = {
-                (odd_h, odd_w): F.pad(self.weight, (odd_w, 0, odd_h, 0)).contiguous(
-                    memory_format=layout
-                )
-                for odd_h in (0, 1)
-                for odd_w in (0, 1)
-            }
+            # Buffers, so that moving the model moves them; not saved with its weights.
+            for odd_h in (0, 1):
+                for odd_w in (0, 1):
+                    kernel = F.pad(self.weight, (odd_w, 0, odd_h, 0))
+                    self.register_buffer(f"kernel_{odd_h}{odd_w}",
+                                         kernel.contiguous(memory_format=layout),
+                                         persistent=False)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = [_same_padding(size, kernel, stride) for size, kernel, stride in
                 zip(x.shape[-2:], self.kernel_size, self.stride, strict=True)]  # fmt: skip
-        weight = self._kernels[(pads[0] % 2, pads[1] % 2)]
+        weight = getattr(self, f"kernel_{pads[0] % 2}{pads[1] % 2}")
         padding = ((pads[0] + 1) // 2, (pads[1] + 1) // 2)
         return F.conv2d(x, weight, self.bias, self.stride, padding, 1, self.groups)
 
