@@ -79,8 +79,9 @@ _kept = False
 def keep_freed_memory() -> bool:
     """On glibc, let freed memory up to 256 MiB stay with the process, and serve blocks up to
     32 MiB from it, instead of handing them back to the kernel and mapping them afresh: CPU
-    inference allocates and frees the same activations pass after pass, and every fresh mapping
-    is zero-filled page by page on first touch. Lite0's backbone in passes of 16 images ran
+    inference allocates and frees the same activations pass after pass (the classical fills the
+    same arrays image after image), and every fresh mapping is zero-filled page by page on first
+    touch. Lite0's backbone in passes of 16 images ran
     327-456 -> 447-544 images/s on a 2-core VM (README "Performance"); the cost is up to 256 MiB
     more resident memory. Left alone where the user set ``MALLOC_TRIM_THRESHOLD_`` or
     ``MALLOC_MMAP_THRESHOLD_`` (or preloads another allocator, which ignores mallopt); once per
