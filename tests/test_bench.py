@@ -38,3 +38,36 @@ def test_gpu_bench_dry_run_measures_every_part(prefect_api_url: str, tmp_path: P
     assert result["end_to_end"]["backend"] == result["end_to_end"]["expected_backend"]
     assert "needs CUDA" in result["oom"]["skipped"]
     assert "| SD2 64 px, 2 steps, batch 1 |" in done.stdout
+
+
+def test_fair_fine_tuning_bench_drops_only_the_left_out_familys_training_fakes(tmp_path) -> None:
+    """bench/finetune_protocols.py fine-tunes each protocol on its own training images: the
+    split it hands the features stage must lack exactly that family's training fakes."""
+    from deepfake.config import DataConfig, InpaintConfig, MaskConfig, SplitConfig
+    from deepfake.inpaint.stage import run_inpaint
+    from deepfake.masks.stage import make_masks
+    from deepfake.sources.stage import prepare_sources
+    from deepfake.split import split_dataset
+    from deepfake.storage import Storage
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from finetune_protocols import families, without_family
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    store = Storage(tmp_path)
+    sources = prepare_sources(store, DataConfig(limit=8, image_size=48))
+    dataset = run_inpaint(store, InpaintConfig(backend="classical"), sources,
+                          make_masks(store, MaskConfig(), sources))  # fmt: skip
+    split = split_dataset(store, SplitConfig(test_size=0.3), dataset)
+    frame = store.read_parquet(split.manifest)
+    assert without_family(store, split, None) == split
+    assert families(store, split) == ["learned", "patch", "pde", "postprocessed"]
+    for family in families(store, split):
+        out = without_family(store, split, family)
+        kept = store.read_parquet(out.manifest)
+        gone = frame[~frame["record_id"].isin(kept["record_id"])]
+        assert len(gone) > 0 and set(gone["split"]) == {"train"}
+        assert set(gone["label"]) == {1} and set(gone["family"]) == {family}
+        assert len(gone) == ((frame["split"] == "train") & (frame["family"] == family)).sum()
+        assert without_family(store, split, family) == out  # the same stage output again
