@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepfake.detector.model import top_k_mean
 from deepfake.features.forensics import FORENSIC_CHANNELS
 
 GAIN = 10.0  # SVM margin units per unit of copied share beyond the threshold
@@ -61,6 +62,15 @@ def fuse(
     """Image scores with the rule applied (see the module's docstring)."""
     excess = np.asarray(copied_shares) - threshold
     return np.where(excess >= 0, np.maximum(svm_scores, svm_threshold + GAIN * excess), svm_scores)
+
+
+def image_scores(
+    svm_cells: np.ndarray, top_k: int, copied_shares: np.ndarray, svm_threshold: float,
+    threshold: float,
+) -> np.ndarray:  # fmt: skip
+    """Image scores from cell decision values (n, cells): the mean of the ``top_k`` highest,
+    with the rule applied (``threshold`` inf: no rule)."""
+    return fuse(top_k_mean(svm_cells, top_k), copied_shares, svm_threshold, threshold)
 
 
 def fuse_cells(

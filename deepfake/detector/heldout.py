@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from deepfake.detector import copyrule
-from deepfake.detector.model import top_k_mean
 from deepfake.detector.settings import SVMConfig
 from deepfake.detector.training import (
     Fold,
@@ -133,9 +132,9 @@ def results(
             column += 1
         chosen = choose(protocol.folds, held, labels, top_k, fires)
         chosen["copy_threshold"] = rule_threshold(protocol.train)
-        svm = top_k_mean(decisions[protocol.test, :, column], chosen["top_k"])
-        scores = copyrule.fuse(svm, share[protocol.test], chosen["threshold"],
-                               chosen["copy_threshold"])  # fmt: skip
+        scores = copyrule.image_scores(decisions[protocol.test, :, column], chosen["top_k"],
+                                       share[protocol.test], chosen["threshold"],
+                                       chosen["copy_threshold"])  # fmt: skip
         column += 1
         out.append({
             "name": protocol.name,

@@ -24,7 +24,6 @@ from deepfake.detector.model import (
     linear_form,
     platt_calibration,
     probability,
-    top_k_mean,
 )
 from deepfake.detector.scoring import score_uris
 from deepfake.detector.settings import HeldOut, SVMConfig
@@ -98,8 +97,7 @@ def train_detector(
         final = decisions[..., len(fitted[0].folds)]  # the main detector's final model
         share = copyrule.shares(copied)
         rule = chosen["copy_threshold"] if cfg.copy_rule else np.inf
-        score = copyrule.fuse(top_k_mean(final, chosen["top_k"]), share, chosen["threshold"],
-                              rule)  # fmt: skip
+        score = copyrule.image_scores(final, chosen["top_k"], share, chosen["threshold"], rule)
         heat = copyrule.fuse_cells(final, copied, share, rule)
         out = frame.drop(columns=[c for c in CELL_COLUMNS if c in frame]).assign(
             score=score,

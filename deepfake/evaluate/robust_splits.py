@@ -19,7 +19,6 @@ import pandas as pd
 
 from deepfake.detector import copyrule
 from deepfake.detector.bundle import Detector
-from deepfake.detector.model import top_k_mean
 from deepfake.detector.scoring import score_uris
 from deepfake.evaluate.metrics import binary_metrics
 from deepfake.evaluate.protocol_figures import summarise
@@ -63,9 +62,9 @@ def split_scores(
     out = []
     for column, protocol in enumerate(protocols):
         rows = [position[record] for record in protocol["test_record_ids"]]
-        svm = top_k_mean(decisions[rows, :, column], protocol["top_k"])
         copy = protocol["copy_threshold"] if rule else np.inf
-        out.append(copyrule.fuse(svm, share[rows], protocol["threshold"], copy))
+        out.append(copyrule.image_scores(decisions[rows, :, column], protocol["top_k"],
+                                         share[rows], protocol["threshold"], copy))  # fmt: skip
     return out
 
 

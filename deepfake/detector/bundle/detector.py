@@ -19,7 +19,7 @@ from deepfake.detector.bundle.files import (
     resolve_bundle,
     verified_files,
 )
-from deepfake.detector.model import linear_form, load_model, probability, top_k_mean
+from deepfake.detector.model import linear_form, load_model, probability
 from deepfake.detector.scoring import cell_decisions, score_uris
 from deepfake.features.extractor import FeatureExtractor, read_weights
 from deepfake.images import decode, encode_png, square
@@ -95,11 +95,10 @@ class Detector:
         return self._images(cell_decisions(self.extractor, images, self._weights, self._bias))
 
     def _images(self, both: np.ndarray) -> np.ndarray:
-        scores = top_k_mean(both[..., 0], int(self.meta["top_k"]))
-        if self._copy_threshold is None:
-            return scores
+        rule = np.inf if self._copy_threshold is None else self._copy_threshold
         share = copyrule.shares(both[..., 1])
-        return copyrule.fuse(scores, share, self.threshold, self._copy_threshold)
+        return copyrule.image_scores(both[..., 0], int(self.meta["top_k"]), share,
+                                     self.threshold, rule)  # fmt: skip
 
     def _cells(self, both: np.ndarray) -> np.ndarray:
         if self._copy_threshold is None:
