@@ -196,9 +196,13 @@ class FeatureExtractor:
         what fine-tuning a cell head trains on."""
         return torch.cat(self.pool(self._maps(self.model, x), grid), 1)
 
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) the backbone sees for an image this size."""
+        return (self.input_size,) * 2 if self.input_size else (height, width)
+
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """(rows, columns) of cells of an image this size."""
-        side_h, side_w = (self.input_size,) * 2 if self.input_size else (height, width)
+        side_h, side_w = self.input_shape(height, width)
         return max(1, side_h // self.cell), max(1, side_w // self.cell)
 
     def _cell_maps(self, images: list[np.ndarray]) -> list[torch.Tensor]:
@@ -236,7 +240,7 @@ class FeatureExtractor:
         16 images than of 64 (README "Performance"). A GPU takes the batch whole."""
         if self.device.type != "cpu":
             return 1 << 30
-        side_h, side_w = (self.input_size,) * 2 if self.input_size else (height, width)
+        side_h, side_w = self.input_shape(height, width)
         return max(1, CPU_PASS_PIXELS // (side_h * side_w))
 
     def _passes(self, images: list[np.ndarray]) -> Iterator[tuple[int, list[torch.Tensor]]]:
