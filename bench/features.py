@@ -45,7 +45,7 @@ from torchvision.transforms import functional as TF
 from deepfake.config import load_settings
 from deepfake.features import BACKBONES, FeatureExtractor, WeightsUnavailable
 from deepfake.features.forensics import as_batch, forensic_cells
-from deepfake.features.stage import cell_matrix, extract_features
+from deepfake.features.stage import cell_matrix, extract_features, with_cells
 from deepfake.inpaint import run_inpaint
 from deepfake.masks.stage import make_masks
 from deepfake.sources.stage import prepare_sources
@@ -159,7 +159,7 @@ def main() -> None:
                 start = time.perf_counter()
                 stage = extract_features(store, features, dataset)
                 ours_s.append(time.perf_counter() - start)
-                manifest = store.read_parquet(stage.manifest)
+                manifest = with_cells(store, stage)
                 store.delete(stage.folder)  # the next repeat starts cold again
             cells, _, rows_of = cell_matrix(manifest, reference[0].shape[1])
             position = {uri: i for i, uri in enumerate(frame["uri"])}

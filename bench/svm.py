@@ -29,7 +29,7 @@ from sklearn.svm import LinearSVC
 from deepfake.config import load_settings
 from deepfake.detector.model import cell_svm
 from deepfake.detector.training import cell_labels
-from deepfake.features.stage import INFO_FILE, cell_matrix, extract_features
+from deepfake.features.stage import INFO_FILE, cell_matrix, extract_features, with_cells
 from deepfake.inpaint import run_inpaint
 from deepfake.masks.stage import make_masks
 from deepfake.sources.stage import prepare_sources
@@ -64,7 +64,7 @@ def main() -> None:
     dataset = run_inpaint(store, cfg.inpaint, sources, make_masks(store, cfg.masks, sources))
     split = split_dataset(store, cfg.split, dataset)
     features = extract_features(store, cfg.features, split)
-    frame = store.read_parquet(features.manifest)
+    frame = with_cells(store, features)
     dim = store.read_json(f"{features.folder}/{INFO_FILE}")["cell_dim"]
     X, coverage, rows = cell_matrix(frame, dim)
     train = frame["split"].to_numpy()[rows] == "train"

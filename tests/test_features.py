@@ -25,7 +25,7 @@ from deepfake.features.forensics import (
     grey,
     residual_energy,
 )
-from deepfake.features.stage import cell_matrix, extract_features, sample_cells
+from deepfake.features.stage import cell_matrix, extract_features, sample_cells, with_cells
 from deepfake.inpaint.stage import run_inpaint
 from deepfake.masks.stage import make_masks
 from deepfake.sources.sample import photo_path
@@ -314,9 +314,14 @@ def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
     dataset = run_inpaint(store, InpaintConfig(), sources, masks)
     frozen = FeaturesConfig(input_size=64, batch_size=5, finetune_epochs=0, cells_per_image=6)
     out = extract_features(store, frozen, dataset)
-    frame = store.read_parquet(out.manifest)
+    frame = with_cells(store, out)
     info = store.read_json(f"{out.folder}/features.json")
     assert len(frame) == len(store.read_parquet(dataset.manifest))
+    # The cells are stored once, in the batches' parts; the manifest says which part has each.
+    manifest = store.read_parquet(out.manifest)
+    assert "cells" not in manifest and set(manifest["part"]) == {
+        f"parts/{name}" for name in store.list_files(f"{out.folder}/parts")
+    }
     assert {"record_id", "group", "variant", "label", "uri", "sha256"} <= set(frame.columns)
     assert (info["cell_dim"], info["image_size"], info["weights"]) == (
         512 + len(FORENSIC_CHANNELS),
@@ -340,7 +345,7 @@ def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
                                 make_masks(other, MaskConfig(), again_sources))  # fmt: skip
     redone = extract_features(other, frozen.model_copy(update={"batch_size": 3}), again_dataset)
     assert len(other.list_files(f"{redone.folder}/parts")) == -(-len(frame) // 3)
-    theirs = other.read_parquet(redone.manifest)
+    theirs = with_cells(other, redone)
     assert list(theirs["record_id"]) == list(frame["record_id"])
     for column in ("cell_index", "cell_coverage"):
         assert theirs[column].map(list).tolist() == frame[column].map(list).tolist()
@@ -399,7 +404,7 @@ def test_fine_tuning_sees_the_training_split_only(split_dataset) -> None:
     assert not torch.equal(tuned.model.state_dict()[first], imagenet.model.state_dict()[first])
     # The saved cells are what the saved backbone computes.
     image = np.asarray(Image.open(store.uri(frame["uri"].iloc[0])))
-    manifest = store.read_parquet(out.manifest)
+    manifest = with_cells(store, out)
     stored, _, rows = cell_matrix(manifest, info["cell_dim"])
     every = tuned.cells([image])[0].reshape(-1, info["cell_dim"])
     want = every[np.asarray(manifest["cell_index"].iloc[0])]
@@ -443,7 +448,7 @@ def test_fine_tuning_without_a_split_is_refused(tmp_path: Path) -> None:
         extract_features(store, TUNED, dataset)
 
 
-def test_a_stage_whose_weights_file_is_gone_is_not_finished(split_dataset) -> None:
+def test_a_stage_whose_weights_file_or_part_is_gone_is_not_finished(split_dataset) -> None:
     from deepfake.features import WEIGHTS_FILE
     from deepfake.stages import finished
 
@@ -453,6 +458,12 @@ def test_a_stage_whose_weights_file_is_gone_is_not_finished(split_dataset) -> No
     store.delete(f"{out.folder}/{WEIGHTS_FILE}")
     assert finished(store, "features", out.folder) is None
     assert extract_features(store, TUNED, split) == out  # redone, byte for byte
+    cells = with_cells(store, out)["cells"].tolist()
+    part = sorted(store.list_files(f"{out.folder}/parts"))[0]
+    store.delete(f"{out.folder}/parts/{part}")  # the cells of one batch
+    assert finished(store, "features", out.folder) is None
+    assert extract_features(store, TUNED, split) == out
+    assert with_cells(store, out)["cells"].tolist() == cells
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])
@@ -522,6 +533,7 @@ def test_an_interrupted_stage_redoes_only_unfinished_batches(split_dataset) -> N
     cfg = TUNED.model_copy(update={"batch_size": 7})
     store.delete(extract_features(store, cfg, split).folder)  # no parts left from other tests
     out = extract_features(store, cfg, split)
+    cells = with_cells(store, out)["cells"].tolist()
     parts = sorted(store.list_files(f"{out.folder}/parts"))
     assert len(parts) == -(-split.records // 7)
     # As a kill leaves it: no manifest, the last batches never written.
@@ -542,3 +554,4 @@ def test_an_interrupted_stage_redoes_only_unfinished_batches(split_dataset) -> N
     redone = [uri for uri in store.reads if uri in set(frame["uri"])]
     assert len(redone) == len(frame) - 7 * (len(parts) - 2)  # no fine-tuning pass
     assert not train & set(redone) - set(frame["uri"].iloc[7 * (len(parts) - 2) :])
+    assert with_cells(store, again)["cells"].tolist() == cells  # and the same cells

