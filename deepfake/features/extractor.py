@@ -83,7 +83,7 @@ class FeatureExtractor:
         # Channels-last lets oneDNN and cuDNN pick their fastest convolutions.
         self.model.to(self.device, memory_format=torch.channels_last)
         self._inference: torch.nn.Module | None = None
-        self._bilinear: dict[tuple[int, ...], torch.Tensor] = {}
+        self._bilinear: dict[tuple[int, int], torch.Tensor] = {}
         self._mean = torch.tensor(self.spec.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.spec.std, device=self.device).view(1, 3, 1, 1)
 
@@ -208,8 +208,9 @@ class FeatureExtractor:
 
     def _cell_maps(self, images: list[np.ndarray], coarse: bool = False) -> list[torch.Tensor]:
         """The (n, channels, rows, columns) maps whose channels, in order, make a cell's
-        features; with ``coarse``, a stage coarser than the cells (but one given against the
-        image's median) is left as it is, for ``at_cells`` to interpolate at chosen cells only."""
+        features; with ``coarse``, a stage coarser than the cells (unless it is also given
+        against the image's median) is left as it is, for ``at_cells`` to interpolate at chosen
+        cells only."""
         pixels = self.pixels(images)
         x = self.preprocess(images, pixels)
         grid = self.grid(*images[0].shape[:2])
@@ -248,18 +249,27 @@ class FeatureExtractor:
         """(sum of len(keep), channels): a stage map coarser than the cells, interpolated as
         ``pool`` does, at only the cells ``keep`` names (per image): ResNet-50's last two
         stages interpolated to every cell took 3 % of its features stage, to keep 24 of 256."""
-        key = (*fmap.shape[-2:], *grid)
-        if key not in self._bilinear:  # pool's own weights: interpolate each map pixel alone
-            pixels = key[0] * key[1]
-            eye = torch.eye(pixels, device=self.device).view(pixels, 1, *key[:2])
-            cells = F.interpolate(eye, size=grid, mode="bilinear", align_corners=False)
-            self._bilinear[key] = cells.flatten(1).T.contiguous()  # (cells, map pixels)
-        weights = self._bilinear[key]
+        rows, cols = (
+            self._bilinear_weights(fmap.shape[-2], grid[0]),
+            self._bilinear_weights(fmap.shape[-1], grid[1]),
+        )
         flat = fmap.permute(0, 2, 3, 1).reshape(len(fmap), -1, fmap.shape[1])
-        return torch.cat([
-            weights[torch.from_numpy(np.asarray(k, np.int64)).to(self.device)] @ flat[i]
-            for i, k in enumerate(keep)
-        ])  # fmt: skip
+        out = []
+        for i, k in enumerate(keep):
+            cell = torch.from_numpy(np.asarray(k, np.int64)).to(self.device)
+            # Bilinear weights are a row weight times a column weight: (cells, map pixels).
+            weights = rows[cell // grid[1], :, None] * cols[cell % grid[1], None, :]
+            out.append(weights.flatten(1) @ flat[i])
+        return torch.cat(out)
+
+    def _bilinear_weights(self, side: int, cells: int) -> torch.Tensor:
+        """(cells, side): ``pool``'s bilinear weights from a map's ``side`` pixels to ``cells``
+        cell centres along one axis (interpolating each pixel alone, by torch itself)."""
+        if (side, cells) not in self._bilinear:
+            eye = torch.eye(side, device=self.device).view(side, 1, side, 1)
+            along = F.interpolate(eye, size=(cells, 1), mode="bilinear", align_corners=False)
+            self._bilinear[side, cells] = along[:, 0, :, 0].T.contiguous()
+        return self._bilinear[side, cells]
 
     def pass_size(self, height: int, width: int) -> int:
         """Images of this size per pass through the backbone. On a CPU, passes of at most
