@@ -26,6 +26,7 @@ from deepfake.features.forensics import (
     residual_energy,
 )
 from deepfake.features.stage import cell_matrix, extract_features, sample_cells, with_cells
+from deepfake.hashing import sha256
 from deepfake.inpaint.stage import run_inpaint
 from deepfake.masks.stage import make_masks
 from deepfake.sources.sample import photo_path
@@ -324,6 +325,8 @@ def test_feature_stage_keeps_manifest_columns(tmp_path: Path) -> None:
     assert "cells" not in manifest and set(manifest["part"]) == {
         f"parts/{name}" for name in store.list_files(f"{out.folder}/parts")
     }
+    for part, digest in zip(manifest["part"], manifest["part_sha256"], strict=True):
+        assert sha256(store.read_bytes(f"{out.folder}/{part}")) == digest
     assert {"record_id", "group", "variant", "label", "uri", "sha256"} <= set(frame.columns)
     assert (info["cell_dim"], info["image_size"], info["weights"]) == (
         512 + len(FORENSIC_CHANNELS),
@@ -466,6 +469,11 @@ def test_a_stage_whose_weights_file_or_part_is_gone_is_not_finished(split_datase
     assert finished(store, "features", out.folder) is None
     assert extract_features(store, TUNED, split) == out
     assert with_cells(store, out)["cells"].tolist() == cells
+    # A part whose bytes are not those the manifest's digest names is refused, by name.
+    other = sorted(store.list_files(f"{out.folder}/parts"))[1]
+    store.write_bytes(f"{out.folder}/parts/{part}", store.read_bytes(f"{out.folder}/parts/{other}"))
+    with pytest.raises(OSError, match=f"parts/{part} \\(its sha256 is not the one"):
+        with_cells(store, out)
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])

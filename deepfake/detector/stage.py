@@ -46,7 +46,7 @@ log = logging.getLogger("deepfake")
 STAGE = "detector"
 SEARCH_FILE = "search.json"
 PROTOCOLS_FILE = "protocols.json"
-CELL_COLUMNS = ["cells", "cell_index", "cell_coverage", "part"]
+CELL_COLUMNS = ["cells", "cell_index", "cell_coverage", "part", "part_sha256"]
 # What shapes the models and scores besides the settings (every image's cells are made again).
 PACKAGES = ("scikit-learn", "skops", "numpy", "torch", "timm", "torchvision")
 

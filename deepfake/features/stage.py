@@ -234,16 +234,16 @@ def _extract(
                 "side": int(image.shape[0]),
                 "reason": None,
             })  # fmt: skip
-        written[index] = pd.DataFrame(part)
-        storage.write_parquet(f"{folder}/{_part_name(index, batch)}", written[index])
-        written[index] = written[index].drop(columns="cells")  # on disk; not needed again here
+        data = storage.write_parquet(f"{folder}/{_part_name(index, batch)}", pd.DataFrame(part))
+        # The cells stay on disk only; the part's digest, in the manifest, stands for them.
+        written[index] = pd.DataFrame(part).drop(columns="cells").assign(part_sha256=sha256(data))
         progress.advance(len(batch))
-    parts = [
-        (written[i] if i in written else
-         storage.read_parquet(f"{folder}/{_part_name(i, b)}").drop(columns="cells"))
-        .assign(part=_part_name(i, b))
-        for i, b in batches
-    ]  # fmt: skip
+    for i, b in batches:
+        if i not in written:  # finished by an earlier, interrupted run
+            data = storage.read_bytes(f"{folder}/{_part_name(i, b)}")
+            part = pd.read_parquet(io.BytesIO(data), engine="pyarrow").drop(columns="cells")
+            written[i] = part.assign(part_sha256=sha256(data))
+    parts = [written[i].assign(part=_part_name(i, b)) for i, b in batches]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
@@ -305,16 +305,20 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
 
 def with_cells(storage: Storage, features: StageOutput) -> pd.DataFrame:
     """The stage's manifest with each row's sampled training ``cells`` (float16 bytes of
-    (count, cell_dim)), read from the parts that hold them."""
+    (count, cell_dim)), read from the parts that hold them, each checked against the digest the
+    manifest gives it (so the manifest's own digest, which names the stages after it, stands for
+    the cells too)."""
     frame = storage.read_parquet(features.manifest)
-    names = sorted(set(frame["part"]))
-    uris = [f"{features.folder}/{name}" for name in names]
+    digests = dict(zip(frame["part"], frame["part_sha256"], strict=True))
+    uris = [f"{features.folder}/{name}" for name in digests]
     cells = {}
-    for uri, data in zip(uris, storage.read_many(uris), strict=True):
-        if isinstance(data, Exception):
-            raise OSError(f"features: cannot read the cells in {storage.uri(uri)} "
-                          f"({type(data).__name__}); delete {storage.uri(features.folder)} "
-                          "to extract them again") from data  # fmt: skip
+    for uri, want, data in zip(uris, digests.values(), storage.read_many(uris), strict=True):
+        why = type(data).__name__ if isinstance(data, Exception) else None
+        if why is None and sha256(data) != want:
+            why = "its sha256 is not the one the manifest gives it"
+        if why:
+            raise OSError(f"features: cannot use the cells in {storage.uri(uri)} ({why}); delete "
+                          f"{storage.uri(features.folder)} to extract them again")  # fmt: skip
         part = pd.read_parquet(io.BytesIO(data), columns=["record_id", "cells"], engine="pyarrow")
         cells.update(zip(part["record_id"], part["cells"], strict=True))
     return frame.assign(cells=[cells[r] for r in frame["record_id"]])
