@@ -474,6 +474,9 @@ def test_a_stage_whose_weights_file_or_part_is_gone_is_not_finished(split_datase
     store.write_bytes(f"{out.folder}/parts/{part}", store.read_bytes(f"{out.folder}/parts/{other}"))
     with pytest.raises(OSError, match=f"parts/{part} \\(its sha256 is not the one"):
         with_cells(store, out)
+    store.delete(f"{out.folder}/parts/{part}")  # as the error says
+    assert extract_features(store, TUNED, split) == out
+    assert with_cells(store, out)["cells"].tolist() == cells
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet50"])

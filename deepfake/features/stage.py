@@ -234,9 +234,10 @@ def _extract(
                 "side": int(image.shape[0]),
                 "reason": None,
             })  # fmt: skip
-        data = storage.write_parquet(f"{folder}/{_part_name(index, batch)}", pd.DataFrame(part))
+        done_part = pd.DataFrame(part)
+        data = storage.write_parquet(f"{folder}/{_part_name(index, batch)}", done_part)
         # The cells stay on disk only; the part's digest, in the manifest, stands for them.
-        written[index] = pd.DataFrame(part).drop(columns="cells").assign(part_sha256=sha256(data))
+        written[index] = done_part.drop(columns="cells").assign(part_sha256=sha256(data))
         progress.advance(len(batch))
     for i, b in batches:
         if i not in written:  # finished by an earlier, interrupted run
@@ -317,8 +318,10 @@ def with_cells(storage: Storage, features: StageOutput) -> pd.DataFrame:
         if why is None and sha256(data) != want:
             why = "its sha256 is not the one the manifest gives it"
         if why:
-            raise OSError(f"features: cannot use the cells in {storage.uri(uri)} ({why}); delete "
-                          f"{storage.uri(features.folder)} to extract them again")  # fmt: skip
+            raise OSError(
+                f"features: cannot use the cells in {storage.uri(uri)} ({why}); "
+                "delete that file and run again: the stage redoes its batch only"
+            )
         part = pd.read_parquet(io.BytesIO(data), columns=["record_id", "cells"], engine="pyarrow")
         cells.update(zip(part["record_id"], part["cells"], strict=True))
     return frame.assign(cells=[cells[r] for r in frame["record_id"]])
