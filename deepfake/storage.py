@@ -378,9 +378,9 @@ class Storage:
         if metadata:
             extra = {k.encode(): v.encode() for k, v in metadata.items()}
             table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
-        # A table with binary columns (the features' cells: float16 arrays, noise to a compressor
-        # and nearly all of its bytes) is written plain: compressing and dictionary-encoding
-        # 110 MB of them took a quarter of a manifest's write, for nothing.
+        # A table with binary columns (the features' parts of cells: float16 arrays, noise to a
+        # compressor and nearly all of its bytes) is written plain: compressing and
+        # dictionary-encoding 110 MB of them took a quarter of the write, for nothing.
         plain = any(pa.types.is_binary(field.type) for field in table.schema)
         buffer = io.BytesIO()
         pq.write_table(

@@ -217,7 +217,7 @@ class FeatureExtractor:
         maps = self._maps(self.inference_model(x[:1]), x)
         relative = self.relative_stages
         pooled = self.pool(maps[:relative], grid) + self.pool(maps[relative:], grid, not coarse)
-        for stage in pooled[: self.relative_stages]:
+        for stage in pooled[:relative]:
             # The fine texture of a cell against the image's own (its median cell): what an
             # edit changes locally, and what JPEG or resizing, acting on the whole image, do not.
             median = stage.flatten(2).median(dim=2).values
@@ -310,9 +310,9 @@ class FeatureExtractor:
         cell). Rounding here rather than in numpy: torch's float16 conversion is vectorised,
         numpy's took 0.3 s for ResNet-50's 600 images' cells."""
         out: list[np.ndarray] = []
+        grid = self.grid(*images[0].shape[:2]) if images else (1, 1)
         for start, maps in self._passes(images, coarse=True) if images else ():
             chunk = keep[start : start + len(maps[0])]
-            grid = self.grid(*images[0].shape[:2])
             flat = np.concatenate([np.asarray(k, np.int64) + i * grid[0] * grid[1]
                                    for i, k in enumerate(chunk)])  # fmt: skip
             rows = torch.from_numpy(flat).to(self.device)
