@@ -178,6 +178,35 @@ def test_held_out_figures_are_means_over_splits_by_hand() -> None:
     }  # fmt: skip
 
 
+def test_robustness_by_fill_splits_figures_by_the_method_before_post_processing() -> None:
+    from deepfake.evaluate.robust_splits import robustness_by_fill
+
+    methods = ["", "", "exemplar", "exemplar+jpeg", "ns", "", "ns"]
+    frame = pd.DataFrame({"record_id": list("abcdefg"), "label": [0, 0, 1, 1, 1, 0, 1],
+                          "method": methods})  # fmt: skip
+    # Split 1: reals a, b; exemplar fills c, d (one JPEG'd after the edit); an ns fill e.
+    # Split 2: real f; an ns fill g.
+    one = {"clean": np.array([0.0, 1.0, 2.0, 3.0, 0.5]),
+           "jpeg_80": np.array([0.0, 1.0, 0.5, -1.0, 2.0])}  # fmt: skip
+    two = {"clean": np.array([0.0, 1.0]), "jpeg_80": np.array([1.0, 0.0])}
+    out = robustness_by_fill(frame, [(list("abcde"), one), (["f", "g"], two)])
+    assert set(out) == {"exemplar", "ns"}
+    exemplar, ns = out["exemplar"], out["ns"]
+    assert exemplar["n_inpainted"] == 2 and ns["n_inpainted"] == 2
+    # Clean: both exemplar fills above both reals; after JPEG one of four pairs ordered.
+    assert exemplar["clean"]["roc_auc_per_split"] == [1.0]
+    assert exemplar["jpeg_80"]["roc_auc"] == pytest.approx(0.25)
+    # Without exemplar fills, split 1 leaves ns (0.5 between the reals 0 and 1): half its pairs.
+    assert exemplar["clean"]["roc_auc_without_per_split"] == [0.5]
+    assert exemplar["jpeg_80"]["roc_auc_without"] == 1.0
+    # ns in both splits: the mean of the splits' figures.
+    assert ns["clean"]["roc_auc_per_split"] == [0.5, 1.0] and ns["clean"]["roc_auc"] == 0.75
+    assert ns["jpeg_80"]["roc_auc_per_split"] == [1.0, 0.0]
+    # Without ns, split 1 keeps the exemplar fills; split 2 has no other fill: no figure.
+    assert ns["jpeg_80"]["roc_auc_without_per_split"] == [0.25]
+    assert robustness_by_fill(frame.drop(columns="method"), [(list("abcde"), one)]) == {}
+
+
 def test_localisation_scores_heat_maps_against_true_masks(tmp_path) -> None:
     from deepfake.evaluate.localisation import localisation
     from deepfake.images import encode_png

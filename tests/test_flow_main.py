@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
+from sklearn.metrics import roc_auc_score
 
 from deepfake.config import load_settings
 from deepfake.evaluate.names import HEADLINE_METRICS
@@ -185,6 +186,23 @@ def test_flow_reports_held_out_families_splits_and_localisation(first_run) -> No
         assert figures["roc_auc_per_split"][0] == metrics["robustness"][name]["roc_auc"]
         assert figures["roc_auc"] == pytest.approx(sum(figures["roc_auc_per_split"]) / 2)
     assert "Over 2 grouped splits (each split's own detector" in report
+    by_fill = metrics["robustness_by_fill"]
+    fills = {m.split("+")[0] for m in fakes.loc[fakes["label"] == 1, "method"]}
+    assert set(by_fill) <= fills and by_fill
+    # The main split's clean figure of a fill is its test fills against its test reals.
+    scored = store.read_parquet(f"{run_folders(store, summary)['detector']}/manifest.parquet")
+    test = scored[scored["split"] == "test"]
+    fill = test["method"].str.split("+").str[0]
+    for method in set(fill[test["label"] == 1]):
+        rows = test[(test["label"] == 0) | (fill == method)]
+        expected = roc_auc_score(rows["label"], rows["score"])
+        assert by_fill[method]["clean"]["roc_auc_per_split"][0] == pytest.approx(expected)
+    for entry in by_fill.values():
+        assert set(entry) == {"n_inpainted", "clean", *over}
+        for figures in (entry[c] for c in ("clean", *over)):
+            assert 1 <= len(figures["roc_auc_per_split"]) <= 2
+            assert figures["roc_auc"] == pytest.approx(np.mean(figures["roc_auc_per_split"]))
+    assert "By the method that made the fill" in report
 
 
 def test_each_split_detector_rescored_gives_its_clean_scores(first_run) -> None:

@@ -51,9 +51,15 @@ def bootstrap_ci(test: pd.DataFrame, resamples: int, seed: int) -> dict[str, lis
 
 
 def robustness(
-    storage: Storage, detector: Detector, test: pd.DataFrame, threshold: float, which: str = ""
+    storage: Storage,
+    detector: Detector,
+    test: pd.DataFrame,
+    threshold: float,
+    which: str = "",
+    scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The held-out split again after each degradation, applied to real and inpainted alike."""
+    """The held-out split again after each degradation, applied to real and inpainted alike;
+    ``scores``, when given, receives each degradation's test scores (in ``test``'s order)."""
     from deepfake.perturb import PERTURBATIONS
 
     y, uris = test["label"].to_numpy(), list(test["uri"])
@@ -61,7 +67,10 @@ def robustness(
     progress = Progress(f"robustness {which}".strip(), len(PERTURBATIONS), "degradations",
                         log=False)  # fmt: skip
     for name, transform in PERTURBATIONS.items():
-        table[name] = binary_metrics(y, detector.score_uris(storage, uris, transform), threshold)
+        values = detector.score_uris(storage, uris, transform)
+        table[name] = binary_metrics(y, values, threshold)
+        if scores is not None:
+            scores[name] = values
         log.info("robustness: %s -> ROC-AUC %.4f", name, table[name]["roc_auc"] or float("nan"))
         progress.advance()
     return table

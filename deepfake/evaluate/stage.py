@@ -59,17 +59,19 @@ def detector_metrics(
     metrics["localisation"] = localisation(storage, test, detector.meta["cell_calibration"],
                                            detector.image_size)  # fmt: skip
     protocols = protocol_results(storage, detector_stage)
+    main = {"name": "split 1", "left_out": None, "threshold": threshold,
+            "test_record_ids": list(test["record_id"]),
+            "test_scores": list(test["score"])}  # fmt: skip
     if protocols:
-        main = {"name": "split 1", "left_out": None, "threshold": threshold,
-                "test_record_ids": list(test["record_id"]),
-                "test_scores": list(test["score"])}  # fmt: skip
         metrics.update(held_out(scored, main, protocols))
     if settings.evaluate.robustness:
-        metrics["robustness"] = robustness(storage, detector, test, threshold, which)
+        degraded: dict[str, np.ndarray] = {}
+        metrics["robustness"] = robustness(storage, detector, test, threshold, which, degraded)
         if split_protocols(protocols):
-            metrics["robustness_over_splits"] = robustness_over_splits(
-                storage, detector, scored, metrics["robustness"], protocols
-            )
+            main.update(robustness=metrics["robustness"], degraded=degraded)
+            over, by_fill = robustness_over_splits(storage, detector, scored, main, protocols)
+            metrics["robustness_over_splits"] = over
+            metrics["robustness_by_fill"] = by_fill
     return metrics, scored, detector
 
 
