@@ -12,6 +12,8 @@ repeated grouped splits unless said):
 - robustness: ROC-AUC and balanced accuracy after JPEG 80 and downscaling by 0.5, against
   clean: the main split's, and the mean over the splits (each split's own detector on its own
   test images: what the targets name);
+- robustness by fill method (JSON only): each fill method's ROC-AUC against the real test images,
+  clean and degraded, and every other fill's without it, over the splits;
 - pixel ROC-AUC (main split) and the variant's own time.
 
 Prints a table and writes bench/results/ablation.json.
@@ -114,6 +116,12 @@ def figures(metrics: dict[str, Any]) -> dict[str, Any]:
     # Each split's own detector on its degraded test images: what the targets are means of.
     for name, figures in metrics.get("robustness_over_splits", {}).items():
         out[f"robust_splits_{name}"] = {k: figures[k] for k in ("roc_auc", "balanced_accuracy")}
+    # The same split by the method that made the fill: which fills a degradation hides.
+    out["robust_by_fill"] = {
+        method: {c: {k: f[k] for k in ("roc_auc", "roc_auc_without")}
+                 for c, f in entry.items() if c != "n_inpainted"}
+        for method, entry in metrics.get("robustness_by_fill", {}).items()
+    }  # fmt: skip
     return out
 
 
