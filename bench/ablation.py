@@ -5,7 +5,8 @@ variants share the storage, so the stages they have in common (sources, masks, i
 and features where only the detector differs) are made once. For each variant (mean over the
 repeated grouped splits unless said):
 
-- leave one family out: ROC-AUC and balanced accuracy of each family left out, and the weakest;
+- leave one family out: ROC-AUC and balanced accuracy of each family left out, and the weakest
+  (and, JSON only, each left-out family's ROC-AUC by fill method);
 - repeated splits: ROC-AUC, balanced accuracy, the lowest specificity of any split, recall of
   small edits (< 10 %) at 5 % false positives; and the main split's own ROC-AUC and balanced
   accuracy (the only fair ones for a backbone fine-tuned on its training images);
@@ -106,7 +107,11 @@ def figures(metrics: dict[str, Any]) -> dict[str, Any]:
         "pixel_roc_auc": metrics["localisation"]["pixel_roc_auc"],
         "weakest_family": metrics.get("weakest_family"),
         "families": {
-            f: {"roc_auc": v["roc_auc"], "balanced_accuracy": v["balanced_accuracy"]}
+            f: {
+                "roc_auc": v["roc_auc"],
+                "balanced_accuracy": v["balanced_accuracy"],
+                "by_fill": {m: x["roc_auc"] for m, x in v.get("by_fill", {}).items()},
+            }
             for f, v in families.items()
         },
     }

@@ -179,7 +179,7 @@ def test_held_out_figures_are_means_over_splits_by_hand() -> None:
 
 
 def test_robustness_by_fill_splits_figures_by_the_method_before_post_processing() -> None:
-    from deepfake.evaluate.robust_splits import robustness_by_fill
+    from deepfake.evaluate.protocol_figures import by_fill
 
     methods = ["", "", "exemplar", "exemplar+jpeg", "ns", "", "ns"]
     frame = pd.DataFrame({"record_id": list("abcdefg"), "label": [0, 0, 1, 1, 1, 0, 1],
@@ -189,7 +189,7 @@ def test_robustness_by_fill_splits_figures_by_the_method_before_post_processing(
     one = {"clean": np.array([0.0, 1.0, 2.0, 3.0, 0.5]),
            "jpeg_80": np.array([0.0, 1.0, 0.5, -1.0, 2.0])}  # fmt: skip
     two = {"clean": np.array([0.0, 1.0]), "jpeg_80": np.array([1.0, 0.0])}
-    out = robustness_by_fill(frame, [(list("abcde"), one), (["f", "g"], two)])
+    out = by_fill(frame, [(list("abcde"), one), (["f", "g"], two)])
     assert set(out) == {"exemplar", "ns"}
     exemplar, ns = out["exemplar"], out["ns"]
     assert exemplar["n_inpainted"] == 2 and ns["n_inpainted"] == 2
@@ -204,7 +204,37 @@ def test_robustness_by_fill_splits_figures_by_the_method_before_post_processing(
     assert ns["jpeg_80"]["roc_auc_per_split"] == [1.0, 0.0]
     # Without ns, split 1 keeps the exemplar fills; split 2 has no other fill: no figure.
     assert ns["jpeg_80"]["roc_auc_without_per_split"] == [0.25]
-    assert robustness_by_fill(frame.drop(columns="method"), [(list("abcde"), one)]) == {}
+    assert by_fill(frame.drop(columns="method"), [(list("abcde"), one)]) == {}
+
+
+def test_each_left_out_family_is_split_by_fill_in_figures_and_report() -> None:
+    from deepfake.evaluate.protocol_figures import held_out
+
+    methods = ["", "exemplar+jpeg", "ns+poisson", "", "exemplar"]
+    frame = pd.DataFrame({"record_id": list("abcde"), "label": [0, 1, 1, 0, 1],
+                          "coverage": [0.0, 0.5, 0.5, 0.0, 0.5], "method": methods})  # fmt: skip
+    main = {"name": "split 1", "left_out": None, "threshold": 0.0,
+            "test_record_ids": list("abc"), "test_scores": [0.0, -1.0, 1.0]}  # fmt: skip
+    post = {"name": "split 1, without family postprocessed", "left_out": "postprocessed",
+            "left_out_by": "family", "threshold": 0.0, "test_record_ids": list("abc"),
+            "test_scores": [0.0, -1.0, 1.0]}  # fmt: skip
+    patch = {"name": "split 2, without family patch", "left_out": "patch",
+             "left_out_by": "family", "threshold": 0.0, "test_record_ids": list("de"),
+             "test_scores": [0.0, 2.0]}  # fmt: skip
+    out = held_out(frame, main, [post, patch])
+    fills = out["leave_one_family_out"]["postprocessed"]["by_fill"]
+    assert fills["exemplar"] == {
+        "n_inpainted": 1, "roc_auc": 0.0, "roc_auc_per_split": [0.0],
+        "roc_auc_without": 1.0, "roc_auc_without_per_split": [1.0],
+    }  # fmt: skip
+    assert fills["ns"]["roc_auc"] == 1.0 and fills["ns"]["roc_auc_without"] == 0.0
+    # A family of one fill method: nothing is left without it.
+    assert out["leave_one_family_out"]["patch"]["by_fill"]["exemplar"]["roc_auc_without"] is None
+    notes = {"data": "sample", "backend": "classical", "backbone": "b",
+             "best_params": {"alpha": 0.1, "top_k": 4}}  # fmt: skip
+    report = report_markdown({**evaluate(scored_frame(), 0.0, [0.9, 1.0]), **out}, notes)
+    assert "| postprocessed | exemplar | 1 | 0.0000 | 1.0000 |" in report
+    assert "| patch | exemplar | 1 | 1.0000 | n/a |" in report
 
 
 def test_localisation_scores_heat_maps_against_true_masks(tmp_path) -> None:

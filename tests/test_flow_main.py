@@ -203,6 +203,20 @@ def test_flow_reports_held_out_families_splits_and_localisation(first_run) -> No
             assert 1 <= len(figures["roc_auc_per_split"]) <= 2
             assert figures["roc_auc"] == pytest.approx(np.mean(figures["roc_auc_per_split"]))
     assert "By the method that made the fill" in report
+    # Each left-out family split by fill: the first split's figures from its own test scores.
+    protocols = store.read_json(f"{run_folders(store, summary)['detector']}/protocols.json")
+    rows = scored.set_index("record_id")
+    for family, figures in metrics["leave_one_family_out"].items():
+        first = next(p for p in protocols if p["name"] == f"split 1, without family {family}")
+        y = rows.loc[first["test_record_ids"], "label"].to_numpy()
+        fill = rows.loc[first["test_record_ids"], "method"].str.split("+").str[0].to_numpy()
+        scores = np.asarray(first["test_scores"])
+        assert set(figures["by_fill"]) >= set(fill[y == 1])
+        for method in set(fill[y == 1]):
+            chosen = (y == 0) | (fill == method)
+            expected = roc_auc_score(y[chosen], scores[chosen])
+            assert figures["by_fill"][method]["roc_auc_per_split"][0] == pytest.approx(expected)
+    assert "Each left-out family by the method that made the fill" in report
 
 
 def test_each_split_detector_rescored_gives_its_clean_scores(first_run) -> None:

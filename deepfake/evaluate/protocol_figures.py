@@ -1,6 +1,6 @@
 """Figures of the protocols: the held-out detectors trained in the detector stage
 (``protocols.json``): the same detector on other grouped splits, and without each inpainting
-method in turn.
+method in turn; and any of these split by the method that made the fill (``by_fill``).
 
 Each protocol's figures are at its own threshold (chosen on its own training data). A figure
 over protocols is given as mean, std and the values per split.
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from deepfake.evaluate.metrics import binary_metrics, recall_at_fpr
 from deepfake.evaluate.names import PROTOCOL_FIGURES
@@ -66,9 +67,58 @@ def held_out(
     families = out.get("leave_one_family_out")
     if families:
         out["weakest_family"] = min(families, key=lambda v: (families[v]["roc_auc"] or 0, v))
+        for family, figures in families.items():
+            # Which of the left-out family's fills the detector misses: its test scores by fill.
+            runs = [p for p in protocols if p["left_out"] == family and _by(p) == "family"]
+            left = [(p["test_record_ids"], {"scores": np.asarray(p["test_scores"])}) for p in runs]
+            figures["by_fill"] = {m: {"n_inpainted": e["n_inpainted"], **e["scores"]}
+                                  for m, e in by_fill(scored, left).items()}  # fmt: skip
     return out
 
 
 def _by(protocol: dict[str, Any]) -> str:
     # Protocols written before families were left out carry no "left_out_by": methods.
     return protocol.get("left_out_by") or "method"
+
+
+def fill_method(method: str) -> str:
+    """The method that made a fill, without the post-processing after it (``ns+poisson``: ns)."""
+    return method.split("+")[0]
+
+
+def by_fill(
+    scored: pd.DataFrame, splits: list[tuple[list[str], dict[str, np.ndarray]]]
+) -> dict[str, Any]:
+    """Per fill method (``fill_method``) and condition (clean, a degradation...), over the
+    ``splits`` (each its test record ids and, per condition, their scores in that order): the
+    ROC-AUC of the split's real test images against that method's fills (``roc_auc``) and
+    against every other fill (``roc_auc_without``), mean and per split; ``n_inpainted``, its
+    fills over the splits. Empty when the records name no method."""
+    if "method" not in scored:
+        return {}
+    rows = scored.set_index("record_id")
+    out: dict[str, Any] = {}
+    for ids, conditions in splits:
+        y = rows.loc[ids, "label"].to_numpy()
+        fills = np.array([fill_method(str(m)) for m in rows.loc[ids, "method"]])
+        for method in sorted(set(fills[y == 1])):
+            mine = (y == 1) & (fills == method)
+            entry = out.setdefault(method, {"n_inpainted": 0})
+            entry["n_inpainted"] += int(mine.sum())
+            for condition, scores in conditions.items():
+                empty = {"roc_auc_per_split": [], "roc_auc_without_per_split": []}
+                figures = entry.setdefault(condition, empty)
+                for key, keep in (("roc_auc", mine), ("roc_auc_without", (y == 1) & ~mine)):
+                    chosen = (y == 0) | keep
+                    if keep.any() and (y[chosen] == 0).any():
+                        figures[f"{key}_per_split"].append(
+                            float(roc_auc_score(y[chosen], scores[chosen]))
+                        )
+    for entry in out.values():
+        for condition, figures in entry.items():
+            if condition == "n_inpainted":
+                continue
+            for key in ("roc_auc", "roc_auc_without"):
+                values = figures[f"{key}_per_split"]
+                figures[key] = float(np.mean(values)) if values else None
+    return out

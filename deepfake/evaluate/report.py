@@ -132,6 +132,8 @@ def _held_out(metrics: dict[str, Any]) -> list[str]:
                 "the detector never saw it): expect fills of that kind, from tools this project "
                 "never ran, to be caught least often.",
             ]
+        if by == "family":
+            lines += _left_out_by_fill(left)
     conditions = metrics.get("balanced_accuracy_at_threshold")
     if conditions:
         lines += [
@@ -141,6 +143,24 @@ def _held_out(metrics: dict[str, Any]) -> list[str]:
             + ".",
         ]
     return lines
+
+
+def _left_out_by_fill(families: dict[str, Any]) -> list[str]:
+    rows = [[family, method, str(f["n_inpainted"]), _fmt(f["roc_auc"]), _fmt(f["roc_auc_without"])]
+            for family, figures in families.items()
+            for method, f in figures.get("by_fill", {}).items()]  # fmt: skip
+    if not rows:
+        return []
+    return [
+        "",
+        "Each left-out family by the method that made the fill (whatever post-processing "
+        "followed; mean over the splits): ROC-AUC of the real test images against its fills, and "
+        "against the family's other fills without them:",
+        "",
+        *_table(
+            ["left-out family", "fill method", "fills", "ROC-AUC", "the family without it"], rows
+        ),  # fmt: skip
+    ]
 
 
 def _groups(metrics: dict[str, Any]) -> list[str]:

@@ -7,9 +7,8 @@ cell models the detector stage kept in ``protocols.json``, scored in one pass ov
 their test images per degradation, with the same aggregation and copy rule as their clean
 scores.
 
-``robustness_by_fill`` splits those figures by the method that made the fill (before any
-post-processing): which fills a degradation hides from the detector, and what the figures are
-without them.
+The same scores are also split by the method that made the fill (``protocol_figures.by_fill``):
+which fills a degradation hides from the detector, and what the figures are without them.
 """
 
 from __future__ import annotations
@@ -20,13 +19,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from deepfake.detector import copyrule
 from deepfake.detector.bundle import Detector
 from deepfake.detector.scoring import score_uris
 from deepfake.evaluate.metrics import binary_metrics
-from deepfake.evaluate.protocol_figures import summarise
+from deepfake.evaluate.protocol_figures import by_fill, summarise
 from deepfake.progress import Progress
 from deepfake.storage import Storage
 
@@ -81,7 +79,7 @@ def robustness_over_splits(
     protocols: list[dict[str, Any]],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per degradation, figures over the splits (mean, std, per split; the main split first),
-    and ``robustness_by_fill`` of the same scores. ``main``: the main split in the protocols'
+    and the same scores ``by_fill`` (clean and degraded). ``main``: the main split in the protocols'
     form (``test_record_ids``, clean ``test_scores``) with its robustness table
     (``robustness``) and its degraded test scores (``degraded``: degradation -> scores)."""
     from deepfake.perturb import PERTURBATIONS
@@ -105,47 +103,4 @@ def robustness_over_splits(
         log.info("robustness over %d splits: %s -> ROC-AUC %s", len(per_split), name, values)
         progress.advance()
     ids = [p["test_record_ids"] for p in [main, *others]]
-    return out, robustness_by_fill(scored, list(zip(ids, conditions, strict=True)))
-
-
-def fill_method(method: str) -> str:
-    """The method that made a fill, without the post-processing after it (``ns+poisson``: ns)."""
-    return method.split("+")[0]
-
-
-def robustness_by_fill(
-    scored: pd.DataFrame, splits: list[tuple[list[str], dict[str, np.ndarray]]]
-) -> dict[str, Any]:
-    """Per fill method (``fill_method``) and condition (clean and each degradation), over the
-    ``splits`` (each its test record ids and, per condition, their scores in that order): the
-    ROC-AUC of the split's real test images against that method's fills (``roc_auc``) and
-    against every other fill (``roc_auc_without``), mean and per split; ``n_inpainted``, its
-    fills over the splits. Empty when the records name no method."""
-    if "method" not in scored:
-        return {}
-    rows = scored.set_index("record_id")
-    out: dict[str, Any] = {}
-    for ids, conditions in splits:
-        y = rows.loc[ids, "label"].to_numpy()
-        fills = np.array([fill_method(str(m)) for m in rows.loc[ids, "method"]])
-        for method in sorted(set(fills[y == 1])):
-            mine = (y == 1) & (fills == method)
-            entry = out.setdefault(method, {"n_inpainted": 0})
-            entry["n_inpainted"] += int(mine.sum())
-            for condition, scores in conditions.items():
-                empty = {"roc_auc_per_split": [], "roc_auc_without_per_split": []}
-                figures = entry.setdefault(condition, empty)
-                for key, keep in (("roc_auc", mine), ("roc_auc_without", (y == 1) & ~mine)):
-                    chosen = (y == 0) | keep
-                    if keep.any() and (y[chosen] == 0).any():
-                        figures[f"{key}_per_split"].append(
-                            float(roc_auc_score(y[chosen], scores[chosen]))
-                        )
-    for entry in out.values():
-        for condition, figures in entry.items():
-            if condition == "n_inpainted":
-                continue
-            for key in ("roc_auc", "roc_auc_without"):
-                values = figures[f"{key}_per_split"]
-                figures[key] = float(np.mean(values)) if values else None
-    return out
+    return out, by_fill(scored, list(zip(ids, conditions, strict=True)))
