@@ -46,7 +46,7 @@ from deepfake.hashing import digest_of
 from deepfake.inpaint.stage import InpaintPlan, run_planned_batch, send_attempt
 from deepfake.stages import StageOutput
 from deepfake.storage import Storage
-from tasks._common import prepare_process
+from tasks._common import patient_local_server, prepare_process
 from tasks.inpaint import collect_inpainting, plan_inpainting
 
 # Whoever runs these flows (this command, a worker) first readies the process: logs redacted
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("deepfake").setLevel(logging.INFO)
     storage = StorageConfig(root=args.storage)
-    stats = inpaint_batch(storage, InpaintPlan.model_validate_json(args.plan), args.batch)
+    with patient_local_server():
+        stats = inpaint_batch(storage, InpaintPlan.model_validate_json(args.plan), args.batch)
     print(json.dumps(stats))
     return 0
 

@@ -27,7 +27,7 @@ from deepfake.publish import Promote, new_run_id
 from deepfake.section import Unavailable
 from deepfake.storage import Storage, StorageError
 from flows.inpaint import inpaint_stage
-from tasks._common import prepare_process, result_storage_for
+from tasks._common import patient_local_server, prepare_process, result_storage_for
 from tasks.detector import train_detector
 from tasks.evaluate import evaluate_detector, publish
 from tasks.features import extract_features
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.monotonic()
-    summary = pipeline(settings=cfg, run_id=args.run_id, promote=args.promote)
+    with patient_local_server():
+        summary = pipeline(settings=cfg, run_id=args.run_id, promote=args.promote)
     summary["wall_seconds"] = round(time.monotonic() - start, 1)
     print(json.dumps(summary, indent=2))
     return 0

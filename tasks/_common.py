@@ -12,6 +12,8 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -21,6 +23,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
 from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
 from deepfake.config import StorageConfig
 from deepfake.hashing import digest_of
@@ -41,6 +44,27 @@ def prepare_process() -> None:
     redact_logs()
     send_library_logs_to_runs()
     add_progress_listener(_PROGRESS_ARTIFACTS)
+
+
+# Prefect gives the temporary local server that a run without PREFECT_API_URL starts 20 s to
+# answer; on two CPU cores it takes about that long (21 s measured), so a newcomer's first run
+# could fail with "Timed out while attempting to connect to ephemeral Prefect API server".
+LOCAL_SERVER_STARTUP_SECONDS = 120
+
+
+@contextmanager
+def patient_local_server() -> Iterator[None]:
+    """Within it, a flow run that starts Prefect's temporary local server waits up to
+    ``LOCAL_SERVER_STARTUP_SECONDS`` for it to answer, unless the environment sets
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        yield
+        return
+    wait = max(
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), LOCAL_SERVER_STARTUP_SECONDS
+    )
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: wait}):
+        yield
 
 
 def _inside_a_run(record: logging.LogRecord) -> bool:

@@ -352,6 +352,28 @@ def test_a_cached_run_loads_no_model_library(first_run, prefect_api_url: str) ->
     assert "loaded: []" in result.stdout, result.stdout[-2000:]
 
 
+def test_a_local_run_gives_the_temporary_server_time_to_start(monkeypatch, tmp_path) -> None:
+    # Without PREFECT_API_URL a run starts Prefect's temporary server, which Prefect gives 20 s
+    # to answer: about what it takes on two cores (a newcomer's first run timed out).
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as startup
+    from prefect.settings import temporary_settings
+
+    import flows.main
+    from tasks._common import LOCAL_SERVER_STARTUP_SECONDS
+
+    waits: list[int] = []
+    monkeypatch.setattr(flows.main, "pipeline", lambda **_: waits.append(startup.value()) or {})
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    before = startup.value()
+    assert main(["--storage", str(tmp_path)]) == 0
+    assert waits == [LOCAL_SERVER_STARTUP_SECONDS] and startup.value() == before
+    # A wait the user chose (read by Prefect from the environment) is theirs.
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
+    with temporary_settings(updates={startup: 7}):
+        assert main(["--storage", str(tmp_path)]) == 0
+    assert waits[1:] == [7]
+
+
 @pytest.mark.parametrize("setting", list(FIRST_REDONE))
 def test_changing_one_setting_recomputes_only_downstream(reference_run, setting: str) -> None:
     storage, reference = reference_run
