@@ -59,21 +59,29 @@ def held_out(
     }
     for by in ("family", "method"):
         chosen = [(p, f) for p, f in pairs if p["left_out"] and _by(p) == by]
-        if chosen:
-            values = sorted({p["left_out"] for p, _ in chosen})
+        values = sorted({p["left_out"] for p, _ in chosen})
+        if values:
             out[f"leave_one_{by}_out"] = {
-                v: summarise([f for p, f in chosen if p["left_out"] == v]) for v in values
+                v: _left_out(scored, [(p, f) for p, f in chosen if p["left_out"] == v], by)
+                for v in values
             }
     families = out.get("leave_one_family_out")
     if families:
         out["weakest_family"] = min(families, key=lambda v: (families[v]["roc_auc"] or 0, v))
-        for family, figures in families.items():
-            # Which of the left-out family's fills the detector misses: its test scores by fill.
-            runs = [p for p in protocols if p["left_out"] == family and _by(p) == "family"]
-            left = [(p["test_record_ids"], {"scores": np.asarray(p["test_scores"])}) for p in runs]
-            figures["by_fill"] = {m: {"n_inpainted": e["n_inpainted"], **e["scores"]}
-                                  for m, e in by_fill(scored, left).items()}  # fmt: skip
     return out
+
+
+def _left_out(
+    scored: pd.DataFrame, runs: list[tuple[dict[str, Any], dict[str, Any]]], by: str
+) -> dict[str, Any]:
+    """What one left-out family or method's protocols (each with its figures) give over the
+    splits; for a family, also which of its fills the detector misses (its test scores by fill)."""
+    figures = summarise([f for _, f in runs])
+    if by == "family":
+        left = [(p["test_record_ids"], {"scores": np.asarray(p["test_scores"])}) for p, _ in runs]
+        figures["by_fill"] = {m: {"n_inpainted": e["n_inpainted"], **e["scores"]}
+                              for m, e in by_fill(scored, left).items()}  # fmt: skip
+    return figures
 
 
 def _by(protocol: dict[str, Any]) -> str:
