@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -71,3 +73,37 @@ def test_fair_fine_tuning_bench_drops_only_the_left_out_familys_training_fakes(t
         assert set(gone["label"]) == {1} and set(gone["family"]) == {family}
         assert len(gone) == ((frame["split"] == "train") & (frame["family"] == family)).sum()
         assert without_family(store, split, family) == out  # the same stage output again
+
+
+def test_near_copy_search_finds_a_copied_patch_after_jpeg() -> None:
+    """bench/near_copies.py's searches (a lead for exemplar fills after JPEG): a 24 px patch
+    copied 70 px away survives JPEG 80 as windows whose nearest window is the copy's source,
+    and the photo itself, JPEG'd alike, holds few such windows."""
+    from PIL import Image
+
+    from deepfake.perturb import jpeg
+    from deepfake.sources.sample import SAMPLE_PHOTOS, photo_path
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import near_copies
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    _, package, name = next(p for p in SAMPLE_PHOTOS if p[2] == "gravel.png")
+    photo = np.asarray(Image.open(photo_path(package, name)).convert("RGB").resize((128, 128)))
+    edited = photo.copy()
+    edited[80:104, 80:104] = photo[10:34, 10:34]
+    for search in ("hashed", "exhaustive"):
+        found = {}
+        for label, image in (("photo", photo), ("edited", edited)):
+            v, rows, cols = near_copies.window_vectors(jpeg(80)(image))
+            if search == "hashed":
+                best, offset = near_copies.hashed_matches(v, rows, cols)
+            else:
+                best, offset = near_copies.exhaustive_matches(v, cols)
+            found[label] = near_copies.copied_windows(v, rows, cols, best, offset)
+        pasted = found["edited"][80:101, 80:101]  # the windows wholly inside the copy
+        assert pasted.mean() >= 0.25, search
+        shifts = offset.reshape(rows, cols, 2)[80:101, 80:101][pasted]
+        assert (shifts == (-70, -70)).all(), search  # ...matched to where it came from
+        assert found["photo"].sum() < 0.2 * found["edited"].sum(), search
