@@ -11,6 +11,7 @@ torch nor pandas.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,22 @@ class Settings(BaseModel):
                     raise ValueError(f"{key} is gone: use {replacement}")
         return data
 
+    @model_validator(mode="after")
+    def _enough_sources(self) -> Settings:
+        """Refuse a ``data.limit`` that leaves the grouped split fewer than 2 training sources
+        (cross-validation needs 2) before any work, not in training after inpainting."""
+        limit = self.data.limit
+        if limit is not None and _training_sources(limit, self.split.test_size) < 2:
+            enough = next(
+                n for n in range(3, 1000) if _training_sources(n, self.split.test_size) >= 2
+            )
+            raise ValueError(
+                f"data.limit={limit} leaves {_training_sources(limit, self.split.test_size)} "
+                f"source(s) for training once split.test_size={self.split.test_size} is held "
+                f"out, and cross-validation needs at least 2: use data.limit >= {enough}"
+            )
+        return self
+
     @field_validator("storage", mode="before")
     @classmethod
     def _root_only(cls, value: Any) -> Any:
@@ -113,6 +130,12 @@ class Settings(BaseModel):
         it goes), secrets removed: what a report records and what names its folder."""
         sections = (n for n in type(self).model_fields if n != "storage")
         return _redact({name: getattr(self, name).result_dict() for name in sections})
+
+
+def _training_sources(sources: int, test_size: float) -> int:
+    """How many of ``sources`` source groups the grouped split trains on (scikit-learn's
+    GroupShuffleSplit holds out the ceiling of ``test_size`` of them)."""
+    return sources - math.ceil(test_size * sources)
 
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
@@ -214,6 +237,9 @@ def _problems(exc: ValidationError) -> str:
     out = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"])
+        if not where:  # a rule over several sections: its message names them
+            out.append(str(err.get("ctx", {}).get("error", err["msg"])))
+            continue
         given = err.get("input")
         shown = f" (got {given!r})" if isinstance(given, str | int | float) else ""
         out.append(f"{where}: {err['msg']}{shown}")

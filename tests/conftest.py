@@ -43,7 +43,9 @@ def prefect_server():
     """One temporary Prefect server for every test that runs a flow."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    from tasks._common import LOCAL_SERVER_STARTUP_SECONDS
+
+    with prefect_test_harness(server_startup_timeout=LOCAL_SERVER_STARTUP_SECONDS):
         yield
 
 

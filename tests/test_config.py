@@ -65,6 +65,20 @@ def test_bad_settings_are_refused_with_their_name(override: str, words: list[str
         assert word in str(err.value)
 
 
+def test_a_limit_too_small_to_train_is_refused_before_any_work() -> None:
+    """The grouped split holds out the ceiling of test_size of the sources; cross-validation
+    needs 2 left to train on."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(overrides=["data.limit=2"])
+    assert str(err.value).startswith("invalid settings: data.limit=2 leaves 1 source")
+    assert "Value error" not in str(err.value) and ": :" not in str(err.value)
+    assert "data.limit >= 3" in str(err.value)
+    with pytest.raises(ConfigError, match="data.limit >= 4"):
+        load_settings(overrides=["data.limit=3", "split.test_size=0.5"])
+    assert load_settings(overrides=["data.limit=3"]).data.limit == 3
+    assert load_settings(overrides=["data.limit=4", "split.test_size=0.5"]).data.limit == 4
+
+
 def test_bad_settings_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("- just\n- a list\n")
