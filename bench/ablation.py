@@ -74,6 +74,12 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
         "some of their test images and every family",
         ["features.finetune_epochs=2"],
     ),
+    (
+        "near-copies",
+        "instead: default + each cell's share of near-copy windows (patches copied and then "
+        "compressed or resized: deepfake/features/near_copies.py)",
+        ["features.near_copies=true"],
+    ),
 ]
 
 

@@ -21,6 +21,7 @@ from deepfake.detector.bundle import WEIGHTS_FILE  # the name the bundle gives t
 from deepfake.devices import keep_freed_memory, resolve_device
 from deepfake.features.backbones import Backbone, get_backbone
 from deepfake.features.forensics import FORENSIC_CHANNELS, as_batch, forensic_cells
+from deepfake.features.near_copies import NEAR_COPY_CHANNELS, near_copy_cells
 from deepfake.features.same_padding import without_same_padding
 
 log = logging.getLogger("deepfake")
@@ -66,10 +67,12 @@ class FeatureExtractor:
         weights: dict[str, torch.Tensor] | None = None,
         precision: str = "float32",
         relative_stages: int = 0,
+        near_copies: bool = False,
     ) -> None:
         self.spec: Backbone = get_backbone(backbone)
         self.input_size, self.cell = input_size, cell
         self.relative_stages = min(relative_stages, len(self.spec.stage_channels))
+        self.near_copies = near_copies
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         if self.device.type == "cpu":
@@ -102,7 +105,8 @@ class FeatureExtractor:
             precision = "float32"
         return cls(info["backbone"], info.get("input_size"), device, cell=info["cell"],
                    weights=weights, precision=precision,
-                   relative_stages=info.get("relative_stages", 0))  # fmt: skip
+                   relative_stages=info.get("relative_stages", 0),
+                   near_copies=info.get("near_copies", False))  # fmt: skip
 
     def info(self) -> dict[str, Any]:
         return {
@@ -111,10 +115,12 @@ class FeatureExtractor:
             "cell": self.cell,
             "precision": self.precision,
             "relative_stages": self.relative_stages,
+            "near_copies": self.near_copies,
             "cell_dim": self.cell_dim,
             "cell_channels": {
                 "cnn": sum(self.spec.stage_channels),
                 "cnn_vs_image": self.relative_dim,
+                "near_copies": list(NEAR_COPY_CHANNELS if self.near_copies else ()),
                 "forensic": list(FORENSIC_CHANNELS),
             },  # fmt: skip
         }
@@ -131,7 +137,8 @@ class FeatureExtractor:
 
     @property
     def cell_dim(self) -> int:
-        return self.dim + self.relative_dim + len(FORENSIC_CHANNELS)
+        near = len(NEAR_COPY_CHANNELS) if self.near_copies else 0
+        return self.dim + self.relative_dim + near + len(FORENSIC_CHANNELS)
 
     def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
         """uint8 HxWx3 arrays of one size -> (n, 3, H, W) float pixel values 0-255 on the
@@ -222,7 +229,9 @@ class FeatureExtractor:
             # edit changes locally, and what JPEG or resizing, acting on the whole image, do not.
             median = stage.flatten(2).median(dim=2).values
             pooled.append(stage - median[..., None, None])
-        pooled.append(forensic_cells(pixels, grid))
+        if self.near_copies:
+            pooled.append(near_copy_cells(pixels, grid))
+        pooled.append(forensic_cells(pixels, grid))  # last: the copy rule reads it from the end
         return pooled
 
     @staticmethod

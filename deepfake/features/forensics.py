@@ -21,8 +21,8 @@ Exact copies do not survive JPEG. A copy search that tolerates JPEG's changes (n
 of 4x4 and 8x8 windows within JPEG-noise distance) was measured on the sample tiles and not kept:
 at any tolerance that still finds JPEG-compressed copies, real images' own textures hold more
 near-duplicates than exemplar fills do. One that also asks a patch's windows to share their
-offset does separate them after JPEG (``bench/near_copies.py``, README "Results on the offline
-default"), but is not yet fast enough for every image the pipeline reads.
+offset does separate them after JPEG: ``near_copies`` (``features.near_copies``, off by
+default: measured in README "Results on the offline default").
 """
 
 from __future__ import annotations

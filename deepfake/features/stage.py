@@ -277,7 +277,7 @@ def extract_features(storage: Storage, cfg: FeaturesConfig, dataset: StageOutput
         frame = storage.read_parquet(dataset.manifest)
         extractor = FeatureExtractor(
             cfg.backbone, cfg.input_size, cfg.device, cell=cfg.cell, precision=cfg.precision,
-            relative_stages=cfg.relative_stages,
+            relative_stages=cfg.relative_stages, near_copies=cfg.near_copies,
         )  # fmt: skip
         info: dict[str, Any] = {**extractor.info(), "weights": None, "finetune": None}
         files = [INFO_FILE, SKIPPED_FILE]  # and the parts that hold cells, below
