@@ -77,7 +77,8 @@ VARIANTS: list[tuple[str, str, list[str]]] = [
     (
         "near-copies",
         "instead: default + each cell's share of near-copy windows (patches copied and then "
-        "compressed or resized: deepfake/features/near_copies.py)",
+        "compressed or resized: deepfake/features/near_copies.py), which the copy rule also "
+        "counts",
         ["features.near_copies=true"],
     ),
 ]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from deepfake.detector import copyrule
 from deepfake.features.extractor import FeatureExtractor
 from deepfake.features.forensics import FORENSIC_CHANNELS, as_batch
 from deepfake.features.near_copies import (
@@ -115,3 +116,17 @@ def test_the_extractor_adds_the_near_copy_cells_before_the_forensic_ones(photo) 
     # A saved model's extractor computes the same cells.
     again = FeatureExtractor.from_info(with_near.info(), device="cpu")
     assert again.near_copies and again.cell_dim == with_near.cell_dim
+
+
+def test_the_copy_rule_reads_near_copies_when_the_features_have_them(photo) -> None:
+    """After JPEG (the copy off its 8 px grid) the exact copies are gone; the rule's channel
+    still sees the copied patch."""
+    extractor = FeatureExtractor("efficientnet_lite0", device="cpu", near_copies=True)
+    cells = extractor.cells([jpeg(80)(_with_copy(photo, 32, 10, 75))])[0].reshape(-1, 520)
+    exact = cells @ copyrule.channel_weights(extractor.cell_dim)
+    both = cells @ copyrule.channel_weights(extractor.cell_dim, near_copies=True)
+    forensic = extractor.cell_dim - len(FORENSIC_CHANNELS)
+    assert np.allclose(exact, cells[:, forensic + FORENSIC_CHANNELS.index("copies_mean")])
+    near = cells[:, forensic - len(NEAR_COPY_CHANNELS)]
+    assert np.allclose(both, exact + near)
+    assert exact.mean() < 0.002 < both.mean()

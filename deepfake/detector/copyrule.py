@@ -14,7 +14,9 @@ lowers a score and leaves the images it does not flag alone: a flagged image's s
 ``max(svm, svm_threshold + GAIN * (share - threshold))``, over the SVM's threshold by one SVM
 margin per 10 % of the image copied beyond the rule's. Cells of an image the rule fires on are
 lit in its heat map the same way by their own copied share (``fuse_cells``). Exact copies do
-not survive lossy compression: after JPEG the rule stays silent and the SVM alone decides.
+not survive lossy compression: after JPEG the rule stays silent and the SVM alone decides, unless
+the features have near-copy channels (``features.near_copies``): then a cell's copied share also
+counts its near-copy windows, and the threshold is calibrated on that sum.
 """
 
 from __future__ import annotations
@@ -23,24 +25,33 @@ import numpy as np
 
 from deepfake.detector.model import top_k_mean
 from deepfake.features.forensics import FORENSIC_CHANNELS
+from deepfake.features.near_copies import NEAR_COPY_CHANNELS
 
 GAIN = 10.0  # SVM margin units per unit of copied share beyond the threshold
 FALSE_ALARMS = 0.01  # share of training real images allowed above the threshold
 FLOOR = 0.005  # never fire on less than 0.5 % of the image copied
 CHANNEL = "copies_mean"
+NEAR_CHANNEL = "near_copies_mean"
 
 
-def channel_weights(cell_dim: int) -> np.ndarray:
-    """(cell_dim,) weights whose product with a cell's features is its copied share."""
+def channel_weights(cell_dim: int, near_copies: bool = False) -> np.ndarray:
+    """(cell_dim,) weights whose product with a cell's features is its copied share: its share
+    of exact copies, plus its share of near-copy windows when the features have them
+    (``features.near_copies``: copies that JPEG or resizing changed, which exact copies miss)."""
     weights = np.zeros(cell_dim)
-    weights[cell_dim - len(FORENSIC_CHANNELS) + FORENSIC_CHANNELS.index(CHANNEL)] = 1.0
+    forensic = cell_dim - len(FORENSIC_CHANNELS)
+    weights[forensic + FORENSIC_CHANNELS.index(CHANNEL)] = 1.0
+    if near_copies:  # the near-copy channels come just before the forensic ones
+        weights[forensic - len(NEAR_COPY_CHANNELS) + NEAR_COPY_CHANNELS.index(NEAR_CHANNEL)] = 1.0
     return weights
 
 
-def with_channel(weights: list[np.ndarray], biases: list[float]) -> tuple[np.ndarray, np.ndarray]:
+def with_channel(
+    weights: list[np.ndarray], biases: list[float], near_copies: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Linear cell models' (cell_dim, models + 1) weights and (models + 1,) biases: theirs, then
     the copy channel (the cell's copied share) that the rule reads, in one product."""
-    channel = channel_weights(len(weights[0]))
+    channel = channel_weights(len(weights[0]), near_copies)
     return np.stack([*weights, channel], 1), np.array([*biases, 0.0])
 
 

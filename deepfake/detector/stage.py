@@ -145,9 +145,12 @@ def _score_all(
     protocol, and (last column) its copied share for the copy rule, in one pass over the
     images."""
     every = heldout.models(fitted)
-    weights, biases = copyrule.with_channel([m.weights for m in every], [m.bias for m in every])
+    extractor = feature_extractor(storage, features)
+    weights, biases = copyrule.with_channel(
+        [m.weights for m in every], [m.bias for m in every], extractor.near_copies
+    )
     return score_uris(
-        feature_extractor(storage, features),
+        extractor,
         storage,
         list(frame["uri"]),
         weights,
@@ -204,7 +207,8 @@ def _bundle(info: dict[str, Any], alpha: float, chosen: dict[str, Any]) -> dict[
         else {
             "threshold": chosen["copy_threshold"],
             "gain": copyrule.GAIN,
-            "channel": copyrule.CHANNEL,
+            "channel": copyrule.CHANNEL
+            + (f" + {copyrule.NEAR_CHANNEL}" if info.get("near_copies") else ""),
         },  # fmt: skip
         "probability_threshold": float(probability(chosen["threshold"], chosen["calibration"])),
         "score": "probability of inpainting (Platt-scaled mean of the image's top-k cell "
