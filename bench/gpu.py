@@ -15,6 +15,9 @@ choose SD2, and out-of-memory halving for real. Writes ``bench/results/gpu.json`
   (with the GradScaler only for float16), and the loss of each epoch (it must fall).
 - **end_to_end**: ``python flows/main.py`` with the tiny local SD2 pipeline, ``data.limit`` small,
   ``inpaint.backend=auto``: on CUDA it must choose sd2.
+- **near_copies**: the near-copy search (``features.near_copies``) on the device against the CPU:
+  ms an image of 128 px at batch sizes 16 and 64, and whether it marks the same windows (the
+  figure that decides whether it can run by default: on 2 CPU cores it costs about 75 ms).
 - **oom**: a batch too large for a memory cap (``torch.cuda.set_per_process_memory_fraction``) at
   a large resolution: the backend halves the batch and finishes.
 
@@ -220,6 +223,43 @@ def bench_end_to_end(dry: bool, tmp: Path) -> dict[str, Any]:
             "expected_backend": "sd2" if cuda else "classical"}  # fmt: skip
 
 
+def bench_near_copies(dry: bool) -> dict[str, Any]:
+    from PIL import Image
+
+    from deepfake.features.forensics import as_batch
+    from deepfake.features.near_copies import near_copy_maps
+    from deepfake.sources.sample import SAMPLE_PHOTOS, photo_path
+
+    device = "cuda" if torch.cuda.is_available() and not dry else "cpu"
+    photos = [np.asarray(Image.open(photo_path(package, name)).convert("RGB").resize((128, 128)))
+              for _, package, name in SAMPLE_PHOTOS]  # fmt: skip
+    sizes = (4,) if dry else (16, 64)
+    batches = {size: as_batch([photos[i % len(photos)] for i in range(size)]) for size in sizes}
+
+    def ms_per_image(batch: torch.Tensor, on: str, repeats: int) -> float:
+        batch = batch.to(on)
+        near_copy_maps(batch)  # warm-up: allocations, kernels
+        if on == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            near_copy_maps(batch)
+        if on == "cuda":
+            torch.cuda.synchronize()
+        return round(1000 * (time.perf_counter() - start) / repeats / len(batch), 2)
+
+    rows = [{"batch_size": size, "ms_per_image": ms_per_image(batch, device, 1 if dry else 5)}
+            for size, batch in batches.items()]  # fmt: skip
+    first = batches[sizes[0]]
+    on_device = near_copy_maps(first.to(device)).cpu().flatten(1).mean(1)
+    on_cpu = near_copy_maps(first).flatten(1).mean(1)
+    print(f"near copies on {device}: {rows}", flush=True)
+    return {"device": device, "rows": rows,
+            "cpu_ms_per_image": ms_per_image(first, "cpu", 1),
+            "same_as_cpu": bool(torch.equal(on_device, on_cpu)),
+            "max_share_difference": float((on_device - on_cpu).abs().max())}  # fmt: skip
+
+
 def bench_oom(dry: bool, tmp: Path) -> dict[str, Any]:
     if dry or not torch.cuda.is_available():
         return {
@@ -285,6 +325,14 @@ def table(result: dict[str, Any]) -> str:
                  f"{', '.join(f'{v:.3f}' for v in tune['epoch_losses'])} |")  # fmt: skip
     e2e = result["end_to_end"]
     lines.append(f"| end to end (auto backend) | chose {e2e['backend']}, {e2e['wall_s']} s |")
+    near = result["near_copies"]
+    for row in near["rows"]:
+        lines.append(
+            f"| near-copy search on {near['device']}, batch {row['batch_size']} | "
+            f"{row['ms_per_image']} ms an image (CPU {near['cpu_ms_per_image']}), the same marks "
+            f"as the CPU's: {near['same_as_cpu']} (shares {near['max_share_difference']:.4f} "
+            "apart at most) |"
+        )
     oom = result["oom"]
     lines.append(
         "| out-of-memory halving | "
@@ -302,7 +350,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="run only these parts")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
-    parts = ["sd2", "features", "finetune", "end_to_end", "oom"]
+    parts = ["sd2", "features", "finetune", "end_to_end", "near_copies", "oom"]
     chosen = args.only or parts
     result: dict[str, Any] = {
         "dry_run": args.dry_run,
@@ -315,6 +363,7 @@ def main() -> None:
                  "features": lambda: bench_features(args.dry_run, args.results),
                  "finetune": lambda: bench_finetune(args.dry_run),
                  "end_to_end": lambda: bench_end_to_end(args.dry_run, Path(tmp)),
+                 "near_copies": lambda: bench_near_copies(args.dry_run),
                  "oom": lambda: bench_oom(args.dry_run, Path(tmp))}  # fmt: skip
         for part in parts:
             if part in chosen:

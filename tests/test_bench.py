@@ -22,7 +22,8 @@ def test_gpu_bench_dry_run_measures_every_part(prefect_api_url: str, tmp_path: P
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "gpu-dry-run.json").read_text())
-    assert result["dry_run"] and {"sd2", "features", "finetune", "end_to_end", "oom"} <= set(result)
+    parts = {"sd2", "features", "finetune", "end_to_end", "near_copies", "oom"}
+    assert result["dry_run"] and parts <= set(result)
     sd2 = result["sd2"]
     assert {(r["compile"], r["batch_size"]) for r in sd2["rows"]} == {
         (False, 1), (False, 2), (True, 1), (True, 2),
@@ -38,6 +39,10 @@ def test_gpu_bench_dry_run_measures_every_part(prefect_api_url: str, tmp_path: P
     assert tune["steps"] > 0 and tune["steps_per_s"] > 0 and len(tune["epoch_losses"]) == 2
     assert tune["grad_scaler"] is (tune["precision"] == "float16")
     assert result["end_to_end"]["backend"] == result["end_to_end"]["expected_backend"]
+    near = result["near_copies"]
+    assert near["rows"] and all(row["ms_per_image"] > 0 for row in near["rows"])
+    assert near["same_as_cpu"] and near["cpu_ms_per_image"] > 0
+    assert "| near-copy search on cpu, batch 4 |" in done.stdout
     assert "needs CUDA" in result["oom"]["skipped"]
     assert "| SD2 64 px, 2 steps, batch 1 |" in done.stdout
 
