@@ -123,8 +123,11 @@ def test_the_copy_rule_reads_near_copies_when_the_features_have_them(photo) -> N
     still sees the copied patch."""
     extractor = FeatureExtractor("efficientnet_lite0", device="cpu", near_copies=True)
     cells = extractor.cells([jpeg(80)(_with_copy(photo, 32, 10, 75))])[0].reshape(-1, 520)
-    exact = cells @ copyrule.channel_weights(extractor.cell_dim)
-    both = cells @ copyrule.channel_weights(extractor.cell_dim, near_copies=True)
+    plain = FeatureExtractor("efficientnet_lite0", device="cpu")
+    alone = copyrule.channel_weights(plain)  # without near-copies: the exact copies alone
+    assert alone.sum() == 1 and alone[plain.cell_dim - len(FORENSIC_CHANNELS)] == 1
+    exact = cells @ np.insert(alone, plain.cell_dim - len(FORENSIC_CHANNELS), [0, 0])
+    both = cells @ copyrule.channel_weights(extractor)
     forensic = extractor.cell_dim - len(FORENSIC_CHANNELS)
     assert np.allclose(exact, cells[:, forensic + FORENSIC_CHANNELS.index("copies_mean")])
     near = cells[:, forensic - len(NEAR_COPY_CHANNELS)]

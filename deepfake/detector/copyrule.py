@@ -21,11 +21,14 @@ counts its near-copy windows, and the threshold is calibrated on that sum.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from deepfake.detector.model import top_k_mean
-from deepfake.features.forensics import FORENSIC_CHANNELS
-from deepfake.features.near_copies import NEAR_COPY_CHANNELS
+
+if TYPE_CHECKING:  # the extractor's module imports the bundle's, which imports this one
+    from deepfake.features.extractor import FeatureExtractor
 
 GAIN = 10.0  # SVM margin units per unit of copied share beyond the threshold
 FALSE_ALARMS = 0.01  # share of training real images allowed above the threshold
@@ -34,24 +37,24 @@ CHANNEL = "copies_mean"
 NEAR_CHANNEL = "near_copies_mean"
 
 
-def channel_weights(cell_dim: int, near_copies: bool = False) -> np.ndarray:
-    """(cell_dim,) weights whose product with a cell's features is its copied share: its share
-    of exact copies, plus its share of near-copy windows when the features have them
-    (``features.near_copies``: copies that JPEG or resizing changed, which exact copies miss)."""
-    weights = np.zeros(cell_dim)
-    forensic = cell_dim - len(FORENSIC_CHANNELS)
-    weights[forensic + FORENSIC_CHANNELS.index(CHANNEL)] = 1.0
-    if near_copies:  # the near-copy channels come just before the forensic ones
-        weights[forensic - len(NEAR_COPY_CHANNELS) + NEAR_COPY_CHANNELS.index(NEAR_CHANNEL)] = 1.0
+def channel_weights(extractor: FeatureExtractor) -> np.ndarray:
+    """(cell_dim,) weights whose product with a cell's features (``extractor``'s) is its copied
+    share: its share of exact copies, plus its share of near-copy windows when the features have
+    them (``features.near_copies``: copies that JPEG or resizing changed, which exact copies
+    miss)."""
+    weights = np.zeros(extractor.cell_dim)
+    weights[extractor.channel_index(CHANNEL)] = 1.0
+    if extractor.near_copies:
+        weights[extractor.channel_index(NEAR_CHANNEL)] = 1.0
     return weights
 
 
 def with_channel(
-    weights: list[np.ndarray], biases: list[float], near_copies: bool = False
+    weights: list[np.ndarray], biases: list[float], extractor: FeatureExtractor
 ) -> tuple[np.ndarray, np.ndarray]:
     """Linear cell models' (cell_dim, models + 1) weights and (models + 1,) biases: theirs, then
     the copy channel (the cell's copied share) that the rule reads, in one product."""
-    channel = channel_weights(len(weights[0]), near_copies)
+    channel = channel_weights(extractor)
     return np.stack([*weights, channel], 1), np.array([*biases, 0.0])
 
 

@@ -147,7 +147,7 @@ def _score_all(
     every = heldout.models(fitted)
     extractor = feature_extractor(storage, features)
     weights, biases = copyrule.with_channel(
-        [m.weights for m in every], [m.bias for m in every], extractor.near_copies
+        [m.weights for m in every], [m.bias for m in every], extractor
     )
     return score_uris(
         extractor,

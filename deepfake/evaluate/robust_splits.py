@@ -55,7 +55,7 @@ def split_scores(
     weights, biases = copyrule.with_channel(
         [np.asarray(p["final"]["weights"]) for p in protocols],
         [p["final"]["bias"] for p in protocols],
-        detector.extractor.near_copies,
+        detector.extractor,
     )
     decisions = score_uris(detector.extractor, storage, uris, weights, biases,
                            read=lambda uri, data: detector.normalise(data, uri),

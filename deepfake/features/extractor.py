@@ -231,8 +231,14 @@ class FeatureExtractor:
             pooled.append(stage - median[..., None, None])
         if self.near_copies:
             pooled.append(near_copy_cells(pixels, grid))
-        pooled.append(forensic_cells(pixels, grid))  # last: the copy rule reads it from the end
+        pooled.append(forensic_cells(pixels, grid))
         return pooled
+
+    def channel_index(self, name: str) -> int:
+        """Where a named near-copy or forensic channel sits in a cell's features (they come
+        last, in the order ``_cell_maps`` appends them)."""
+        named = [*(NEAR_COPY_CHANNELS if self.near_copies else ()), *FORENSIC_CHANNELS]
+        return self.cell_dim - len(named) + named.index(name)
 
     @staticmethod
     def pool(

@@ -67,9 +67,7 @@ class Detector:
     def __post_init__(self) -> None:
         weights, bias = linear_form(self.model)
         # Column 0: the SVM; column 1: each cell's copied share, for the copy rule.
-        self._weights, self._bias = copyrule.with_channel(
-            [weights], [bias], self.extractor.near_copies
-        )
+        self._weights, self._bias = copyrule.with_channel([weights], [bias], self.extractor)
         rule = self.meta.get("copy_rule")
         self._copy_threshold = float(rule["threshold"]) if rule else None
 
