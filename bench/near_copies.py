@@ -14,7 +14,8 @@ windows:
   neighbours' offsets (a copy found anywhere in a patch spreads over it).
 - ``batched``: the same hashed search batched in torch, as the features stage runs it with
   ``features.near_copies`` (``deepfake/features/near_copies.py``: other random projections, and
-  OpenCV's grey levels); the share of windows it marks, all images in one batch.
+  OpenCV's grey levels); the share of windows it marks, in the extractor's CPU passes (16
+  images of 128 px: ``CPU_PASS_PIXELS``).
 
 Each image's copied share (the share of its windows counted as copied; for comparison, ``exact``:
 the pipeline's share of pixels in exact copies) is compared between real training images and
@@ -37,11 +38,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from results_file import RESULTS, save
 from sklearn.metrics import roc_auc_score
 
+from deepfake.features.extractor import CPU_PASS_PIXELS
 from deepfake.features.forensics import as_batch, duplicate_map
 from deepfake.features.near_copies import near_copy_maps
 from deepfake.perturb import downscale, jpeg
@@ -172,6 +175,14 @@ def copied_share(image: np.ndarray, search: str) -> float:
     return float(copied_windows(v, rows, cols, best, offset).mean())
 
 
+def batched_shares(images: list[np.ndarray]) -> np.ndarray:
+    """Each image's share of near-copy windows by the pipeline's search, in passes of as many
+    images as the extractor puts through its backbone at once on a CPU."""
+    size = max(1, CPU_PASS_PIXELS // (images[0].shape[0] * images[0].shape[1]))
+    maps = [near_copy_maps(as_batch(images[i : i + size])) for i in range(0, len(images), size)]
+    return torch.cat(maps).flatten(1).mean(1).numpy()
+
+
 def training_images(root: Path, count: int) -> tuple[list[np.ndarray], np.ndarray]:
     """``count`` real and ``count`` exemplar-filled training images of the newest split."""
     manifests = sorted(root.glob("split/*/manifest.parquet"), key=lambda p: p.stat().st_mtime)
@@ -200,8 +211,8 @@ def main() -> None:
         for condition, degrade in CONDITIONS.items():
             degraded = [degrade(image) for image in images]
             start = time.perf_counter()
-            if search == "batched":  # the pipeline's, all images in one batch
-                shares = near_copy_maps(as_batch(degraded)).flatten(1).mean(1).numpy()
+            if search == "batched":  # the pipeline's, in the extractor's passes
+                shares = batched_shares(degraded)
             else:
                 shares = np.array([copied_share(image, search) for image in degraded])
             seconds = (time.perf_counter() - start) / len(images)
