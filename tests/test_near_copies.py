@@ -133,3 +133,17 @@ def test_the_copy_rule_reads_near_copies_when_the_features_have_them(photo) -> N
     near = cells[:, forensic - len(NEAR_COPY_CHANNELS)]
     assert np.allclose(both, exact + near)
     assert exact.mean() < 0.002 < both.mean()
+
+
+def test_a_batch_too_large_for_one_sort_key_is_searched_in_groups_alike(
+    photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images share a sorted list only while the image, bins, order and window fit in 63 bits
+    (a few images of 2048 px); wider order bits force groups of 2 here, with the same marks."""
+    from deepfake.features import near_copies
+
+    batch = as_batch([jpeg(80)(_with_copy(photo, 24, 10, 80)), jpeg(85)(photo), photo])
+    whole = near_copy_maps(batch)
+    monkeypatch.setattr(near_copies, "_ORDER_BITS", 63 - 24 - 14 - 1)  # 14: 125 x 125 windows
+    grouped = near_copy_maps(batch)
+    assert whole[0].sum() > 0 and torch.equal(grouped, whole)
