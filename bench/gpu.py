@@ -17,7 +17,8 @@ choose SD2, and out-of-memory halving for real. Writes ``bench/results/gpu.json`
   ``inpaint.backend=auto``: on CUDA it must choose sd2.
 - **near_copies**: the near-copy search (``features.near_copies``) on the device against the CPU:
   ms an image of 128 px at batch sizes 16 and 64, and whether it marks the same windows (the
-  figure that decides whether it can run by default: on 2 CPU cores it costs about 75 ms).
+  figure that decides whether it can run by default: on 2 CPU cores it costs about 20 ms, which
+  makes a cold default 1.5x slower).
 - **oom**: a batch too large for a memory cap (``torch.cuda.set_per_process_memory_fraction``) at
   a large resolution: the backend halves the batch and finishes.
 

@@ -34,6 +34,7 @@ _SEED = 20261207
 # A projection of a window is at most its norm, 255 * WINDOW (mean removed): bins fit in 8 bits
 # once shifted by 128, and the fourth projection, in 1/8 grey levels, in 14.
 _BIN_SHIFT, _ORDER_BITS = 128, 14
+_BINS_BITS = 24  # the three bins of a window's key, 8 bits each
 _NONE = torch.iinfo(torch.int64).max
 _OFFSET_BITS = 12  # offsets of images up to 2048 px, each coordinate shifted by 2048
 
@@ -79,7 +80,7 @@ def nearest_windows(v: torch.Tensor, textured: torch.Tensor, cols: int) -> torch
     index_bits = max(1, (size - 1).bit_length())
     # A sort key holds the image, the bins, the fourth projection and the window: images are
     # searched in groups small enough for it to fit in 63 bits.
-    group = 1 << max(0, 63 - 24 - _ORDER_BITS - index_bits)
+    group = 1 << max(0, 63 - _BINS_BITS - _ORDER_BITS - index_bits)
     best = torch.full((n, size), _NONE, dtype=torch.int64, device=v.device)
     for first in range(0, n, group):
         last = min(n, first + group)
@@ -105,13 +106,13 @@ def _search(
         bins = (torch.floor(projected[:, :3] / BIN + shifts[table]).long() + _BIN_SHIFT).clamp(
             0, 255
         )
-        key = (chosen_image << 24) | (bins[:, 0] << 16) | (bins[:, 1] << 8) | bins[:, 2]
+        key = (chosen_image << _BINS_BITS) | (bins[:, 0] << 16) | (bins[:, 1] << 8) | bins[:, 2]
         fourth = ((projected[:, 3] + 1024) * 8).long().clamp(0, (1 << _ORDER_BITS) - 1)
         packed = (((key << _ORDER_BITS) | fourth) << index_bits) | chosen_window
         packed = _sort_rows(packed[None])[0]
         window = packed & window_mask
         key = packed >> (_ORDER_BITS + index_bits)  # the image and the bins
-        order = (key >> 24) * size + window
+        order = (key >> _BINS_BITS) * size + window
         in_order = flat.index_select(0, order)
         for step in range(1, IN_ORDER + 1):
             a, b = order[step:], order[:-step]

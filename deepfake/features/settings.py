@@ -53,7 +53,7 @@ class FeaturesConfig(Section):
         description="Also give each cell its share of near-copy windows (a 4x4 window whose "
         "nearest window elsewhere is within JPEG-like noise and whose neighbours' nearest lie at "
         "the same offset: patches copied and then compressed or resized), which the copy rule "
-        "then counts with exact copies; about 75 ms an image of 128 px on a 2-core CPU.",
+        "then counts with exact copies; about 20 ms an image of 128 px on a 2-core CPU.",
     )
     finetune_epochs: int = Field(
         0,
